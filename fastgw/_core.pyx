@@ -1,0 +1,6 @@
+# cython: language_level=3
+# The request path: one extension module. The files under _cy/ are included, as uvloop's loop.pyx
+# does, so calls between parser, router, balancer, pool and proxy stay C calls.
+
+include "_cy/router.pyx"
+include "_cy/balancer.pyx"
