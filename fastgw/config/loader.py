@@ -242,8 +242,8 @@ def _issue_from_validation(err: msgspec.ValidationError, obj: Any, pos: Pos | No
             message += f" (expected one of: {', '.join(allowed)})"
     elif m := _MISSING_RE.match(message):
         message = f"missing required field '{m.group('field')}'"
-    if message.startswith("Expected"):
-        message = "expected" + message[len("Expected") :]
+    if message[:1].isupper() and message[1:2].islower():  # msgspec's "Expected ...", "Invalid ..."
+        message = message[0].lower() + message[1:]
     if message == "expected `array` of length >= 1" and tokens and tokens[-1] in _NON_EMPTY:
         message = _NON_EMPTY[tokens[-1]]
     shown = path if ANY_KEY in tokens else format_path(tokens)
