@@ -131,6 +131,7 @@ _PARSERS = {"yaml": _parse_yaml, "json": _parse_json, "toml": _parse_toml}
 # -- decoding and reporting ------------------------------------------------------------------------
 
 _AT_RE = re.compile(r"^(?P<msg>.*) - at `(?P<path>\$[^`]*)`$", re.S)
+_KEY_AT_RE = re.compile(r"^(?P<msg>.*) - at `key` in `(?P<path>\$[^`]*)`$", re.S)
 _UNKNOWN_RE = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
 _MISSING_RE = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
 
@@ -146,8 +147,19 @@ def _convert(obj: Any) -> GatewayConfig:
     return msgspec.convert(obj, GatewayConfig, dec_hook=dec_hook)
 
 
+def _lower_first(message: str) -> str:
+    """msgspec's "Expected ...", "Invalid ..." -> "expected ...", in line with our own messages."""
+    if message[:1].isupper() and message[1:2].islower():
+        return message[0].lower() + message[1:]
+    return message
+
+
 def _split_error(err: msgspec.ValidationError) -> tuple[str, str]:
+    """(message, path) of a msgspec error; a bad dict key gets the path `<dict>[...]`."""
     text = str(err)
+    m = _KEY_AT_RE.match(text)
+    if m:
+        return f"invalid key: {_lower_first(m.group('msg'))}", m.group("path") + "[...]"
     m = _AT_RE.match(text)
     if m:
         return m.group("msg"), m.group("path")
@@ -242,8 +254,7 @@ def _issue_from_validation(err: msgspec.ValidationError, obj: Any, pos: Pos | No
             message += f" (expected one of: {', '.join(allowed)})"
     elif m := _MISSING_RE.match(message):
         message = f"missing required field '{m.group('field')}'"
-    if message[:1].isupper() and message[1:2].islower():  # msgspec's "Expected ...", "Invalid ..."
-        message = message[0].lower() + message[1:]
+    message = _lower_first(message)
     if message == "expected `array` of length >= 1" and tokens and tokens[-1] in _NON_EMPTY:
         message = _NON_EMPTY[tokens[-1]]
     shown = path if ANY_KEY in tokens else format_path(tokens)

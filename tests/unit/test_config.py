@@ -1013,3 +1013,44 @@ def test_unquoted_ipv6_in_yaml_is_a_syntax_error_with_line(tmp_path):
     issue = only_issue(write(tmp_path, "gw.yaml", "listeners:\n  - address: [::1]:80\n"))
     assert (issue.path, issue.line) == ("$", 2)
     assert issue.message.startswith("invalid YAML")
+
+
+def test_bad_upstream_name_points_at_the_key(tmp_path):
+    path = write(
+        tmp_path,
+        "gw.yaml",
+        """\
+        listeners: [{address: 127.0.0.1:1}]
+        upstreams:
+          ok: {targets: [{address: a:1}]}
+          "bad name": {targets: [{address: a:1}]}
+        """,
+    )
+    issue = only_issue(path)
+    assert (issue.path, issue.line) == ('$.upstreams["bad name"]', 4)
+    assert issue.message.startswith("invalid key: expected `str` matching regex")
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path):
+    path = write(
+        tmp_path,
+        "gw.yaml",
+        """\
+        listeners: [{address: 127.0.0.1:1}]
+        upstreams:
+          a: &base
+            targets: [{address: a:1}]
+          b:
+            <<: *base
+            timeouts: {connect: 1s}
+          c:
+            <<: *base
+            tiemouts: {connect: 1s}
+        """,
+    )
+    issue = only_issue(path)
+    assert (issue.path, issue.line) == ("$.upstreams.c.tiemouts", 10)
+    path.write_text(path.read_text().replace("tiemouts", "timeouts"))
+    cfg = load_config(path)
+    assert cfg.upstreams["b"].targets == cfg.upstreams["a"].targets
+    assert cfg.upstreams["b"].timeouts.connect == 1.0
