@@ -1,4 +1,4 @@
-# Route table: filled in by the router work (see docs/architecture.md, "Router").
+# Route table: placeholder linear matcher until the radix router lands.
 
 cdef class Router:
     cdef list _routes
@@ -8,6 +8,15 @@ cdef class Router:
 
     cdef object match(self, const char* host, Py_ssize_t host_len,
                       const char* path, Py_ssize_t path_len):
+        cdef bytes p = path[:path_len]
+        for r in self._routes:
+            if r.path_exact is not None:
+                if p == r.path_exact.encode():
+                    return r.payload
+            else:
+                pre = (r.path_prefix or "/").rstrip("/").encode()
+                if p.startswith(pre) and (len(p) == len(pre) or p[len(pre)] == 47):
+                    return r.payload
         return None
 
     def lookup(self, bytes host, bytes path):

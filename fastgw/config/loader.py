@@ -138,7 +138,6 @@ _MISSING_RE = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
 
 _NON_EMPTY = {
     "listeners": "at least one listener is required",
-    "targets": "at least one target is required",
     "hosts": "must not be empty (leave 'hosts' out to match any host)",
 }
 

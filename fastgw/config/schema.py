@@ -118,9 +118,10 @@ class Keepalive(Base, kw_only=True):
 
 
 class Upstream(Base, kw_only=True):
-    """A set of targets that share load by smooth weighted round robin."""
+    """A set of targets that share load by smooth weighted round robin. An empty list is valid
+    (a service scaled to zero): its routes answer 503."""
 
-    targets: Annotated[list[Target], Meta(min_length=1)]
+    targets: list[Target]
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     keepalive: Keepalive = msgspec.field(default_factory=Keepalive)
 

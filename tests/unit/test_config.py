@@ -543,17 +543,16 @@ def test_missing_listeners(tmp_path):
     "text,path,line,message",
     [
         ("listeners: []\n", "$.listeners", 1, "at least one listener is required"),
-        (
-            "listeners: [{address: 127.0.0.1:1}]\nupstreams:\n  a:\n    targets: []\n",
-            "$.upstreams.a.targets",
-            4,
-            "at least one target is required",
-        ),
     ],
 )
 def test_empty_lists_refused(tmp_path, text, path, line, message):
     issue = only_issue(write(tmp_path, "gw.yaml", text))
     assert (issue.path, issue.line, issue.message) == (path, line, message)
+
+
+def test_upstream_without_targets_is_valid(tmp_path):
+    cfg = load_config(write(tmp_path, "gw.yaml", "listeners: [{address: 127.0.0.1:1}]\nupstreams:\n  a:\n    targets: []\n"))
+    assert cfg.upstreams["a"].targets == []
 
 
 def test_top_level_not_a_mapping(tmp_path):
