@@ -13,10 +13,14 @@
 #        namespace id (ns) of that host's path table.
 #   kind PATH_EXACT / PATH_PREFIX (ns >= 1): key = path or normalised prefix; value = a run of candidates
 #        in `_cands`, in precedence order (today: route order).
-# Matching hashes the path once (FNV-1a, forward), remembering the hash of path[:i] at every '/' whose
+# Matching hashes the path once (8 bytes a step, forward), remembering the hash of path[:i] at every '/' whose
 # length i is a prefix length present in the table, so every prefix probe is O(1) + one memcmp. Hosts
 # are hashed backwards so that the hash of every '.'-suffix falls out of one pass as well. Work per
 # request is bounded by the longest key in the table, not by the request's path length.
+# Hash quality only affects speed: every hit is confirmed with memcmp, and probe chains depend on the
+# table alone (a miss stops at the first empty slot), so request bytes cannot lengthen them.
+# The prefix/host scratch arrays live on the Router: match() is not reentrant across threads
+# (the event loop calls it with the GIL held).
 #
 # Extension point (methods, headers, query params, regex, templates): a candidate carries its own
 # conditions (`n_conds` today is always 0); `_rt_cand_ok` is where they will be checked, and candidates
@@ -38,17 +42,36 @@ cdef enum:
 
 cdef extern from *:
     """
+    #include <stdint.h>
+    #include <string.h>
     #define _RT_FNV_OFFSET 0xcbf29ce484222325ULL
     #define _RT_FNV_PRIME 0x100000001b3ULL
     #define _RT_MIX_K0 0x9e3779b97f4a7c15ULL
     #define _RT_MIX_K1 0xbf58476d1ce4e5b9ULL
     #define _RT_MIX_K2 0x94d049bb133111ebULL
+    /* Path keys are hashed 8 bytes at a time; the hash of any prefix path[:n] is the running state
+       over its whole words, finished with the (zero-padded) tail and the length. */
+    static inline uint64_t _rt_load8(const unsigned char* p) {
+        uint64_t w; memcpy(&w, p, 8); return w;
+    }
+    static inline uint64_t _rt_wstep(uint64_t s, uint64_t w) {
+        s = (s ^ w) * 0x9fb21c651e98df25ULL;
+        return (s << 31) | (s >> 33);
+    }
+    static inline uint64_t _rt_wfin(uint64_t s, const unsigned char* tail, Py_ssize_t tl, Py_ssize_t n) {
+        uint64_t w = 0;
+        memcpy(&w, tail, (size_t)tl);
+        return s ^ (w * 0xc2b2ae3d27d4eb4fULL) ^ ((uint64_t)n * 0x165667b19e3779f9ULL);
+    }
     """
     const uint64_t _RT_FNV_OFFSET
     const uint64_t _RT_FNV_PRIME
     const uint64_t _RT_MIX_K0
     const uint64_t _RT_MIX_K1
     const uint64_t _RT_MIX_K2
+    uint64_t _rt_load8(const unsigned char* p) noexcept nogil
+    uint64_t _rt_wstep(uint64_t s, uint64_t w) noexcept nogil
+    uint64_t _rt_wfin(uint64_t s, const unsigned char* tail, Py_ssize_t tl, Py_ssize_t n) noexcept nogil
 
 
 cdef struct _rt_Slot:
@@ -82,12 +105,14 @@ cdef struct _rt_Mark:
     Py_ssize_t len         # key length at the mark
 
 
-cdef inline uint64_t _rt_fnv_fwd(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = _RT_FNV_OFFSET
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * _RT_FNV_PRIME
-    return h
+cdef inline uint64_t _rt_hash_fwd(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    # path keys; must agree with the incremental hashing in Router._match_c
+    cdef uint64_t s = _RT_FNV_OFFSET
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        s = _rt_wstep(s, _rt_load8(p + i))
+        i += 8
+    return _rt_wfin(s, p + i, n - i, n)
 
 
 cdef inline uint64_t _rt_fnv_rev(const unsigned char* p, Py_ssize_t n) noexcept nogil:
@@ -303,7 +328,7 @@ cdef class Router:
                 self._cands[ci].route_index = <int32_t>ri
                 self._cands[ci].n_conds = 0
                 ci += 1
-            h = _rt_mix(_rt_fnv_fwd(<const unsigned char*><char*>kb, klen), nsid, knd)
+            h = _rt_mix(_rt_hash_fwd(<const unsigned char*><char*>kb, klen), nsid, knd)
             self._add_entry(ei, h, nsid, knd, kb, off)
             off += klen
             ei += 1
@@ -412,31 +437,36 @@ cdef class Router:
         cdef const unsigned char* hp = <const unsigned char*>host
         cdef uint64_t h = _RT_FNV_OFFSET
         cdef uint64_t hh
-        cdef Py_ssize_t i, k, limit, lo, n_marks = 0, n_h = 0, ei, c
+        cdef Py_ssize_t i, k, limit, lo, n_marks = 0, n_h = 0, ei, c, wpos = 0
         cdef Py_ssize_t maxp = self._max_prefix
         cdef bint full_ok
         cdef int32_t ns
         # ---- path: one forward pass; remember hashes at candidate prefix boundaries ----
         if maxp >= 0 and self._has_plen[0]:
             # the root prefix ('/') matches every path
-            self._pmarks[0].hash = h
+            self._pmarks[0].hash = _rt_wfin(h, p, 0, 0)
             self._pmarks[0].len = 0
             n_marks = 1
-        # p[maxp] must still be looked at: a '/' there ends the longest prefix
-        limit = maxp + 1 if maxp + 1 > self._max_exact else self._max_exact
-        if limit > path_len:
-            limit = path_len
-        for i in range(limit):
-            if p[i] == 47 and i > 0 and i <= maxp and self._has_plen[i]:
-                self._pmarks[n_marks].hash = h
+        # only '/' at offsets <= the longest prefix key can end a prefix that is in the table
+        limit = maxp + 1 if maxp + 1 < path_len else path_len
+        for i in range(1, limit):
+            if p[i] == 47 and self._has_plen[i]:   # '/'
+                while wpos + 8 <= i:
+                    h = _rt_wstep(h, _rt_load8(p + wpos))
+                    wpos += 8
+                self._pmarks[n_marks].hash = _rt_wfin(h, p + wpos, i - wpos, i)
                 self._pmarks[n_marks].len = i
                 n_marks += 1
-            h = (h ^ p[i]) * _RT_FNV_PRIME
-        full_ok = limit == path_len
-        if full_ok and 0 < path_len <= maxp and self._has_plen[path_len]:
-            self._pmarks[n_marks].hash = h
-            self._pmarks[n_marks].len = path_len
-            n_marks += 1
+        full_ok = path_len <= maxp or path_len <= self._max_exact
+        if full_ok:
+            while wpos + 8 <= path_len:
+                h = _rt_wstep(h, _rt_load8(p + wpos))
+                wpos += 8
+            h = _rt_wfin(h, p + wpos, path_len - wpos, path_len)
+            if 0 < path_len <= maxp and self._has_plen[path_len]:
+                self._pmarks[n_marks].hash = h
+                self._pmarks[n_marks].len = path_len
+                n_marks += 1
         # ---- host: one backward pass; hash of every '.'-suffix, and of the whole host ----
         if host_len > 0 and (self._max_host >= 0 or self._max_wild >= 0):
             lo = host_len - self._max_wild

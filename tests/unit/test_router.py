@@ -376,3 +376,17 @@ def test_small_alphabet_exhaustive(seed):
     for host in ["", "x.t", "y.x.t", "z.y.x.t", "t", ".t", "q.t", "xt"]:
         for path in probe_paths:
             assert router.lookup(host.encode(), path.encode()) == ref.match(host, path), (host, path)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_every_boundary_offset(seed):
+    """Prefix and exact keys ending at every byte offset (the path hash works 8 bytes at a time)."""
+    rnd = random.Random(seed)
+    segs = ["".join(rnd.choice("ab/") for _ in range(rnd.randint(0, 9))) for _ in range(12)]
+    deep = "/" + "/".join(segs)
+    cuts = sorted({rnd.randint(1, len(deep)) for _ in range(15)})
+    routes = [(E if rnd.random() < 0.3 else P)(deep[:c], i) for i, c in enumerate(cuts)]
+    router, ref = Router(routes), Reference(routes)
+    for end in range(len(deep) + 1):
+        for path in (deep[:end], deep[:end] + "/", deep[:end] + "a"):
+            assert router.lookup(b"", path.encode()) == ref.match("", path), path
