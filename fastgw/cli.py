@@ -1,4 +1,4 @@
-"""`fastgw` command line: run, check, schema, version, demo-upstream."""
+"""`fastgw` command line: run, check, convert, schema, version, demo-upstream."""
 
 from __future__ import annotations
 
@@ -28,6 +28,38 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.file}: OK")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .gatewayapi import config_to_yaml, load_manifests, looks_like_manifests
+
+    port_map: dict[int, int] = {}
+    for item in args.port_map:
+        src, sep, dst = item.partition("=")
+        if not (sep and src.isdigit() and dst.isdigit()):
+            print(f"fastgw: --port-map expects PORT=PORT, got {item!r}", file=sys.stderr)
+            return 2
+        port_map[int(src)] = int(dst)
+    try:
+        if args.bind is not None or port_map:
+            try:
+                with open(args.file, encoding="utf-8-sig") as f:
+                    text = f.read()
+            except OSError as exc:
+                print(f"fastgw: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            if not looks_like_manifests(text):
+                print("fastgw: --bind and --port-map apply to Gateway API manifests only", file=sys.stderr)
+                return 2
+            cfg = load_manifests(text, args.file, host=args.bind, port_map=port_map)
+        else:
+            cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    sys.stdout.write(config_to_yaml(cfg))
     return 0
 
 
@@ -61,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file; exit 1 listing every error")
     p.add_argument("file")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("convert", help="print the native config (YAML) of a config file or of Gateway API manifests")
+    p.add_argument("file")
+    p.add_argument("--bind", metavar="HOST", help="bind address of every listener (manifests only)")
+    p.add_argument("--port-map", metavar="PORT=PORT", action="append", default=[],
+                   help="remap a Gateway listener port (manifests only; repeatable)")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=_cmd_schema)

@@ -64,6 +64,12 @@ def loads_config(data: str | bytes, fmt: str, *, file: str = "<config>") -> Gate
     parse = _PARSERS.get(fmt)
     if parse is None:
         raise ValueError(f"unknown config format {fmt!r}")
+    if fmt == "yaml":
+        # A Kubernetes document stream (Gateway API manifests) goes to the Gateway API front end.
+        from ..gatewayapi import load_manifests, looks_like_manifests
+
+        if looks_like_manifests(text):
+            return load_manifests(text, file)
     obj, pos, issues = parse(text, file)
     return _decode(obj, pos, issues, file)
 

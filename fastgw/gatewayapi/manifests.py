@@ -1,0 +1,134 @@
+"""Reading a Kubernetes YAML document stream: objects with their document index, path and lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..config.errors import ConfigError, ConfigIssue
+from ..config.positions import Pos, Token, format_path, yaml_positions
+
+__all__ = ["Issues", "Obj", "looks_like_manifests", "read_manifests"]
+
+
+@dataclass
+class Obj:
+    """One Kubernetes object: `body` is the decoded mapping, found at `base` in document `doc`."""
+
+    doc: int
+    base: list[Token]
+    body: dict[str, Any]
+    pos: Pos | None
+
+    @property
+    def kind(self) -> str:
+        return str(self.body.get("kind"))
+
+    @property
+    def api_version(self) -> str:
+        return str(self.body.get("apiVersion"))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta = self.body.get("metadata")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        ns = self.metadata.get("namespace")
+        return ns if isinstance(ns, str) and ns else "default"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class Issues:
+    """Collects ConfigIssues whose paths point into the manifests: `$[doc].path` and the YAML line."""
+
+    file: str
+    issues: list[ConfigIssue] = field(default_factory=list)
+    _order: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, obj: Obj | None, tokens: list[Token], message: str) -> None:
+        if obj is None:
+            self.issues.append(ConfigIssue(self.file, format_path(tokens), message))
+            return
+        self.add_at(obj.doc, obj.pos, [*obj.base, *tokens], message)
+
+    def add_at(self, doc: int, pos: Pos | None, tokens: list[Token], message: str) -> None:
+        path = f"$[{doc}]" + format_path(tokens)[1:]
+        line = pos.line_of(tokens) if pos is not None else None
+        issue = ConfigIssue(self.file, path, message, line)
+        self._order[id(issue)] = (doc, line or 0)
+        self.issues.append(issue)
+
+    def raise_if_any(self) -> None:
+        if self.issues:
+            # Document order; issues found before the mapping (bad YAML, `$`) stay first.
+            raise ConfigError(sorted(self.issues, key=lambda i: self._order.get(id(i), (-1, 0))))
+
+
+def looks_like_manifests(text: str) -> bool:
+    """True when YAML text is a Kubernetes document stream: top-level `apiVersion:` and `kind:` keys.
+
+    The native config has neither key, so this cannot misread a native config.
+    """
+    has_api = has_kind = False
+    for line in text.splitlines():
+        if line.startswith("apiVersion:"):
+            has_api = True
+        elif line.startswith("kind:"):
+            has_kind = True
+        if has_api and has_kind:
+            return True
+    return False
+
+
+def read_manifests(text: str, file: str) -> tuple[list[Obj], Issues]:
+    """Parse every document; `kind: List` documents are flattened (their items keep their path)."""
+    issues = Issues(file)
+    loader = yaml.SafeLoader(text)
+    objs: list[Obj] = []
+    doc = -1
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            doc += 1
+            if node is None:
+                continue
+            body = loader.construct_document(node)
+            duplicates: list[tuple[list[Token], int]] = []
+            pos = yaml_positions(node, duplicates)
+            for path, _line in duplicates:
+                issues.add_at(doc, pos, path, "duplicate key")
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                issues.add_at(doc, pos, [], "expected a Kubernetes object (a mapping with apiVersion and kind)")
+                continue
+            if body.get("kind") == "List" and isinstance(body.get("items"), list):
+                for i, item in enumerate(body["items"]):
+                    if isinstance(item, dict):
+                        objs.append(Obj(doc, ["items", i], item, pos))
+                    else:
+                        issues.add_at(doc, pos, ["items", i], "expected a Kubernetes object")
+                continue
+            objs.append(Obj(doc, [], body, pos))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        parts = [p for p in (e.context, e.problem) if p]
+        raise ConfigError([ConfigIssue(file, "$", "invalid YAML: " + "; ".join(parts),
+                                       mark.line + 1 if mark else None)]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([ConfigIssue(file, "$", f"invalid YAML: {e}")]) from None
+    finally:
+        loader.dispose()
+    return objs, issues
