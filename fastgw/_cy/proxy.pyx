@@ -71,7 +71,8 @@ cdef enum:
 
 
 cdef dict _REASONS = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    200: b"OK", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+    307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
     417: b"Expectation Failed", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
@@ -214,6 +215,12 @@ cdef class ClientConn:
     cdef UpstreamConn up
     cdef Target target
     cdef Route route
+    cdef RouteMatch rmatch
+    cdef UpstreamGroup group
+    cdef Filters filters
+    cdef Router routes
+    cdef Runtime routes_rt
+    cdef int local_port
     cdef bytes up_head
     cdef list up_queue
     cdef Py_ssize_t up_queued
@@ -259,6 +266,8 @@ cdef class ClientConn:
 
     def connection_made(self, transport):
         self.transport = transport
+        sock = transport.get_extra_info("sockname")
+        self.local_port = sock[1] if sock else 0
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = (<str>peer[0]).encode()
@@ -395,20 +404,37 @@ cdef class ClientConn:
         for i in range(hl):
             self.hostbuf[i] = <char>_LOWER[<uint8_t>host[i]]
         self.hostbuf[hl] = 0
-        if h.target_len == 1 and p[h.target] == b'*':
+        if self.routes_rt is not rt:
+            # the listener depends on the port and the Host; cached while neither can change it
+            self.routes = rt.routes_for(self.local_port, self.hostbuf, hl)
+            self.routes_rt = rt if rt.single_listener(self.local_port) else None
+        if self.routes is None or (h.target_len == 1 and p[h.target] == b'*'):
             payload = None
         else:
-            payload = rt.router.match(self.hostbuf, hl, p + h.target, h.path_len)
+            payload = self.routes.match(self.hostbuf, hl, p + h.target, h.path_len)
         if payload is None:
             self._refuse_before_upstream(data, head_len, n, 404, b"no route")
             return
-        self.route = <Route>payload
+        self.rmatch = <RouteMatch>payload
+        self.route = self.rmatch.route
         self.max_body = self.route.max_body if self.route.max_body >= 0 else rt.max_body
         if self.max_body >= 0 and h.framing == FR_LENGTH and h.content_length > self.max_body:
             self.keep_alive = False
             self._send_error(413, b"request body too large")
             return
-        self.target = self.route.group.pick()
+        backend = self.route.pick_backend()
+        if backend is None:
+            self._refuse_before_upstream(data, head_len, n, 500, b"route has no backends")
+            return
+        self.filters = backend.filters
+        if self.filters is not None and self.filters.redirect is not None:
+            self._refuse_before_upstream(data, head_len, n, 0, NULL)
+            return
+        self.group = backend.group
+        if self.group is None:
+            self._refuse_before_upstream(data, head_len, n, 500, b"backend not found")
+            return
+        self.target = self.group.pick()
         if self.target is None:
             self._refuse_before_upstream(data, head_len, n, 503, b"no upstream target available")
             return
@@ -437,19 +463,31 @@ cdef class ClientConn:
             self.keep_alive = False
         elif head_len < n:
             self.buf = data[head_len:]
-        self._send_error(status, reason)
+        if status == 0:
+            self._send_redirect(PyBytes_AS_STRING(data))
+        else:
+            self._send_error(status, reason)
 
     cdef void _build_upstream_head(self, const char* p) except *:
         cdef MessageHead* h = &self.head
         cdef WBuf* out = &self.uout
         cdef HeaderField* f
         cdef int i, k
+        cdef Filters flt = self.filters
+        cdef HeaderOps ops = flt.request_headers if flt is not None else None
+        cdef Rewrite rw = flt.rewrite if flt is not None else None
+        cdef bytes new_path
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
-        if h.target_len == 0 or p[h.target] == b'?':
-            wb_put(out, b"/", 1)
-        wb_put(out, p + h.target, h.target_len)
+        if rw is not None and (rw.path_full is not None or rw.path_prefix is not None):
+            new_path = replace_path(p + h.target, h.path_len, self.rmatch.prefix, rw.path_full, rw.path_prefix)
+            wb_put(out, PyBytes_AS_STRING(new_path), PyBytes_GET_SIZE(new_path))
+            wb_put(out, p + h.target + h.path_len, h.target_len - h.path_len)
+        else:
+            if h.target_len == 0 or p[h.target] == b'?':
+                wb_put(out, b"/", 1)
+            wb_put(out, p + h.target, h.target_len)
         wb_put(out, b" HTTP/1.1\r\n", 11)
         for i in range(h.nfields):
             f = &h.fields[i]
@@ -457,9 +495,15 @@ cdef class ClientConn:
             if k == HK_OTHER or k == HK_EXPECT:
                 if h.nconn_tokens and _named_by_connection(h, p, f):
                     continue
+                if ops is not None and ops.drops(p + f.name, f.name_len):
+                    continue
                 _put_field(out, p, f)
             elif k == HK_HOST:
-                if h.authority >= 0:
+                if rw is not None and rw.hostname is not None:
+                    wb_put(out, b"Host: ", 6)
+                    wb_put(out, PyBytes_AS_STRING(rw.hostname), PyBytes_GET_SIZE(rw.hostname))
+                    wb_put(out, b"\r\n", 2)
+                elif h.authority >= 0:
                     wb_put(out, b"Host: ", 6)
                     wb_put(out, p + h.authority, h.authority_len)
                     wb_put(out, b"\r\n", 2)
@@ -492,6 +536,8 @@ cdef class ClientConn:
         wb_put(out, b"X-Request-Id: ", 14)
         wb_put(out, PyBytes_AS_STRING(self.request_id), PyBytes_GET_SIZE(self.request_id))
         wb_put(out, b"\r\n", 2)
+        if ops is not None:
+            wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if h.framing == FR_CHUNKED:
             wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
         elif h.content_length >= 0:
@@ -548,7 +594,7 @@ cdef class ClientConn:
             self.buf = data[pos:]
             self._pause(PR_PIPELINE)
         if self.up is not None and self.up.connected and self.up_queue is None:
-            self.up.expect_response(self.target, self.route.group.header_timeout)
+            self.up.expect_response(self.target, self.group.header_timeout)
 
     cdef void _send_up(self, bytes chunk):
         if self.up_queue is None:
@@ -587,7 +633,7 @@ cdef class ClientConn:
         cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
         up.attach(self, False)
         self.up = up
-        up.start_connect(self.route.group.connect_timeout)
+        up.start_connect(self.group.connect_timeout)
 
     cdef void upstream_connected(self):
         self._flush_queue()
@@ -602,7 +648,7 @@ cdef class ClientConn:
             self.up.transport.writelines(q)
         self._resume(PR_CONNECTING)
         if self.req_done:
-            self.up.expect_response(self.target, self.route.group.header_timeout)
+            self.up.expect_response(self.target, self.group.header_timeout)
         else:
             self.up.expect_response(self.target, 0.0)
 
@@ -639,11 +685,11 @@ cdef class ClientConn:
         wb_put(out, b" ", 1)
         wb_put(out, p + h.reason, h.reason_len)
         wb_put(out, b"\r\n", 2)
-        self._put_response_fields(p, h)
+        self._put_response_fields(p, h, None)
         wb_put(out, b"\r\n", 2)
         self.transport.write(wb_bytes(out))
 
-    cdef void _put_response_fields(self, const char* p, MessageHead* h) except *:
+    cdef void _put_response_fields(self, const char* p, MessageHead* h, HeaderOps ops) except *:
         cdef HeaderField* f
         cdef int i
         for i in range(h.nfields):
@@ -652,7 +698,11 @@ cdef class ClientConn:
                 continue
             if h.nconn_tokens and _named_by_connection(h, p, f):
                 continue
+            if ops is not None and ops.drops(p + f.name, f.name_len):
+                continue
             _put_field(&self.out, p, f)
+        if ops is not None:
+            wb_put(&self.out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
 
     cdef void begin_response(self, const char* p, MessageHead* h, int up_framing, bint has_body) except *:
         """Writes the response head into self.out; the caller appends the first body bytes and
@@ -674,7 +724,7 @@ cdef class ClientConn:
         wb_put(out, b" ", 1)
         wb_put(out, p + h.reason, h.reason_len)
         wb_put(out, b"\r\n", 2)
-        self._put_response_fields(p, h)
+        self._put_response_fields(p, h, self.filters.response_headers if self.filters is not None else None)
         if h.content_length >= 0 and h.status != 204:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, h.content_length)
@@ -734,6 +784,9 @@ cdef class ClientConn:
         if up is not None:
             up.release()
         self.route = None
+        self.rmatch = None
+        self.group = None
+        self.filters = None
         self.target = None
         self.up_head = None
         if not self.keep_alive or self.state == CL_CLOSED:
@@ -753,6 +806,47 @@ cdef class ClientConn:
         self.abort()
 
     # ---- endings -----------------------------------------------------------------------------
+
+    cdef void _send_redirect(self, const char* p):
+        """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,
+        else the well-known port of a given scheme, else the listener's; the scheme's default port is
+        left out."""
+        cdef MessageHead* h = &self.head
+        cdef Redirect r = self.filters.redirect
+        cdef bytes scheme = r.scheme if r.scheme is not None else b"http"
+        cdef int port
+        cdef bytes host, path, location, head
+        if r.port:
+            port = r.port
+        elif r.scheme is not None:
+            port = 443 if scheme == b"https" else 80
+        else:
+            port = self.local_port
+        if r.hostname is not None:
+            host = r.hostname
+        elif h.authority >= 0:
+            host = p[h.authority:h.authority + h.authority_len].split(b":")[0]
+        else:
+            host = p[h.host:h.host + h.host_name_len]
+        if r.path_full is not None or r.path_prefix is not None:
+            path = replace_path(p + h.target, h.path_len, self.rmatch.prefix, r.path_full, r.path_prefix)
+        else:
+            path = p[h.target:h.target + h.path_len] or b"/"
+        location = scheme + b"://" + host
+        if not ((scheme == b"http" and port == 80) or (scheme == b"https" and port == 443)):
+            location += b":%d" % port
+        location += path + p[h.target + h.path_len:h.target + h.target_len]
+        head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
+            r.status, _REASONS.get(r.status, b"Redirect"), location, self.request_id,
+            b"" if self.keep_alive else b"Connection: close\r\n")
+        self.transport.write(head)
+        self.resp_started = True
+        self.req_done = True
+        if self.keep_alive:
+            self.state = CL_WAIT
+            self._exchange_done()
+        else:
+            self._close()
 
     cdef void _send_error(self, int status, const char* reason):
         cdef bytes body, reason_phrase, head
@@ -908,7 +1002,7 @@ cdef class UpstreamConn:
         if self.client is None:
             transport.close()
             return
-        group = self.client.route.group if self.client.route is not None else None
+        group = self.client.group
         if group is not None:
             self.body_timeout = (<UpstreamGroup>group).body_timeout
             self.header_timeout = (<UpstreamGroup>group).header_timeout

@@ -210,7 +210,7 @@ def _check_routes(cfg: GatewayConfig, out: list[Problem]) -> None:
                 _check_filters(backend.filters, all_prefix, [*base, "backends", j, "filters"], cfg, known, out)
         if route.filters is not None:
             _check_filters(route.filters, all_prefix, [*base, "filters"], cfg, known, out)
-        listener_names = {l.name for l in cfg.listeners if l.name is not None}
+        listener_names = {lst.name for lst in cfg.listeners if lst.name is not None}
         for j, name in enumerate(route.listeners or ()):
             if name not in listener_names:
                 shown = ", ".join(sorted(listener_names)) or "none named"

@@ -5,7 +5,6 @@ import random
 
 import httptools
 import pytest
-
 from fastgw._core import HTTPParseError, decode_chunked, parse_request
 
 
