@@ -218,6 +218,7 @@ cdef class ClientConn:
     cdef RouteMatch rmatch
     cdef UpstreamGroup group
     cdef Filters filters
+    cdef MirrorConn mirror
     cdef Router routes
     cdef Runtime routes_rt
     cdef int local_port
@@ -443,6 +444,8 @@ cdef class ClientConn:
         self.up_head = wb_bytes(&self.uout)
         self.up_queue = [self.up_head]
         self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
         self.state = CL_WAIT if self.req_done else CL_BODY
         # Body bytes that came with the head are checked before anything is sent upstream, so a
         # request malformed anywhere in its first packet reaches the upstream not at all.
@@ -597,6 +600,8 @@ cdef class ClientConn:
             self.up.expect_response(self.target, self.group.header_timeout)
 
     cdef void _send_up(self, bytes chunk):
+        if self.mirror is not None:
+            self.mirror.send(chunk)
         if self.up_queue is None:
             if self.up is not None:
                 self.up.transport.write(chunk)
@@ -612,6 +617,9 @@ cdef class ClientConn:
         if self.up is not None:
             self.up.detach_and_close()
             self.up = None
+        if self.mirror is not None:
+            self.mirror.drop()
+            self.mirror = None
         self.up_queue = None
         if self.resp_started:
             self.abort()
@@ -787,6 +795,7 @@ cdef class ClientConn:
         self.rmatch = None
         self.group = None
         self.filters = None
+        self.mirror = None
         self.target = None
         self.up_head = None
         if not self.keep_alive or self.state == CL_CLOSED:
