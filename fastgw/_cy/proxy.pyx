@@ -69,6 +69,11 @@ cdef enum:
 
     QUEUE_HIGH_WATER = 262144
 
+    # outcomes of the request phase besides a status to answer with
+    OUT_PROXY = 0
+    OUT_REDIRECT = 1
+    OUT_TOO_LARGE = 413
+
 
 cdef dict _REASONS = {
     200: b"OK", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
@@ -221,6 +226,7 @@ cdef class ClientConn:
     cdef MirrorConn mirror
     cdef Router routes
     cdef Runtime routes_rt
+    cdef const char* refusal
     cdef int local_port
     cdef bytes up_head
     cdef list up_queue
@@ -391,6 +397,42 @@ cdef class ClientConn:
         if h.framing == FR_CHUNKED:
             chunk_init(&self.chunk, rt.head_limits.max_head_bytes)
 
+        outcome = self._route(p)
+        if outcome != OUT_PROXY:
+            if outcome == OUT_TOO_LARGE:
+                self.keep_alive = False
+            self._refuse_before_upstream(data, head_len, n, outcome, self.refusal)
+            return
+        self.retry_ok = h.framing == FR_NONE and _idempotent(p, h.method_len)
+        self._build_upstream_head(p)
+        self.up_head = wb_bytes(&self.uout)
+        self.up_queue = [self.up_head]
+        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
+        self.state = CL_WAIT if self.req_done else CL_BODY
+        # Body bytes that came with the head are checked before anything is sent upstream, so a
+        # request malformed anywhere in its first packet reaches the upstream not at all.
+        if head_len < n:
+            if self.state == CL_BODY:
+                self._body_data(data, head_len)
+                if self.state == CL_CLOSED or self.up_queue is None:
+                    return
+            else:
+                self.buf = data[head_len:]
+                self._pause(PR_PIPELINE)
+        self._dispatch()
+
+    cdef int _route(self, const char* p) except -1:
+        """The decisions of the request phase: listener, route, body limit, backend, filters,
+        target. Sets the exchange's fields; returns OUT_PROXY or the status to answer with
+        (`self.refusal` says why), or OUT_REDIRECT."""
+        cdef MessageHead* h = &self.head
+        cdef Runtime rt = self.rt
+        cdef Py_ssize_t hl, i
+        cdef const char* host
+        cdef object payload
+        cdef Backend backend
         # route on the lowercased host without its port, and the path without its query
         if h.authority >= 0:
             host = p + h.authority
@@ -414,50 +456,30 @@ cdef class ClientConn:
         else:
             payload = self.routes.match(self.hostbuf, hl, p + h.target, h.path_len)
         if payload is None:
-            self._refuse_before_upstream(data, head_len, n, 404, b"no route")
-            return
+            self.refusal = b"no route"
+            return 404
         self.rmatch = <RouteMatch>payload
         self.route = self.rmatch.route
         self.max_body = self.route.max_body if self.route.max_body >= 0 else rt.max_body
         if self.max_body >= 0 and h.framing == FR_LENGTH and h.content_length > self.max_body:
-            self.keep_alive = False
-            self._send_error(413, b"request body too large")
-            return
+            self.refusal = b"request body too large"
+            return OUT_TOO_LARGE
         backend = self.route.pick_backend()
         if backend is None:
-            self._refuse_before_upstream(data, head_len, n, 500, b"route has no backends")
-            return
+            self.refusal = b"route has no backends"
+            return 500
         self.filters = backend.filters
         if self.filters is not None and self.filters.redirect is not None:
-            self._refuse_before_upstream(data, head_len, n, 0, NULL)
-            return
+            return OUT_REDIRECT
         self.group = backend.group
         if self.group is None:
-            self._refuse_before_upstream(data, head_len, n, 500, b"backend not found")
-            return
+            self.refusal = b"backend not found"
+            return 500
         self.target = self.group.pick()
         if self.target is None:
-            self._refuse_before_upstream(data, head_len, n, 503, b"no upstream target available")
-            return
-        self.retry_ok = h.framing == FR_NONE and _idempotent(p, h.method_len)
-        self._build_upstream_head(p)
-        self.up_head = wb_bytes(&self.uout)
-        self.up_queue = [self.up_head]
-        self.up_queued = PyBytes_GET_SIZE(self.up_head)
-        if self.filters is not None and self.filters.mirror_group is not None:
-            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
-        self.state = CL_WAIT if self.req_done else CL_BODY
-        # Body bytes that came with the head are checked before anything is sent upstream, so a
-        # request malformed anywhere in its first packet reaches the upstream not at all.
-        if head_len < n:
-            if self.state == CL_BODY:
-                self._body_data(data, head_len)
-                if self.state == CL_CLOSED or self.up_queue is None:
-                    return
-            else:
-                self.buf = data[head_len:]
-                self._pause(PR_PIPELINE)
-        self._dispatch()
+            self.refusal = b"no upstream target available"
+            return 503
+        return OUT_PROXY
 
     cdef void _refuse_before_upstream(self, bytes data, Py_ssize_t head_len, Py_ssize_t n,
                                       int status, const char* reason):
@@ -466,7 +488,7 @@ cdef class ClientConn:
             self.keep_alive = False
         elif head_len < n:
             self.buf = data[head_len:]
-        if status == 0:
+        if status == OUT_REDIRECT:
             self._send_redirect(PyBytes_AS_STRING(data))
         else:
             self._send_error(status, reason)
