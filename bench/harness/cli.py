@@ -61,6 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing tools")
     ap.add_argument("--update-readme", action="store_true", help="write the table into bench/README.md")
     ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead of benchmarking, run the upstream and fastgw for bench/locustfile.py until Ctrl-C",
+    )
+    ap.add_argument(
+        "--serve-port", type=int, default=8080, help="the gateway's port with --serve (default %(default)s)"
+    )
+    ap.add_argument(
         "--keep", action="store_true", help="keep the temp dir with the generated configs and logs"
     )
     a = ap.parse_args(argv)
@@ -332,6 +340,11 @@ def measure(tools, scen, port, proc, upstream, duration, load_cpus, sdir) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.serve:
+        from .serve import serve
+
+        load_cpus, proxy_cpus = pinning(a)
+        return serve(a.serve_port, load_cpus, proxy_cpus, install=not a.no_install)
     doc = run(a)
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = doc["date"].replace(":", "").replace("-", "").replace("+0000", "Z")

@@ -148,7 +148,8 @@ def http_status(port: int, method: str, path: str, headers: dict[str, str], body
 
 
 def start_upstream(nginx: str, cpus: str | None, workdir: Path) -> Proc:
-    """nginx answering fixed responses: `/` (and any other path, any method) 26 B, /4k, /64k."""
+    """nginx answering fixed responses: `/` (and any other path, any method) 26 B, /4k, /64k; and for the
+    mixed-traffic setup /static/4k/*, /static/64k/*, /status/500, /status/503."""
     d = workdir / "upstream"
     (d / "www").mkdir(parents=True, exist_ok=True)
     for path, size in SIZES.items():
@@ -180,6 +181,11 @@ http {{
     location / {{ default_type text/plain; return 200 "{body}"; }}
     location = /4k {{ default_type application/octet-stream; alias {d}/www/4k; }}
     location = /64k {{ default_type application/octet-stream; alias {d}/www/64k; }}
+    # For the mixed-traffic (locust) setup: static files under any name, and upstream errors.
+    location ^~ /static/4k/ {{ default_type application/octet-stream; root {d}/www; try_files /4k =404; }}
+    location ^~ /static/64k/ {{ default_type application/octet-stream; root {d}/www; try_files /64k =404; }}
+    location = /status/500 {{ return 500 "upstream error\n"; }}
+    location = /status/503 {{ return 503 "upstream unavailable\n"; }}
   }}
 }}
 """)
@@ -443,7 +449,7 @@ class Fastgw(Peer):
             path = d / f"{feat}.yaml"
             path.write_text(self.config_yaml(PeerConfig(1, routes, frozenset(found | {feat})), free_port()))
             r = subprocess.run(
-                self.cmd + ["check", "-c", str(path)], capture_output=True, text=True, timeout=30, check=False
+                self.cmd + ["check", str(path)], capture_output=True, text=True, timeout=30, check=False
             )
             if r.returncode == 0:
                 found.add(feat)
