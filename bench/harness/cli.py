@@ -288,9 +288,10 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
         for p in live:
             ol = {"rate": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": 0, "non_2xx": 0, "offered_rate": rate}
             if tools.get("httperf") and rate > 0 and a.open_loop > 0:
-                ol, _raw = load.run_httperf(
+                ol, raw = load.run_httperf(
                     tools["httperf"], ports[p.name], scen.open_loop, rate, a.open_loop, load_cpus, sdir
                 )
+                (sdir / f"httperf-{p.name}.txt").write_text(raw)
                 log(
                     f"  open loop {p.name:8s} {ol['rate']:8.0f} req/s offered {rate:.0f}  p99 {ol['p99_ms']:.1f} ms  errors {ol['errors']}"
                 )

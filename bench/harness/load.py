@@ -136,14 +136,15 @@ class ChildRun:
 def run_child(cmd: list[str], timeout: float, cwd: Path | None = None) -> ChildRun:
     """Runs a load generator; the caller reads its CPU time from os.times()' children figures."""
     p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd
     )
     try:
-        out, _ = p.communicate(timeout=timeout)
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
-        out, _ = p.communicate()
-    return ChildRun(out.decode(errors="replace"), p.returncode)
+        out, err = p.communicate()
+    # stderr after stdout, so that warnings cannot split a report's blocks.
+    return ChildRun(out.decode(errors="replace") + "\n" + err.decode(errors="replace"), p.returncode)
 
 
 def run_wrk(
@@ -203,11 +204,16 @@ def parse_httperf(text: str) -> dict:
     res["max_ms"] = float(m.group(3)) if m else 0.0
     res["mean_ms"] = float(m.group(2)) if m else 0.0
     hist: list[tuple[float, int]] = []
-    block = re.search(r"Connection lifetime histogram \(time in ms\):\n((?:\s+[\d.]+\s+\d+\n)+)", text)
-    if block:
-        for line in block.group(1).splitlines():
-            centre, count = line.split()
-            hist.append((float(centre) + 0.5, int(count)))
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith("Connection lifetime histogram"):
+            for row in lines:
+                m = re.match(r"^\s+([\d.]+)\s+(\d+)\s*$", row)
+                if m:
+                    hist.append((float(m.group(1)) + 0.5, int(m.group(2))))
+                elif row.startswith("Total:") or (not row.strip() and hist):
+                    break
+            break
     total = sum(c for _, c in hist)
     for pct in (50, 99):
         val = 0.0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 import threading
@@ -67,3 +68,4 @@ def serve(port: int, load_cpus: str | None, proxy_cpus: str | None, install: boo
         return 0
     finally:
         peers.stop_all(procs[::-1])
+        shutil.rmtree(tmp, ignore_errors=True)
