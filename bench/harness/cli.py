@@ -24,7 +24,7 @@ PEER_NAMES = ["direct", "fastgw", "nginx", "haproxy"]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
     ap.add_argument(
-        "--quick", action="store_true", help="about a minute: 2 rounds of 1 s, 1 s warm-up, 1 s open loop"
+        "--quick", action="store_true", help="about a minute: 2 rounds of 1 s, 1 s warm-up, 0.5 s open loop"
     )
     ap.add_argument(
         "--scenarios", default=",".join(scenarios.SCENARIO_NAMES), help="comma-separated (default: all)"
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=int, help="seconds of unmeasured wrk per peer and scenario (default 2; quick 1)"
     )
     ap.add_argument(
-        "--open-loop", type=float, help="seconds of httperf per peer and scenario (default 5; quick 1)"
+        "--open-loop", type=float, help="seconds of httperf per peer and scenario (default 5; quick 0.5)"
     )
     ap.add_argument(
         "--open-loop-max-rate",
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.duration = a.duration or (1 if q else 8)
     a.rounds = a.rounds or (2 if q else 5)
     a.warmup = a.warmup if a.warmup is not None else (1 if q else 2)
-    a.open_loop = a.open_loop if a.open_loop is not None else (1.0 if q else 5.0)
+    a.open_loop = a.open_loop if a.open_loop is not None else (0.5 if q else 5.0)
     a.scenarios = [s for s in a.scenarios.split(",") if s]
     a.peers = [p for p in a.peers.split(",") if p]
     bad = [p for p in a.peers if p not in PEER_NAMES]

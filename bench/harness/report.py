@@ -111,12 +111,12 @@ def header(doc: dict) -> str:
     feats = "; ".join(f"{p}: {', '.join(f) or 'none'}" for p, f in doc["gateway_features"].items())
     skipped = "; ".join(f"{p}: {why}" for p, why in doc["skipped"].items()) or "none"
     return (
-        f"{doc['date']} on {m['hostname']} ({m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}); "
+        f"- {doc['date']} on {m['hostname']} ({m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}); "
         f"{s['rounds']} round(s) of {s['duration_s']} s per peer and scenario, open loop {s['open_loop_s']} s; "
         f"pinning: upstream + load generators on CPU {s['load_cpus']}, proxy on CPU {s['proxy_cpus']}.\n"
-        f"Versions: {vers}.\n"
-        f"Gateway features exercised: {feats}.\n"
-        f"Skipped peers: {skipped}."
+        f"- Versions: {vers}.\n"
+        f"- Gateway features exercised: {feats}.\n"
+        f"- Skipped peers: {skipped}."
     )
 
 
