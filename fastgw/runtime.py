@@ -160,31 +160,37 @@ def _matched_prefix(m: Match) -> str | None:
     return prefix
 
 
-def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> list[RouteSpec]:
-    specs = []
+def attached_matches(listener: Listener, cfg: GatewayConfig):
+    """(route, match, hosts, order) for every match of every route that serves on `listener`, hosts
+    intersected with the listener's hostname, in the router's tie-break order."""
     order = 0
     for route in cfg.routes:
         if route.listeners is not None and listener.name not in route.listeners:
             continue
         for m in route.all_matches:
-            hosts = intersect_hosts(m.hosts, listener.hostname)
             order += 1
-            if hosts == []:
-                continue
-            specs.append(RouteSpec(
-                name=route.name,
-                hosts=hosts,
-                path_exact=m.path.exact,
-                path_prefix=m.path.prefix,
-                path_template=m.path.template,
-                path_regex=m.path.regex,
-                methods=[x.encode() for x in m.methods] if m.methods else None,
-                headers=_conditions(m.headers, str.lower),
-                query=_conditions(m.query),
-                order=order,
-                payload=_core.RouteMatch(routes[route.name], _matched_prefix(m)),
-            ))
-    return specs
+            hosts = intersect_hosts(m.hosts, listener.hostname)
+            if hosts != []:
+                yield route, m, hosts, order
+
+
+def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> list[RouteSpec]:
+    return [
+        RouteSpec(
+            name=route.name,
+            hosts=hosts,
+            path_exact=m.path.exact,
+            path_prefix=m.path.prefix,
+            path_template=m.path.template,
+            path_regex=m.path.regex,
+            methods=[x.encode() for x in m.methods] if m.methods else None,
+            headers=_conditions(m.headers, str.lower),
+            query=_conditions(m.query),
+            order=order,
+            payload=_core.RouteMatch(routes[route.name], _matched_prefix(m)),
+        )
+        for route, m, hosts, order in attached_matches(listener, cfg)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -838,7 +838,7 @@ cdef class ClientConn:
 
     # ---- endings -----------------------------------------------------------------------------
 
-    cdef void _send_redirect(self, const char* p):
+    cdef bytes _redirect_location(self, const char* p):
         """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,
         else the well-known port of a given scheme, else the listener's; the scheme's default port is
         left out."""
@@ -846,7 +846,7 @@ cdef class ClientConn:
         cdef Redirect r = self.filters.redirect
         cdef bytes scheme = r.scheme if r.scheme is not None else b"http"
         cdef int port
-        cdef bytes host, path, location, head
+        cdef bytes host, path, location
         if r.port:
             port = r.port
         elif r.scheme is not None:
@@ -866,9 +866,12 @@ cdef class ClientConn:
         location = scheme + b"://" + host
         if not ((scheme == b"http" and port == 80) or (scheme == b"https" and port == 443)):
             location += b":%d" % port
-        location += path + p[h.target + h.path_len:h.target + h.target_len]
-        head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
-            r.status, _REASONS.get(r.status, b"Redirect"), location, self.request_id,
+        return location + path + p[h.target + h.path_len:h.target + h.target_len]
+
+    cdef void _send_redirect(self, const char* p):
+        cdef Redirect r = self.filters.redirect
+        cdef bytes head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
+            r.status, _REASONS.get(r.status, b"Redirect"), self._redirect_location(p), self.request_id,
             b"" if self.keep_alive else b"Connection: close\r\n")
         self.transport.write(head)
         self.resp_started = True
@@ -878,6 +881,49 @@ cdef class ClientConn:
             self._exchange_done()
         else:
             self._close()
+
+    def explain(self, bytes raw, int local_port, bytes client_ip=b"192.0.2.1"):
+        """What the request phase decides for `raw` (a request head), with no socket: for
+        `fastgw explain` and tests."""
+        cdef const char* p = raw
+        cdef Py_ssize_t r
+        cdef int outcome
+        self.rt = self.worker.runtime
+        self.local_port = local_port
+        self.client_ip = client_ip
+        r = parse_request_head(&self.head, p, len(raw), &self.rt.head_limits)
+        if r == PARSE_INCOMPLETE:
+            raise ValueError("incomplete request head")
+        if r == PARSE_ERROR:
+            return {"status": self.head.error_status, "error": (<bytes>self.head.error_reason).decode()}
+        rid = self.head.request_id
+        self.request_id = raw[rid:rid + self.head.request_id_len] if rid >= 0 else b"<generated>"
+        self.routes_rt = None
+        outcome = self._route(p)
+        out = {"status": outcome, "route": self.route.name if self.route is not None else None,
+               "match_prefix": self.rmatch.prefix if self.rmatch is not None else None}
+        if self.route is not None:
+            out["backends"] = [(b.group.name if b.group is not None else None, b.weight)
+                               for b in self.route.backends]
+        if self.filters is not None:
+            f = self.filters
+            out["filters"] = {
+                "request_headers": f.request_headers, "response_headers": f.response_headers,
+                "redirect": f.redirect, "rewrite": f.rewrite,
+                "mirror": f.mirror_group.name if f.mirror_group is not None else None,
+            }
+        if outcome == OUT_REDIRECT:
+            out["status"] = self.filters.redirect.status
+            out["location"] = self._redirect_location(p)
+        elif outcome == OUT_PROXY:
+            out["status"] = 200
+            out["upstream"] = self.group.name
+            out["target"] = self.target.address
+            self._build_upstream_head(p)
+            out["upstream_request"] = wb_bytes(&self.uout)
+        else:
+            out["error"] = (<bytes>self.refusal).decode()
+        return out
 
     cdef void _send_error(self, int status, const char* reason):
         cdef bytes body, reason_phrase, head
