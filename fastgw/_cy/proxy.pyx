@@ -68,6 +68,7 @@ cdef enum:
     RM_CHUNK              # re-chunked (HTTP/1.1 client, no length known)
 
     QUEUE_HIGH_WATER = 262144
+    COALESCE_MAX = 16384      # body pieces up to this size are copied to join the head in one write
 
     # outcomes of the request phase besides a status to answer with
     OUT_PROXY = 0
@@ -770,22 +771,32 @@ cdef class ClientConn:
         else:
             wb_put(out, b"\r\n\r\n", 4)
 
-    cdef void response_body(self, const char* p, Py_ssize_t n, bytes whole) except *:
-        """Body bytes for the client. `whole` is the bytes object when (p, n) is all of it, so an
-        unbuffered pass-through needs no copy."""
+    cdef void response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        """Body bytes data[off:off + n] for the client. Small pieces join the pending head in
+        self.out (one write); large ones go out as they are (a memoryview, no copy), after it."""
         cdef WBuf* out = &self.out
-        if n == 0:
+        cdef object piece
+        if n == 0 or self.state == CL_CLOSED:
             return
+        if n <= COALESCE_MAX:
+            if self.resp_mode == RM_CHUNK:
+                wb_put_hex(out, n)
+                wb_put(out, b"\r\n", 2)
+                wb_put(out, PyBytes_AS_STRING(data) + off, n)
+                wb_put(out, b"\r\n", 2)
+            else:
+                wb_put(out, PyBytes_AS_STRING(data) + off, n)
+            return
+        piece = data if (off == 0 and n == PyBytes_GET_SIZE(data)) else memoryview(data)[off:off + n]
         if self.resp_mode == RM_CHUNK:
             wb_put_hex(out, n)
             wb_put(out, b"\r\n", 2)
-            wb_put(out, p, n)
-            wb_put(out, b"\r\n", 2)
-        elif out.len == 0 and whole is not None:
-            if self.state != CL_CLOSED:
-                self.transport.write(whole)
+            self.transport.writelines((wb_bytes(out), piece, b"\r\n"))
+        elif out.len:
+            self.transport.writelines((wb_bytes(out), piece))
         else:
-            wb_put(out, p, n)
+            self.transport.write(piece)
+        out.len = 0
 
     cdef void flush_response(self):
         if self.out.len:
@@ -1172,7 +1183,7 @@ cdef class UpstreamConn:
                 take = <Py_ssize_t>self.remaining
                 self.reusable = False       # bytes past the end of the response
             self.remaining -= take
-            client.response_body(p + off, take, data if (off == 0 and take == n) else None)
+            client.response_body(data, off, take)
             if self.remaining == 0:
                 self._complete()
         elif self.framing == FR_CHUNKED:
@@ -1184,14 +1195,14 @@ cdef class UpstreamConn:
                     self._truncated()
                     return
                 for i in range(self.chunk.nspans):
-                    client.response_body(p + self.chunk.span_off[i], self.chunk.span_len[i], None)
+                    client.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
                 if self.chunk.state == CS_DONE:
                     if pos < n:
                         self.reusable = False
                     self._complete()
                     return
         else:
-            client.response_body(p + off, n - off, data if off == 0 else None)
+            client.response_body(data, off, n - off)
 
     cdef void _complete(self):
         self.response_complete = True
