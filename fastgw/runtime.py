@@ -104,7 +104,7 @@ def _header_ops(edits: list[HeaderEdits], extra_set=(), extra_add=()) -> _core.H
     return _core.HeaderOps(list(sets.values()), adds, removes)
 
 
-def compile_filters(*layers: Filters | None) -> _core.Filters | None:
+def compile_filters(*layers: Filters | None, groups: dict | None = None) -> _core.Filters | None:
     """Merges the route's filters and a backend's (later layers win where both set the same)."""
     layers = tuple(f for f in layers if f is not None)
     if not layers:
@@ -116,8 +116,10 @@ def compile_filters(*layers: Filters | None) -> _core.Filters | None:
         vadd += a
     req = _header_ops([f.request_headers for f in layers if f.request_headers is not None])
     resp = _header_ops([f.response_headers for f in layers if f.response_headers is not None], vset, vadd)
-    redirect = rewrite = None
+    redirect = rewrite = mirror = None
     for f in layers:
+        if f.mirror is not None:
+            mirror = f.mirror
         if f.redirect is not None:
             r = f.redirect
             redirect = _core.Redirect(r.scheme, r.hostname, r.port,
@@ -127,21 +129,23 @@ def compile_filters(*layers: Filters | None) -> _core.Filters | None:
             w = f.rewrite
             rewrite = _core.Rewrite(w.hostname, w.path.full if w.path else None,
                                     w.path.prefix if w.path else None)
-    if req is None and resp is None and redirect is None and rewrite is None:
+    if req is None and resp is None and redirect is None and rewrite is None and mirror is None:
         return None
-    return _core.Filters(req, resp, redirect, rewrite)
+    if mirror is None:
+        return _core.Filters(req, resp, redirect, rewrite)
+    return _core.Filters(req, resp, redirect, rewrite, groups[mirror.upstream], mirror.percent)
 
 
 def _compile_route(route: Route, cfg: GatewayConfig, groups: dict) -> _core.Route:
     if route.backends is None and route.upstream is None:
         # a redirect-only route: one backend that only redirects
-        backends = [_core.Backend(None, compile_filters(route.filters), 1)]
+        backends = [_core.Backend(None, compile_filters(route.filters, groups=groups), 1)]
     elif route.backends is None:
-        backends = [_core.Backend(groups[route.upstream], compile_filters(route.filters), 1)]
+        backends = [_core.Backend(groups[route.upstream], compile_filters(route.filters, groups=groups), 1)]
     else:
         backends = [
             _core.Backend(groups[b.upstream] if b.upstream is not None else None,
-                          compile_filters(route.filters, b.filters), b.weight)
+                          compile_filters(route.filters, b.filters, groups=groups), b.weight)
             for b in route.backends
         ]
     return _core.Route(route.name, backends, cfg.route_max_body_bytes(route))
@@ -156,31 +160,37 @@ def _matched_prefix(m: Match) -> str | None:
     return prefix
 
 
-def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> list[RouteSpec]:
-    specs = []
+def attached_matches(listener: Listener, cfg: GatewayConfig):
+    """(route, match, hosts, order) for every match of every route that serves on `listener`, hosts
+    intersected with the listener's hostname, in the router's tie-break order."""
     order = 0
     for route in cfg.routes:
         if route.listeners is not None and listener.name not in route.listeners:
             continue
         for m in route.all_matches:
-            hosts = intersect_hosts(m.hosts, listener.hostname)
             order += 1
-            if hosts == []:
-                continue
-            specs.append(RouteSpec(
-                name=route.name,
-                hosts=hosts,
-                path_exact=m.path.exact,
-                path_prefix=m.path.prefix,
-                path_template=m.path.template,
-                path_regex=m.path.regex,
-                methods=[x.encode() for x in m.methods] if m.methods else None,
-                headers=_conditions(m.headers, str.lower),
-                query=_conditions(m.query),
-                order=order,
-                payload=_core.RouteMatch(routes[route.name], _matched_prefix(m)),
-            ))
-    return specs
+            hosts = intersect_hosts(m.hosts, listener.hostname)
+            if hosts != []:
+                yield route, m, hosts, order
+
+
+def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> list[RouteSpec]:
+    return [
+        RouteSpec(
+            name=route.name,
+            hosts=hosts,
+            path_exact=m.path.exact,
+            path_prefix=m.path.prefix,
+            path_template=m.path.template,
+            path_regex=m.path.regex,
+            methods=[x.encode() for x in m.methods] if m.methods else None,
+            headers=_conditions(m.headers, str.lower),
+            query=_conditions(m.query),
+            order=order,
+            payload=_core.RouteMatch(routes[route.name], _matched_prefix(m)),
+        )
+        for route, m, hosts, order in attached_matches(listener, cfg)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,12 +58,17 @@ cdef class Filters:
     cdef readonly HeaderOps response_headers
     cdef readonly Redirect redirect
     cdef readonly Rewrite rewrite
+    cdef readonly object mirror_group     # UpstreamGroup
+    cdef readonly double mirror_fraction  # 0..1
 
-    def __init__(self, request_headers=None, response_headers=None, redirect=None, rewrite=None):
+    def __init__(self, request_headers=None, response_headers=None, redirect=None, rewrite=None,
+                 mirror_group=None, double mirror_percent=100.0):
         self.request_headers = request_headers
         self.response_headers = response_headers
         self.redirect = redirect
         self.rewrite = rewrite
+        self.mirror_group = mirror_group
+        self.mirror_fraction = mirror_percent / 100.0
 
 
 cdef bytes replace_path(const char* path, Py_ssize_t path_len, bytes matched_prefix, bytes full,

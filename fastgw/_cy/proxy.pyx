@@ -68,6 +68,12 @@ cdef enum:
     RM_CHUNK              # re-chunked (HTTP/1.1 client, no length known)
 
     QUEUE_HIGH_WATER = 262144
+    COALESCE_MAX = 16384      # body pieces up to this size are copied to join the head in one write
+
+    # outcomes of the request phase besides a status to answer with
+    OUT_PROXY = 0
+    OUT_REDIRECT = 1
+    OUT_TOO_LARGE = 413
 
 
 cdef dict _REASONS = {
@@ -218,8 +224,10 @@ cdef class ClientConn:
     cdef RouteMatch rmatch
     cdef UpstreamGroup group
     cdef Filters filters
+    cdef MirrorConn mirror
     cdef Router routes
     cdef Runtime routes_rt
+    cdef const char* refusal
     cdef int local_port
     cdef bytes up_head
     cdef list up_queue
@@ -390,6 +398,42 @@ cdef class ClientConn:
         if h.framing == FR_CHUNKED:
             chunk_init(&self.chunk, rt.head_limits.max_head_bytes)
 
+        outcome = self._route(p)
+        if outcome != OUT_PROXY:
+            if outcome == OUT_TOO_LARGE:
+                self.keep_alive = False
+            self._refuse_before_upstream(data, head_len, n, outcome, self.refusal)
+            return
+        self.retry_ok = h.framing == FR_NONE and _idempotent(p, h.method_len)
+        self._build_upstream_head(p)
+        self.up_head = wb_bytes(&self.uout)
+        self.up_queue = [self.up_head]
+        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
+        self.state = CL_WAIT if self.req_done else CL_BODY
+        # Body bytes that came with the head are checked before anything is sent upstream, so a
+        # request malformed anywhere in its first packet reaches the upstream not at all.
+        if head_len < n:
+            if self.state == CL_BODY:
+                self._body_data(data, head_len)
+                if self.state == CL_CLOSED or self.up_queue is None:
+                    return
+            else:
+                self.buf = data[head_len:]
+                self._pause(PR_PIPELINE)
+        self._dispatch()
+
+    cdef int _route(self, const char* p) except -1:
+        """The decisions of the request phase: listener, route, body limit, backend, filters,
+        target. Sets the exchange's fields; returns OUT_PROXY or the status to answer with
+        (`self.refusal` says why), or OUT_REDIRECT."""
+        cdef MessageHead* h = &self.head
+        cdef Runtime rt = self.rt
+        cdef Py_ssize_t hl, i
+        cdef const char* host
+        cdef object payload
+        cdef Backend backend
         # route on the lowercased host without its port, and the path without its query
         if h.authority >= 0:
             host = p + h.authority
@@ -413,48 +457,30 @@ cdef class ClientConn:
         else:
             payload = self.routes.match(self.hostbuf, hl, p + h.target, h.path_len)
         if payload is None:
-            self._refuse_before_upstream(data, head_len, n, 404, b"no route")
-            return
+            self.refusal = b"no route"
+            return 404
         self.rmatch = <RouteMatch>payload
         self.route = self.rmatch.route
         self.max_body = self.route.max_body if self.route.max_body >= 0 else rt.max_body
         if self.max_body >= 0 and h.framing == FR_LENGTH and h.content_length > self.max_body:
-            self.keep_alive = False
-            self._send_error(413, b"request body too large")
-            return
+            self.refusal = b"request body too large"
+            return OUT_TOO_LARGE
         backend = self.route.pick_backend()
         if backend is None:
-            self._refuse_before_upstream(data, head_len, n, 500, b"route has no backends")
-            return
+            self.refusal = b"route has no backends"
+            return 500
         self.filters = backend.filters
         if self.filters is not None and self.filters.redirect is not None:
-            self._refuse_before_upstream(data, head_len, n, 0, NULL)
-            return
+            return OUT_REDIRECT
         self.group = backend.group
         if self.group is None:
-            self._refuse_before_upstream(data, head_len, n, 500, b"backend not found")
-            return
+            self.refusal = b"backend not found"
+            return 500
         self.target = self.group.pick()
         if self.target is None:
-            self._refuse_before_upstream(data, head_len, n, 503, b"no upstream target available")
-            return
-        self.retry_ok = h.framing == FR_NONE and _idempotent(p, h.method_len)
-        self._build_upstream_head(p)
-        self.up_head = wb_bytes(&self.uout)
-        self.up_queue = [self.up_head]
-        self.up_queued = PyBytes_GET_SIZE(self.up_head)
-        self.state = CL_WAIT if self.req_done else CL_BODY
-        # Body bytes that came with the head are checked before anything is sent upstream, so a
-        # request malformed anywhere in its first packet reaches the upstream not at all.
-        if head_len < n:
-            if self.state == CL_BODY:
-                self._body_data(data, head_len)
-                if self.state == CL_CLOSED or self.up_queue is None:
-                    return
-            else:
-                self.buf = data[head_len:]
-                self._pause(PR_PIPELINE)
-        self._dispatch()
+            self.refusal = b"no upstream target available"
+            return 503
+        return OUT_PROXY
 
     cdef void _refuse_before_upstream(self, bytes data, Py_ssize_t head_len, Py_ssize_t n,
                                       int status, const char* reason):
@@ -463,7 +489,7 @@ cdef class ClientConn:
             self.keep_alive = False
         elif head_len < n:
             self.buf = data[head_len:]
-        if status == 0:
+        if status == OUT_REDIRECT:
             self._send_redirect(PyBytes_AS_STRING(data))
         else:
             self._send_error(status, reason)
@@ -597,6 +623,8 @@ cdef class ClientConn:
             self.up.expect_response(self.target, self.group.header_timeout)
 
     cdef void _send_up(self, bytes chunk):
+        if self.mirror is not None:
+            self.mirror.send(chunk)
         if self.up_queue is None:
             if self.up is not None:
                 self.up.transport.write(chunk)
@@ -612,6 +640,9 @@ cdef class ClientConn:
         if self.up is not None:
             self.up.detach_and_close()
             self.up = None
+        if self.mirror is not None:
+            self.mirror.drop()
+            self.mirror = None
         self.up_queue = None
         if self.resp_started:
             self.abort()
@@ -740,22 +771,32 @@ cdef class ClientConn:
         else:
             wb_put(out, b"\r\n\r\n", 4)
 
-    cdef void response_body(self, const char* p, Py_ssize_t n, bytes whole) except *:
-        """Body bytes for the client. `whole` is the bytes object when (p, n) is all of it, so an
-        unbuffered pass-through needs no copy."""
+    cdef void response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        """Body bytes data[off:off + n] for the client. Small pieces join the pending head in
+        self.out (one write); large ones go out as they are (a memoryview, no copy), after it."""
         cdef WBuf* out = &self.out
-        if n == 0:
+        cdef object piece
+        if n == 0 or self.state == CL_CLOSED:
             return
+        if n <= COALESCE_MAX:
+            if self.resp_mode == RM_CHUNK:
+                wb_put_hex(out, n)
+                wb_put(out, b"\r\n", 2)
+                wb_put(out, PyBytes_AS_STRING(data) + off, n)
+                wb_put(out, b"\r\n", 2)
+            else:
+                wb_put(out, PyBytes_AS_STRING(data) + off, n)
+            return
+        piece = data if (off == 0 and n == PyBytes_GET_SIZE(data)) else memoryview(data)[off:off + n]
         if self.resp_mode == RM_CHUNK:
             wb_put_hex(out, n)
             wb_put(out, b"\r\n", 2)
-            wb_put(out, p, n)
-            wb_put(out, b"\r\n", 2)
-        elif out.len == 0 and whole is not None:
-            if self.state != CL_CLOSED:
-                self.transport.write(whole)
+            self.transport.writelines((wb_bytes(out), piece, b"\r\n"))
+        elif out.len:
+            self.transport.writelines((wb_bytes(out), piece))
         else:
-            wb_put(out, p, n)
+            self.transport.write(piece)
+        out.len = 0
 
     cdef void flush_response(self):
         if self.out.len:
@@ -787,6 +828,7 @@ cdef class ClientConn:
         self.rmatch = None
         self.group = None
         self.filters = None
+        self.mirror = None
         self.target = None
         self.up_head = None
         if not self.keep_alive or self.state == CL_CLOSED:
@@ -807,7 +849,7 @@ cdef class ClientConn:
 
     # ---- endings -----------------------------------------------------------------------------
 
-    cdef void _send_redirect(self, const char* p):
+    cdef bytes _redirect_location(self, const char* p):
         """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,
         else the well-known port of a given scheme, else the listener's; the scheme's default port is
         left out."""
@@ -815,7 +857,7 @@ cdef class ClientConn:
         cdef Redirect r = self.filters.redirect
         cdef bytes scheme = r.scheme if r.scheme is not None else b"http"
         cdef int port
-        cdef bytes host, path, location, head
+        cdef bytes host, path, location
         if r.port:
             port = r.port
         elif r.scheme is not None:
@@ -835,9 +877,12 @@ cdef class ClientConn:
         location = scheme + b"://" + host
         if not ((scheme == b"http" and port == 80) or (scheme == b"https" and port == 443)):
             location += b":%d" % port
-        location += path + p[h.target + h.path_len:h.target + h.target_len]
-        head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
-            r.status, _REASONS.get(r.status, b"Redirect"), location, self.request_id,
+        return location + path + p[h.target + h.path_len:h.target + h.target_len]
+
+    cdef void _send_redirect(self, const char* p):
+        cdef Redirect r = self.filters.redirect
+        cdef bytes head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
+            r.status, _REASONS.get(r.status, b"Redirect"), self._redirect_location(p), self.request_id,
             b"" if self.keep_alive else b"Connection: close\r\n")
         self.transport.write(head)
         self.resp_started = True
@@ -847,6 +892,49 @@ cdef class ClientConn:
             self._exchange_done()
         else:
             self._close()
+
+    def explain(self, bytes raw, int local_port, bytes client_ip=b"192.0.2.1"):
+        """What the request phase decides for `raw` (a request head), with no socket: for
+        `fastgw explain` and tests."""
+        cdef const char* p = raw
+        cdef Py_ssize_t r
+        cdef int outcome
+        self.rt = self.worker.runtime
+        self.local_port = local_port
+        self.client_ip = client_ip
+        r = parse_request_head(&self.head, p, len(raw), &self.rt.head_limits)
+        if r == PARSE_INCOMPLETE:
+            raise ValueError("incomplete request head")
+        if r == PARSE_ERROR:
+            return {"status": self.head.error_status, "error": (<bytes>self.head.error_reason).decode()}
+        rid = self.head.request_id
+        self.request_id = raw[rid:rid + self.head.request_id_len] if rid >= 0 else b"<generated>"
+        self.routes_rt = None
+        outcome = self._route(p)
+        out = {"status": outcome, "route": self.route.name if self.route is not None else None,
+               "match_prefix": self.rmatch.prefix if self.rmatch is not None else None}
+        if self.route is not None:
+            out["backends"] = [(b.group.name if b.group is not None else None, b.weight)
+                               for b in self.route.backends]
+        if self.filters is not None:
+            f = self.filters
+            out["filters"] = {
+                "request_headers": f.request_headers, "response_headers": f.response_headers,
+                "redirect": f.redirect, "rewrite": f.rewrite,
+                "mirror": f.mirror_group.name if f.mirror_group is not None else None,
+            }
+        if outcome == OUT_REDIRECT:
+            out["status"] = self.filters.redirect.status
+            out["location"] = self._redirect_location(p)
+        elif outcome == OUT_PROXY:
+            out["status"] = 200
+            out["upstream"] = self.group.name
+            out["target"] = self.target.address
+            self._build_upstream_head(p)
+            out["upstream_request"] = wb_bytes(&self.uout)
+        else:
+            out["error"] = (<bytes>self.refusal).decode()
+        return out
 
     cdef void _send_error(self, int status, const char* reason):
         cdef bytes body, reason_phrase, head
@@ -1095,7 +1183,7 @@ cdef class UpstreamConn:
                 take = <Py_ssize_t>self.remaining
                 self.reusable = False       # bytes past the end of the response
             self.remaining -= take
-            client.response_body(p + off, take, data if (off == 0 and take == n) else None)
+            client.response_body(data, off, take)
             if self.remaining == 0:
                 self._complete()
         elif self.framing == FR_CHUNKED:
@@ -1107,14 +1195,14 @@ cdef class UpstreamConn:
                     self._truncated()
                     return
                 for i in range(self.chunk.nspans):
-                    client.response_body(p + self.chunk.span_off[i], self.chunk.span_len[i], None)
+                    client.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
                 if self.chunk.state == CS_DONE:
                     if pos < n:
                         self.reusable = False
                     self._complete()
                     return
         else:
-            client.response_body(p + off, n - off, data if off == 0 else None)
+            client.response_body(data, off, n - off)
 
     cdef void _complete(self):
         self.response_complete = True
