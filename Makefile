@@ -11,6 +11,7 @@ CORE_SRC := fastgw/_core.pyx $(wildcard fastgw/_cy/*.pyx fastgw/_cy/*.pxi fastgw
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q 'Cython>=3.0.10'
 	$(PIP) install -q -e '.[test]'
 	touch $@
 

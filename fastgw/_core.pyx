@@ -2,5 +2,10 @@
 # The request path: one extension module. The files under _cy/ are included, as uvloop's loop.pyx
 # does, so calls between parser, router, balancer, pool and proxy stay C calls.
 
+include "_cy/consts.pxi"
+include "_cy/http1.pyx"
 include "_cy/router.pyx"
 include "_cy/balancer.pyx"
+include "_cy/pool.pyx"
+include "_cy/proxy.pyx"
+include "_cy/testing.pyx"

@@ -1,0 +1,141 @@
+# Runtime tables built once per config (Runtime, Route, UpstreamGroup) and the per-target
+# keep-alive pools. Targets and groups carry over a reload by stable keys so pools and balancer
+# state survive it.
+
+cdef class UpstreamConn
+cdef class ClientConn
+
+
+cdef class Target:
+    """One upstream address and its idle keep-alive connections (LIFO: the warmest first)."""
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly str address
+    cdef readonly bytes address_bytes
+    cdef list idle
+    cdef public int max_idle
+    cdef public double idle_timeout
+    cdef public int max_requests
+
+    def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests):
+        self.host = host
+        self.port = port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address_bytes = self.address.encode()
+        self.idle = []
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.max_requests = max_requests
+
+    cdef UpstreamConn take_idle(self):
+        cdef UpstreamConn conn
+        while self.idle:
+            conn = <UpstreamConn>self.idle.pop()
+            if conn.usable_from_pool():
+                return conn
+            conn.close()
+        return None
+
+    cdef void give_back(self, UpstreamConn conn, double now):
+        if len(self.idle) >= self.max_idle or conn.nrequests >= self.max_requests:
+            conn.close()
+            return
+        conn.idle_since_pool(now + self.idle_timeout)
+        self.idle.append(conn)
+
+    cdef void forget(self, UpstreamConn conn):
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self):
+        cdef UpstreamConn conn
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def idle_count(self):
+        return len(self.idle)
+
+
+cdef class UpstreamGroup:
+    cdef readonly str name
+    cdef readonly list targets
+    cdef SmoothWeightedRR balancer
+    cdef readonly double connect_timeout
+    cdef readonly double header_timeout
+    cdef readonly double body_timeout
+    cdef readonly tuple key           # what must be equal for balancer state to carry over a reload
+
+    def __init__(self, str name, list targets, list weights, double connect_timeout,
+                 double header_timeout, double body_timeout):
+        self.name = name
+        self.targets = targets
+        self.balancer = SmoothWeightedRR(weights)
+        self.connect_timeout = connect_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.key = tuple((t.address, w) for t, w in zip(targets, weights))
+
+    cdef Target pick(self):
+        cdef Py_ssize_t i
+        if not self.targets:
+            return None
+        i = self.balancer.pick()
+        if i < 0:
+            return None
+        return <Target>self.targets[i]
+
+    def adopt_balancer(self, UpstreamGroup old):
+        """Keeps the old rotation when the targets and weights did not change."""
+        if old.key == self.key:
+            self.balancer = old.balancer
+
+    def pick_address(self):
+        cdef Target t = self.pick()
+        return None if t is None else t.address
+
+
+cdef class Route:
+    cdef readonly str name
+    cdef readonly UpstreamGroup group
+    cdef readonly int64_t max_body    # -1: unlimited
+
+    def __init__(self, str name, UpstreamGroup group, max_body):
+        self.name = name
+        self.group = group
+        self.max_body = -1 if max_body is None else max_body
+
+
+cdef class Runtime:
+    """Everything a request needs, compiled once per config and never mutated: a reload builds a
+    new one and swaps it in with one assignment."""
+    cdef readonly Router router
+    cdef HeadLimits head_limits
+    cdef readonly double header_timeout
+    cdef readonly double keepalive_timeout
+    cdef readonly int max_requests_per_connection
+    cdef readonly int64_t max_body
+    cdef readonly dict groups
+    cdef readonly double drain_timeout
+
+    def __init__(self, Router router, dict groups, *, int max_request_line, int max_head_bytes,
+                 int max_headers, bint drop_underscores, double header_timeout,
+                 double keepalive_timeout, int max_requests_per_connection, max_body,
+                 double drain_timeout):
+        self.router = router
+        self.groups = groups
+        self.head_limits.max_request_line = max_request_line
+        self.head_limits.max_head_bytes = max_head_bytes
+        self.head_limits.max_headers = max_headers
+        self.head_limits.drop_underscores = drop_underscores
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_requests_per_connection = max_requests_per_connection
+        self.max_body = -1 if max_body is None else max_body
+        self.drain_timeout = drain_timeout
+
+    @property
+    def max_headers(self):
+        return self.head_limits.max_headers

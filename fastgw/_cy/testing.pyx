@@ -1,0 +1,65 @@
+# Python entry points into the C parsers, for sans-socket tests.
+
+class HTTPParseError(ValueError):
+    def __init__(self, status, reason):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def parse_request(bytes data, int max_request_line=8192, int max_head_bytes=65536,
+                  int max_headers=100, bint drop_underscores=False):
+    """Parses one request head. Returns None while incomplete, else a dict describing the head;
+    raises HTTPParseError with the status the gateway would answer."""
+    cdef MessageHead h
+    cdef HeadLimits lim
+    cdef Py_ssize_t r
+    cdef int i
+    lim.max_request_line = max_request_line
+    lim.max_head_bytes = max_head_bytes
+    lim.max_headers = max_headers
+    lim.drop_underscores = drop_underscores
+    head_init(&h, max_headers)
+    try:
+        r = parse_request_head(&h, data, len(data), &lim)
+        if r == PARSE_INCOMPLETE:
+            return None
+        if r == PARSE_ERROR:
+            raise HTTPParseError(h.error_status, (<bytes>h.error_reason).decode())
+        return {
+            "head_length": r,
+            "method": data[h.method:h.method + h.method_len],
+            "target": data[h.target:h.target + h.target_len],
+            "path": data[h.target:h.target + h.path_len],
+            "version": (1, h.version_minor),
+            "host": data[h.host:h.host + h.host_name_len] if h.has_host else None,
+            "authority": data[h.authority:h.authority + h.authority_len] if h.authority >= 0 else None,
+            "content_length": h.content_length,
+            "chunked": h.framing == FR_CHUNKED,
+            "keep_alive": bool(h.conn_keep_alive) if h.version_minor == 0 else not h.conn_close,
+            "expect_continue": bool(h.expect_continue),
+            "headers": [(data[h.fields[i].name:h.fields[i].name + h.fields[i].name_len],
+                         data[h.fields[i].value:h.fields[i].value + h.fields[i].value_len])
+                        for i in range(h.nfields) if h.fields[i].kind != HK_DROP],
+        }
+    finally:
+        head_free(&h)
+
+
+def decode_chunked(bytes data, int max_trailer_bytes=65536):
+    """Decodes a whole chunked body. Returns (payload, bytes consumed); raises HTTPParseError."""
+    cdef ChunkDecoder d
+    cdef Py_ssize_t pos = 0, n = len(data)
+    cdef const char* p = data
+    cdef int i
+    out = bytearray()
+    chunk_init(&d, max_trailer_bytes)
+    while pos < n and d.state != CS_DONE:
+        pos = chunk_decode(&d, p, pos, n)
+        if pos < 0:
+            raise HTTPParseError(d.error_status, (<bytes>d.error_reason).decode())
+        for i in range(d.nspans):
+            out += data[d.span_off[i]:d.span_off[i] + d.span_len[i]]
+    if d.state != CS_DONE:
+        return None
+    return bytes(out), pos
