@@ -11,7 +11,7 @@ import itertools
 import json
 
 import pytest
-from support.client import RawConn
+from support.client import RawConn, wait_until
 from support.gateway import simple_config
 from support.wire import PeerClosed, read_response
 
@@ -43,7 +43,7 @@ def sync_and_assert_nothing_forwarded(gw, echo, snap, context: str) -> None:
     got = echo.requests_since(snap)
     assert [q.request_id for q in got] == [rid], f"{context}: upstream received {[(q.method, q.target) for q in got]}"
     assert echo.bytes_since(snap) == got[0].raw_len, (
-        f"{context}: upstream received bytes beyond the sentinel request: {echo.raw_since(snap)[:500]!r}")
+        f"{context}: upstream received bytes beyond the sentinel request: {echo.raw_by_conn_since(snap)}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -74,7 +74,10 @@ def test_corpus_case(case: Case, gw, echo):
         sync_and_assert_nothing_forwarded(gw, echo, snap, context)
 
 
-# Incremental parsing: the same framing cases delivered in small pieces must get the same answer.
+# Incremental parsing: the same framing cases delivered in small pieces must get the same answer. When
+# the fault is in a chunked body, a streaming gateway may already have forwarded the head and the first
+# chunks (the zero-bytes guarantee is for a request that arrives in one send): then the upstream
+# connection carrying that partial request must be closed, and no complete request may reach upstream.
 SPLIT_IDS = ["cl-te-both", "te-cl-both", "te-chunked-then-x", "cl-duplicate-equal", "obs-fold-space",
              "field-bare-lf-line", "chunk-size-0x-prefix", "chunk-data-no-crlf", "valid-chunk-extension",
              "valid-te-htab-ows", "valid-chunk-trailers"]
@@ -96,8 +99,19 @@ def test_corpus_case_split_writes(case: Case, gw, echo):
             pytest.fail(f"{context}: connection ended before a complete response head ({e!r})")
         assert resp is not None, f"{context}: closed without a response"
         assert resp.status in case.expect, f"{context}: got {resp.status} {resp.body[:300]!r}"
-    if resp.status != 200:
+    if resp.status == 200:
+        return
+    if not case.id.startswith("chunk-"):
         sync_and_assert_nothing_forwarded(gw, echo, snap, context)
+        return
+    rid = f"sentinel-{next(_sentinels)}"
+    with RawConn(gw.port) as c:
+        assert c.request("GET", "/__sentinel", [("X-Request-Id", rid), ("Connection", "close")]).status == 200
+    assert [q.request_id for q in echo.requests_since(snap)] == [rid], context
+    partial = [cid for cid, raw in echo.raw_by_conn_since(snap).items() if rid.encode() not in raw]
+    for cid in partial:
+        wait_until(lambda cid=cid: echo.conns[cid].closed, what=f"{context}: upstream connection {cid} "
+                   "that carried the partial request to be closed")
 
 
 def test_corpus_size_and_shape():

@@ -76,10 +76,11 @@ class _ServerBase:
         with self.lock:
             return len(self.conns)
 
-    def snapshot(self) -> tuple[int, int, int]:
-        """(bytes, requests, connections) received so far: pass to the *_since methods."""
+    def snapshot(self) -> tuple:
+        """(bytes, requests, connections, {conn_id: bytes}) so far: pass to the *_since methods."""
         with self.lock:
-            return self.total_bytes, len(self.requests), len(self.conns)
+            return (self.total_bytes, len(self.requests), len(self.conns),
+                    {i: c.nbytes for i, c in self.conns.items()})
 
     def bytes_since(self, snap) -> int:
         with self.lock:
@@ -92,6 +93,16 @@ class _ServerBase:
     def conns_since(self, snap) -> list[ConnRecord]:
         with self.lock:
             return [c for i, c in self.conns.items() if i > snap[2]]
+
+    def raw_by_conn_since(self, snap) -> dict[int, bytes]:
+        """{conn_id: raw bytes received since snap} for every connection that received any (64 KiB cap)."""
+        out = {}
+        with self.lock:
+            for i, c in self.conns.items():
+                before = snap[3].get(i, 0)
+                if c.nbytes > before:
+                    out[i] = bytes(c.raw[before:])
+        return out
 
     def raw_since(self, snap) -> bytes:
         """Raw bytes of connections opened after snap (first 64 KiB of each), concatenated."""
