@@ -8,10 +8,9 @@ one request upstream with the right decoded body length.
 from __future__ import annotations
 
 import itertools
-import json
 
 import pytest
-from support.client import RawConn, wait_until
+from support.client import RawConn, assert_gateway_error, wait_until
 from support.gateway import simple_config
 from support.wire import PeerClosed, read_response
 
@@ -25,13 +24,6 @@ _sentinels = itertools.count(1)
 def gw(echo, module_gateway_factory):
     return module_gateway_factory(simple_config(
         echo.address, timeouts={"connect": "2s", "response_header": "5s", "body_idle": "5s"}))
-
-
-def assert_gateway_error(resp, context: str) -> None:
-    assert resp.headers.get("content-type", "").split(";")[0].strip() == "application/json", context
-    body = json.loads(resp.body)
-    assert isinstance(body.get("error"), str) and body["error"], context
-    assert body.get("request_id") and resp.headers.get("x-request-id") == body["request_id"], context
 
 
 def sync_and_assert_nothing_forwarded(gw, echo, snap, context: str) -> None:
@@ -70,7 +62,7 @@ def test_corpus_case(case: Case, gw, echo):
         if case.body_len is not None:
             assert got[0].body_len == case.body_len, context
     else:
-        assert_gateway_error(resp, context)
+        assert_gateway_error(resp, context=context)
         sync_and_assert_nothing_forwarded(gw, echo, snap, context)
 
 

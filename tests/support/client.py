@@ -143,3 +143,18 @@ def wait_until(pred, timeout: float = 15.0, interval: float = 0.05, what: str = 
             last_exc = e
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def assert_gateway_error(resp, status: int | None = None, context: str = "") -> dict:
+    """The gateway's own error: JSON {"error", "request_id"} with X-Request-Id equal to request_id."""
+    import json
+
+    if status is not None:
+        assert resp.status == status, f"{context} expected {status}, got {resp.status} {resp.body[:300]!r}"
+    ctype = resp.headers.get("content-type", "") or ""
+    assert ctype.split(";")[0].strip() == "application/json", f"{context} content-type {ctype!r}"
+    body = json.loads(resp.body)
+    assert isinstance(body.get("error"), str) and body["error"], f"{context} body {body}"
+    assert body.get("request_id"), f"{context} body {body}"
+    assert resp.headers.get("x-request-id") == body["request_id"], f"{context} {resp.headers} vs {body}"
+    return body
