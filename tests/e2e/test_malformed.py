@@ -7,35 +7,26 @@ one request upstream with the right decoded body length.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
-from support.client import RawConn, assert_gateway_error, wait_until
+from support.client import (
+    RawConn,
+    assert_gateway_error,
+    next_sentinel_id,
+    sync_and_assert_nothing_forwarded,
+    wait_until,
+)
 from support.gateway import simple_config
 from support.wire import PeerClosed, read_response
 
 from .malformed_corpus import CASES, Case
 
 CLOSING_STATUSES = {400, 414, 417, 431, 501, 505}
-_sentinels = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def gw(echo, module_gateway_factory):
     return module_gateway_factory(simple_config(
         echo.address, timeouts={"connect": "2s", "response_header": "5s", "body_idle": "5s"}))
-
-
-def sync_and_assert_nothing_forwarded(gw, echo, snap, context: str) -> None:
-    """A sentinel request through the gateway, then: the upstream got the sentinel and nothing else."""
-    rid = f"sentinel-{next(_sentinels)}"
-    with RawConn(gw.port) as c:
-        r = c.request("GET", "/__sentinel", [("X-Request-Id", rid), ("Connection", "close")])
-    assert r.status == 200, f"sentinel request failed: {r.status} {r.body[:200]!r}"
-    got = echo.requests_since(snap)
-    assert [q.request_id for q in got] == [rid], f"{context}: upstream received {[(q.method, q.target) for q in got]}"
-    assert echo.bytes_since(snap) == got[0].raw_len, (
-        f"{context}: upstream received bytes beyond the sentinel request: {echo.raw_by_conn_since(snap)}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -96,7 +87,7 @@ def test_corpus_case_split_writes(case: Case, gw, echo):
     if not case.id.startswith("chunk-"):
         sync_and_assert_nothing_forwarded(gw, echo, snap, context)
         return
-    rid = f"sentinel-{next(_sentinels)}"
+    rid = next_sentinel_id()
     with RawConn(gw.port) as c:
         assert c.request("GET", "/__sentinel", [("X-Request-Id", rid), ("Connection", "close")]).status == 200
     assert [q.request_id for q in echo.requests_since(snap)] == [rid], context

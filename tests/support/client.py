@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -158,3 +159,22 @@ def assert_gateway_error(resp, status: int | None = None, context: str = "") -> 
     assert body.get("request_id"), f"{context} body {body}"
     assert resp.headers.get("x-request-id") == body["request_id"], f"{context} {resp.headers} vs {body}"
     return body
+
+
+_sentinels = itertools.count(1)
+
+
+def next_sentinel_id() -> str:
+    return f"sentinel-{os.getpid()}-{next(_sentinels)}"
+
+
+def sync_and_assert_nothing_forwarded(gw, echo, snap, context: str) -> None:
+    """A sentinel request through the gateway, then: the upstream got the sentinel and nothing else."""
+    rid = next_sentinel_id()
+    with RawConn(gw.port) as c:
+        r = c.request("GET", "/__sentinel", [("X-Request-Id", rid), ("Connection", "close")])
+    assert r.status == 200, f"sentinel request failed: {r.status} {r.body[:200]!r}"
+    got = echo.requests_since(snap)
+    assert [q.request_id for q in got] == [rid], f"{context}: upstream received {[(q.method, q.target) for q in got]}"
+    assert echo.bytes_since(snap) == got[0].raw_len, (
+        f"{context}: upstream received bytes beyond the sentinel request: {echo.raw_by_conn_since(snap)}")
