@@ -26,9 +26,10 @@ class RawConn:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def request(self, method="GET", target="/", headers=None, body=None, **kw) -> Response:
+    def request(self, method="GET", target="/", headers=None, body=None, keep_body: bool = True,
+                **kw) -> Response:
         self.send(build_request(method, target, headers, body, **kw))
-        return self.response(method)
+        return self.response(method, keep_body=keep_body)
 
     def response(self, method: str = "GET", **kw) -> Response:
         resp = read_response(self.reader, method, **kw)
