@@ -165,10 +165,11 @@ def test_two_workers_both_serve_and_a_killed_worker_is_replaced(echo, gateway_fa
 
     def sample_owners() -> bool:
         # Batches of simultaneous connections: SO_REUSEPORT spreads them over the workers that listen.
-        conns = [RawConn(gw.port) for _ in range(12)]
+        conns = []
         try:
+            conns.extend(RawConn(gw.port) for _ in range(12))
             for c in conns:
-                assert c.request("GET", "/w").status == 200
+                assert c.request("GET", "/w").status == 200, gw.describe()
                 owners.update(socket_owner_pids(gw.port, c.sock.getsockname()[1], gw.pids()))
         finally:
             for c in conns:
