@@ -36,3 +36,12 @@ annotate: $(VENV)/.installed
 
 clean:
 	rm -rf build fastgw/_core.c fastgw/_core*.so fastgw/_core.stamp fastgw/_core.html
+
+# Macro benchmark (bench/README.md): fastgw, nginx, HAProxy and direct-to-upstream under wrk and httperf.
+# `make bench` is the full run and writes its table into bench/README.md; `make bench-quick` takes about a
+# minute. Extra flags: make bench BENCH_ARGS='--scenarios get26,gateway --peers direct,fastgw,nginx'.
+bench: build
+	$(PY) bench/run.py --update-readme $(BENCH_ARGS)
+
+bench-quick: build
+	$(PY) bench/run.py --quick $(BENCH_ARGS)

@@ -38,6 +38,30 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .explain import ExplainError, explain
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    headers = []
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            print(f"fastgw: -H expects 'Name: value', got {h!r}", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    try:
+        sys.stdout.write(explain(cfg, args.method.upper(), args.url, headers))
+    except ExplainError as exc:
+        print(f"fastgw: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_version(args: argparse.Namespace) -> int:
     print(f"fastgw {__version__}")
     return 0
@@ -64,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("explain", help="show how the gateway would route and transform a request")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("method")
+    p.add_argument("url", help="absolute URL, e.g. http://api.example.com:8080/users?x=1")
+    p.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_cmd_version)

@@ -50,16 +50,24 @@ def _reuseport_socket(family: int, host: str, port: int) -> socket.socket:
     return sock
 
 
-def bind_placeholders(cfg: GatewayConfig) -> tuple[list[socket.socket], list[BoundListener]]:
-    socks, bound = [], []
+def bind_placeholders(cfg: GatewayConfig) -> tuple[list[socket.socket], dict[str, BoundListener]]:
+    """One socket per distinct listener address (listeners that differ only by hostname share it)."""
+    socks, bound = [], {}
     for listener in cfg.listeners:
+        if listener.address in bound:
+            continue
         infos = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
         sock = _reuseport_socket(family, addr[0], addr[1])
         socks.append(sock)
-        bound.append(BoundListener(family, addr[0], sock.getsockname()[1]))
+        bound[listener.address] = BoundListener(family, addr[0], sock.getsockname()[1])
     return socks, bound
+
+
+def listener_ports(cfg: GatewayConfig, bound: dict[str, BoundListener]) -> list[int | None]:
+    """The bound port of each listener of `cfg`; None for an address bound only after a restart."""
+    return [bound[lst.address].port if lst.address in bound else None for lst in cfg.listeners]
 
 
 class Supervisor:
@@ -86,7 +94,7 @@ class Supervisor:
             return 1
         os.close(ready_r)
         self.ready_w = ready_w
-        for b in self.bound:
+        for b in self.bound.values():
             log(f"listening on {b.url}")
         return self._loop()
 
@@ -158,8 +166,8 @@ class Supervisor:
         except ConfigError as exc:
             log(f"reload refused, keeping the running config:\n{exc}")
             return
-        if [(l.host, l.port) for l in cfg.listeners] != [(l.host, l.port) for l in self.cfg.listeners]:
-            log("listener changes take effect on restart; routes and upstreams are reloaded now")
+        if {lst.address for lst in cfg.listeners} != set(self.bound):
+            log("listener address changes take effect on restart; routes and upstreams are reloaded now")
         self.cfg = cfg
         for pid in self.children:
             os.kill(pid, signal.SIGHUP)
@@ -172,7 +180,7 @@ class Supervisor:
                 pass
 
 
-def run_worker(config_path: str, cfg: GatewayConfig, bound: list[BoundListener], ready_w: int) -> int:
+def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListener], ready_w: int) -> int:
     import uvloop
 
     from . import _core
@@ -180,9 +188,9 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: list[BoundListener],
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = _core.Worker(loop, compile_runtime(cfg))
+    worker = _core.Worker(loop, compile_runtime(cfg, ports=listener_ports(cfg, bound)))
     servers = []
-    for b in bound:
+    for b in bound.values():
         sock = _reuseport_socket(b.family, b.host, b.port)
         servers.append(loop.run_until_complete(
             loop.create_server(worker, sock=sock, backlog=4096, reuse_port=None)))
@@ -196,7 +204,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: list[BoundListener],
             log(f"reload refused, keeping the running config:\n{exc}")
             return
         old = worker.runtime
-        worker.swap_runtime(compile_runtime(new_cfg, old))
+        worker.swap_runtime(compile_runtime(new_cfg, old, ports=listener_ports(new_cfg, bound)))
         for target in retired_targets(old, worker.runtime):
             target.close_idle()
         log(f"worker {os.getpid()}: configuration reloaded")

@@ -72,6 +72,7 @@ cdef uint8_t _HOST_CHAR[256]
 cdef uint8_t _REQUEST_ID_CHAR[256]
 cdef uint8_t _HEXVAL[256]
 cdef uint8_t _LOWER[256]
+cdef uint8_t _METHOD_CHAR[256]      # as nginx: upper-case letters, '-' and '_'
 
 
 cdef void _init_char_tables():
@@ -87,6 +88,7 @@ cdef void _init_char_tables():
         _REQUEST_ID_CHAR[c] = 0
         _HEXVAL[c] = 0xFF
         _LOWER[c] = c + 32 if 65 <= c <= 90 else c
+        _METHOD_CHAR[c] = 1 if (65 <= c <= 90 or c == 45 or c == 95) else 0
         if 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122:
             _TCHAR[c] = 1
             _HOST_CHAR[c] = 1
@@ -473,7 +475,7 @@ cdef Py_ssize_t parse_request_head(MessageHead* h, const char* buf, Py_ssize_t n
     cdef int r
     _head_reset(h)
     # method
-    while pos < n and _TCHAR[<uint8_t>buf[pos]]:
+    while pos < n and _METHOD_CHAR[<uint8_t>buf[pos]]:
         pos += 1
     if pos >= n:
         if n > lim.max_request_line:
@@ -534,6 +536,8 @@ cdef Py_ssize_t parse_request_head(MessageHead* h, const char* buf, Py_ssize_t n
     line_end = pos + 10
     if line_end - 2 > lim.max_request_line:
         return _fail(h, 414, b"request line too long")
+    if h.method_len == 7 and memcmp(buf, b"CONNECT", 7) == 0:
+        return _fail(h, 405, b"CONNECT is not supported")
     # target form
     if buf[t] == b'/':
         pass
@@ -542,8 +546,6 @@ cdef Py_ssize_t parse_request_head(MessageHead* h, const char* buf, Py_ssize_t n
             return _fail(h, 400, b"asterisk-form is only for OPTIONS")
     elif _absolute_form(h, buf, t, pos - 1) < 0:
         return PARSE_ERROR
-    if h.method_len == 7 and memcmp(buf, b"CONNECT", 7) == 0:
-        return _fail(h, 405, b"CONNECT is not supported")
     h.is_head_method = h.method_len == 4 and memcmp(buf, b"HEAD", 4) == 0
     r = _parse_fields(h, buf, line_end, n, lim, True)
     if r < 0:

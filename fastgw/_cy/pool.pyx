@@ -97,21 +97,60 @@ cdef class UpstreamGroup:
         return None if t is None else t.address
 
 
+cdef class Backend:
+    """One weighted backend of a route. No group: answers 500 (an unresolvable backend)."""
+    cdef readonly UpstreamGroup group
+    cdef readonly Filters filters
+    cdef readonly int weight
+
+    def __init__(self, UpstreamGroup group, Filters filters, int weight):
+        self.group = group
+        self.filters = filters
+        self.weight = weight
+
+
 cdef class Route:
     cdef readonly str name
-    cdef readonly UpstreamGroup group
     cdef readonly int64_t max_body    # -1: unlimited
+    cdef readonly list backends       # those with a positive weight
+    cdef SmoothWeightedRR balancer
 
-    def __init__(self, str name, UpstreamGroup group, max_body):
+    def __init__(self, str name, list backends, max_body):
         self.name = name
-        self.group = group
+        self.backends = [b for b in backends if (<Backend>b).weight > 0]
+        self.balancer = SmoothWeightedRR([(<Backend>b).weight for b in self.backends]) if self.backends else None
         self.max_body = -1 if max_body is None else max_body
+
+    cdef Backend pick_backend(self):
+        cdef Py_ssize_t i
+        if not self.backends:
+            return None
+        if len(self.backends) == 1:
+            return <Backend>self.backends[0]
+        i = self.balancer.pick()
+        return None if i < 0 else <Backend>self.backends[i]
+
+    def pick_backend_index(self):
+        cdef Backend b = self.pick_backend()
+        return -1 if b is None else self.backends.index(b)
+
+
+cdef class RouteMatch:
+    """What the router returns: the route, and the path prefix this match used (for rewrites that
+    replace the matched prefix)."""
+    cdef readonly Route route
+    cdef readonly bytes prefix
+
+    def __init__(self, Route route, prefix):
+        self.route = route
+        self.prefix = prefix.encode() if isinstance(prefix, str) else prefix
 
 
 cdef class Runtime:
     """Everything a request needs, compiled once per config and never mutated: a reload builds a
     new one and swaps it in with one assignment."""
-    cdef readonly Router router
+    cdef readonly dict listener_routers   # local port -> Router whose payloads are route Routers
+    cdef readonly frozenset host_independent_ports
     cdef HeadLimits head_limits
     cdef readonly double header_timeout
     cdef readonly double keepalive_timeout
@@ -120,11 +159,13 @@ cdef class Runtime:
     cdef readonly dict groups
     cdef readonly double drain_timeout
 
-    def __init__(self, Router router, dict groups, *, int max_request_line, int max_head_bytes,
+    def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent_ports,
+                 int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
                  double keepalive_timeout, int max_requests_per_connection, max_body,
                  double drain_timeout):
-        self.router = router
+        self.listener_routers = listener_routers
+        self.host_independent_ports = host_independent_ports
         self.groups = groups
         self.head_limits.max_request_line = max_request_line
         self.head_limits.max_head_bytes = max_head_bytes
@@ -139,3 +180,18 @@ cdef class Runtime:
     @property
     def max_headers(self):
         return self.head_limits.max_headers
+
+    cdef Router routes_for(self, int port, const char* host, Py_ssize_t host_len):
+        """The route table of the listener that serves this Host on this port."""
+        cdef Router listeners = self.listener_routers.get(port)
+        if listeners is None:
+            return None
+        return listeners.match(host, host_len, b"/", 1)
+
+    cdef bint single_listener(self, int port):
+        """True when one listener without a hostname serves the port: its route table does not
+        depend on the Host, so a connection can keep it."""
+        return port in self.host_independent_ports
+
+    def route_table(self, int port, bytes host):
+        return self.routes_for(port, host, len(host))

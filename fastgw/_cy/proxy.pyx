@@ -68,10 +68,17 @@ cdef enum:
     RM_CHUNK              # re-chunked (HTTP/1.1 client, no length known)
 
     QUEUE_HIGH_WATER = 262144
+    COALESCE_MAX = 16384      # body pieces up to this size are copied to join the head in one write
+
+    # outcomes of the request phase besides a status to answer with
+    OUT_PROXY = 0
+    OUT_REDIRECT = 1
+    OUT_TOO_LARGE = 413
 
 
 cdef dict _REASONS = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    200: b"OK", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+    307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
     417: b"Expectation Failed", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
@@ -214,6 +221,14 @@ cdef class ClientConn:
     cdef UpstreamConn up
     cdef Target target
     cdef Route route
+    cdef RouteMatch rmatch
+    cdef UpstreamGroup group
+    cdef Filters filters
+    cdef MirrorConn mirror
+    cdef Router routes
+    cdef Runtime routes_rt
+    cdef const char* refusal
+    cdef int local_port
     cdef bytes up_head
     cdef list up_queue
     cdef Py_ssize_t up_queued
@@ -259,6 +274,8 @@ cdef class ClientConn:
 
     def connection_made(self, transport):
         self.transport = transport
+        sock = transport.get_extra_info("sockname")
+        self.local_port = sock[1] if sock else 0
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = (<str>peer[0]).encode()
@@ -381,6 +398,42 @@ cdef class ClientConn:
         if h.framing == FR_CHUNKED:
             chunk_init(&self.chunk, rt.head_limits.max_head_bytes)
 
+        outcome = self._route(p)
+        if outcome != OUT_PROXY:
+            if outcome == OUT_TOO_LARGE:
+                self.keep_alive = False
+            self._refuse_before_upstream(data, head_len, n, outcome, self.refusal)
+            return
+        self.retry_ok = h.framing == FR_NONE and _idempotent(p, h.method_len)
+        self._build_upstream_head(p)
+        self.up_head = wb_bytes(&self.uout)
+        self.up_queue = [self.up_head]
+        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
+        self.state = CL_WAIT if self.req_done else CL_BODY
+        # Body bytes that came with the head are checked before anything is sent upstream, so a
+        # request malformed anywhere in its first packet reaches the upstream not at all.
+        if head_len < n:
+            if self.state == CL_BODY:
+                self._body_data(data, head_len)
+                if self.state == CL_CLOSED or self.up_queue is None:
+                    return
+            else:
+                self.buf = data[head_len:]
+                self._pause(PR_PIPELINE)
+        self._dispatch()
+
+    cdef int _route(self, const char* p) except -1:
+        """The decisions of the request phase: listener, route, body limit, backend, filters,
+        target. Sets the exchange's fields; returns OUT_PROXY or the status to answer with
+        (`self.refusal` says why), or OUT_REDIRECT."""
+        cdef MessageHead* h = &self.head
+        cdef Runtime rt = self.rt
+        cdef Py_ssize_t hl, i
+        cdef const char* host
+        cdef object payload
+        cdef Backend backend
         # route on the lowercased host without its port, and the path without its query
         if h.authority >= 0:
             host = p + h.authority
@@ -395,40 +448,39 @@ cdef class ClientConn:
         for i in range(hl):
             self.hostbuf[i] = <char>_LOWER[<uint8_t>host[i]]
         self.hostbuf[hl] = 0
-        if h.target_len == 1 and p[h.target] == b'*':
+        if self.routes_rt is not rt:
+            # the listener depends on the port and the Host; cached while neither can change it
+            self.routes = rt.routes_for(self.local_port, self.hostbuf, hl)
+            self.routes_rt = rt if rt.single_listener(self.local_port) else None
+        if self.routes is None or (h.target_len == 1 and p[h.target] == b'*'):
             payload = None
         else:
-            payload = rt.router.match(self.hostbuf, hl, p + h.target, h.path_len)
+            payload = self.routes.match(self.hostbuf, hl, p + h.target, h.path_len)
         if payload is None:
-            self._refuse_before_upstream(data, head_len, n, 404, b"no route")
-            return
-        self.route = <Route>payload
+            self.refusal = b"no route"
+            return 404
+        self.rmatch = <RouteMatch>payload
+        self.route = self.rmatch.route
         self.max_body = self.route.max_body if self.route.max_body >= 0 else rt.max_body
         if self.max_body >= 0 and h.framing == FR_LENGTH and h.content_length > self.max_body:
-            self.keep_alive = False
-            self._send_error(413, b"request body too large")
-            return
-        self.target = self.route.group.pick()
+            self.refusal = b"request body too large"
+            return OUT_TOO_LARGE
+        backend = self.route.pick_backend()
+        if backend is None:
+            self.refusal = b"route has no backends"
+            return 500
+        self.filters = backend.filters
+        if self.filters is not None and self.filters.redirect is not None:
+            return OUT_REDIRECT
+        self.group = backend.group
+        if self.group is None:
+            self.refusal = b"backend not found"
+            return 500
+        self.target = self.group.pick()
         if self.target is None:
-            self._refuse_before_upstream(data, head_len, n, 503, b"no upstream target available")
-            return
-        self.retry_ok = h.framing == FR_NONE and _idempotent(p, h.method_len)
-        self._build_upstream_head(p)
-        self.up_head = wb_bytes(&self.uout)
-        self.up_queue = [self.up_head]
-        self.up_queued = PyBytes_GET_SIZE(self.up_head)
-        self.state = CL_WAIT if self.req_done else CL_BODY
-        # Body bytes that came with the head are checked before anything is sent upstream, so a
-        # request malformed anywhere in its first packet reaches the upstream not at all.
-        if head_len < n:
-            if self.state == CL_BODY:
-                self._body_data(data, head_len)
-                if self.state == CL_CLOSED or self.up_queue is None:
-                    return
-            else:
-                self.buf = data[head_len:]
-                self._pause(PR_PIPELINE)
-        self._dispatch()
+            self.refusal = b"no upstream target available"
+            return 503
+        return OUT_PROXY
 
     cdef void _refuse_before_upstream(self, bytes data, Py_ssize_t head_len, Py_ssize_t n,
                                       int status, const char* reason):
@@ -437,19 +489,31 @@ cdef class ClientConn:
             self.keep_alive = False
         elif head_len < n:
             self.buf = data[head_len:]
-        self._send_error(status, reason)
+        if status == OUT_REDIRECT:
+            self._send_redirect(PyBytes_AS_STRING(data))
+        else:
+            self._send_error(status, reason)
 
     cdef void _build_upstream_head(self, const char* p) except *:
         cdef MessageHead* h = &self.head
         cdef WBuf* out = &self.uout
         cdef HeaderField* f
         cdef int i, k
+        cdef Filters flt = self.filters
+        cdef HeaderOps ops = flt.request_headers if flt is not None else None
+        cdef Rewrite rw = flt.rewrite if flt is not None else None
+        cdef bytes new_path
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
-        if h.target_len == 0 or p[h.target] == b'?':
-            wb_put(out, b"/", 1)
-        wb_put(out, p + h.target, h.target_len)
+        if rw is not None and (rw.path_full is not None or rw.path_prefix is not None):
+            new_path = replace_path(p + h.target, h.path_len, self.rmatch.prefix, rw.path_full, rw.path_prefix)
+            wb_put(out, PyBytes_AS_STRING(new_path), PyBytes_GET_SIZE(new_path))
+            wb_put(out, p + h.target + h.path_len, h.target_len - h.path_len)
+        else:
+            if h.target_len == 0 or p[h.target] == b'?':
+                wb_put(out, b"/", 1)
+            wb_put(out, p + h.target, h.target_len)
         wb_put(out, b" HTTP/1.1\r\n", 11)
         for i in range(h.nfields):
             f = &h.fields[i]
@@ -457,9 +521,15 @@ cdef class ClientConn:
             if k == HK_OTHER or k == HK_EXPECT:
                 if h.nconn_tokens and _named_by_connection(h, p, f):
                     continue
+                if ops is not None and ops.drops(p + f.name, f.name_len):
+                    continue
                 _put_field(out, p, f)
             elif k == HK_HOST:
-                if h.authority >= 0:
+                if rw is not None and rw.hostname is not None:
+                    wb_put(out, b"Host: ", 6)
+                    wb_put(out, PyBytes_AS_STRING(rw.hostname), PyBytes_GET_SIZE(rw.hostname))
+                    wb_put(out, b"\r\n", 2)
+                elif h.authority >= 0:
                     wb_put(out, b"Host: ", 6)
                     wb_put(out, p + h.authority, h.authority_len)
                     wb_put(out, b"\r\n", 2)
@@ -492,6 +562,8 @@ cdef class ClientConn:
         wb_put(out, b"X-Request-Id: ", 14)
         wb_put(out, PyBytes_AS_STRING(self.request_id), PyBytes_GET_SIZE(self.request_id))
         wb_put(out, b"\r\n", 2)
+        if ops is not None:
+            wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if h.framing == FR_CHUNKED:
             wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
         elif h.content_length >= 0:
@@ -548,9 +620,11 @@ cdef class ClientConn:
             self.buf = data[pos:]
             self._pause(PR_PIPELINE)
         if self.up is not None and self.up.connected and self.up_queue is None:
-            self.up.expect_response(self.target, self.route.group.header_timeout)
+            self.up.expect_response(self.target, self.group.header_timeout)
 
     cdef void _send_up(self, bytes chunk):
+        if self.mirror is not None:
+            self.mirror.send(chunk)
         if self.up_queue is None:
             if self.up is not None:
                 self.up.transport.write(chunk)
@@ -566,6 +640,9 @@ cdef class ClientConn:
         if self.up is not None:
             self.up.detach_and_close()
             self.up = None
+        if self.mirror is not None:
+            self.mirror.drop()
+            self.mirror = None
         self.up_queue = None
         if self.resp_started:
             self.abort()
@@ -587,7 +664,7 @@ cdef class ClientConn:
         cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
         up.attach(self, False)
         self.up = up
-        up.start_connect(self.route.group.connect_timeout)
+        up.start_connect(self.group.connect_timeout)
 
     cdef void upstream_connected(self):
         self._flush_queue()
@@ -602,7 +679,7 @@ cdef class ClientConn:
             self.up.transport.writelines(q)
         self._resume(PR_CONNECTING)
         if self.req_done:
-            self.up.expect_response(self.target, self.route.group.header_timeout)
+            self.up.expect_response(self.target, self.group.header_timeout)
         else:
             self.up.expect_response(self.target, 0.0)
 
@@ -639,11 +716,11 @@ cdef class ClientConn:
         wb_put(out, b" ", 1)
         wb_put(out, p + h.reason, h.reason_len)
         wb_put(out, b"\r\n", 2)
-        self._put_response_fields(p, h)
+        self._put_response_fields(p, h, None)
         wb_put(out, b"\r\n", 2)
         self.transport.write(wb_bytes(out))
 
-    cdef void _put_response_fields(self, const char* p, MessageHead* h) except *:
+    cdef void _put_response_fields(self, const char* p, MessageHead* h, HeaderOps ops) except *:
         cdef HeaderField* f
         cdef int i
         for i in range(h.nfields):
@@ -652,7 +729,11 @@ cdef class ClientConn:
                 continue
             if h.nconn_tokens and _named_by_connection(h, p, f):
                 continue
+            if ops is not None and ops.drops(p + f.name, f.name_len):
+                continue
             _put_field(&self.out, p, f)
+        if ops is not None:
+            wb_put(&self.out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
 
     cdef void begin_response(self, const char* p, MessageHead* h, int up_framing, bint has_body) except *:
         """Writes the response head into self.out; the caller appends the first body bytes and
@@ -674,7 +755,7 @@ cdef class ClientConn:
         wb_put(out, b" ", 1)
         wb_put(out, p + h.reason, h.reason_len)
         wb_put(out, b"\r\n", 2)
-        self._put_response_fields(p, h)
+        self._put_response_fields(p, h, self.filters.response_headers if self.filters is not None else None)
         if h.content_length >= 0 and h.status != 204:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, h.content_length)
@@ -690,22 +771,32 @@ cdef class ClientConn:
         else:
             wb_put(out, b"\r\n\r\n", 4)
 
-    cdef void response_body(self, const char* p, Py_ssize_t n, bytes whole) except *:
-        """Body bytes for the client. `whole` is the bytes object when (p, n) is all of it, so an
-        unbuffered pass-through needs no copy."""
+    cdef void response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        """Body bytes data[off:off + n] for the client. Small pieces join the pending head in
+        self.out (one write); large ones go out as they are (a memoryview, no copy), after it."""
         cdef WBuf* out = &self.out
-        if n == 0:
+        cdef object piece
+        if n == 0 or self.state == CL_CLOSED:
             return
+        if n <= COALESCE_MAX:
+            if self.resp_mode == RM_CHUNK:
+                wb_put_hex(out, n)
+                wb_put(out, b"\r\n", 2)
+                wb_put(out, PyBytes_AS_STRING(data) + off, n)
+                wb_put(out, b"\r\n", 2)
+            else:
+                wb_put(out, PyBytes_AS_STRING(data) + off, n)
+            return
+        piece = data if (off == 0 and n == PyBytes_GET_SIZE(data)) else memoryview(data)[off:off + n]
         if self.resp_mode == RM_CHUNK:
             wb_put_hex(out, n)
             wb_put(out, b"\r\n", 2)
-            wb_put(out, p, n)
-            wb_put(out, b"\r\n", 2)
-        elif out.len == 0 and whole is not None:
-            if self.state != CL_CLOSED:
-                self.transport.write(whole)
+            self.transport.writelines((wb_bytes(out), piece, b"\r\n"))
+        elif out.len:
+            self.transport.writelines((wb_bytes(out), piece))
         else:
-            wb_put(out, p, n)
+            self.transport.write(piece)
+        out.len = 0
 
     cdef void flush_response(self):
         if self.out.len:
@@ -734,6 +825,10 @@ cdef class ClientConn:
         if up is not None:
             up.release()
         self.route = None
+        self.rmatch = None
+        self.group = None
+        self.filters = None
+        self.mirror = None
         self.target = None
         self.up_head = None
         if not self.keep_alive or self.state == CL_CLOSED:
@@ -753,6 +848,93 @@ cdef class ClientConn:
         self.abort()
 
     # ---- endings -----------------------------------------------------------------------------
+
+    cdef bytes _redirect_location(self, const char* p):
+        """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,
+        else the well-known port of a given scheme, else the listener's; the scheme's default port is
+        left out."""
+        cdef MessageHead* h = &self.head
+        cdef Redirect r = self.filters.redirect
+        cdef bytes scheme = r.scheme if r.scheme is not None else b"http"
+        cdef int port
+        cdef bytes host, path, location
+        if r.port:
+            port = r.port
+        elif r.scheme is not None:
+            port = 443 if scheme == b"https" else 80
+        else:
+            port = self.local_port
+        if r.hostname is not None:
+            host = r.hostname
+        elif h.authority >= 0:
+            host = p[h.authority:h.authority + h.authority_len].split(b":")[0]
+        else:
+            host = p[h.host:h.host + h.host_name_len]
+        if r.path_full is not None or r.path_prefix is not None:
+            path = replace_path(p + h.target, h.path_len, self.rmatch.prefix, r.path_full, r.path_prefix)
+        else:
+            path = p[h.target:h.target + h.path_len] or b"/"
+        location = scheme + b"://" + host
+        if not ((scheme == b"http" and port == 80) or (scheme == b"https" and port == 443)):
+            location += b":%d" % port
+        return location + path + p[h.target + h.path_len:h.target + h.target_len]
+
+    cdef void _send_redirect(self, const char* p):
+        cdef Redirect r = self.filters.redirect
+        cdef bytes head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
+            r.status, _REASONS.get(r.status, b"Redirect"), self._redirect_location(p), self.request_id,
+            b"" if self.keep_alive else b"Connection: close\r\n")
+        self.transport.write(head)
+        self.resp_started = True
+        self.req_done = True
+        if self.keep_alive:
+            self.state = CL_WAIT
+            self._exchange_done()
+        else:
+            self._close()
+
+    def explain(self, bytes raw, int local_port, bytes client_ip=b"192.0.2.1"):
+        """What the request phase decides for `raw` (a request head), with no socket: for
+        `fastgw explain` and tests."""
+        cdef const char* p = raw
+        cdef Py_ssize_t r
+        cdef int outcome
+        self.rt = self.worker.runtime
+        self.local_port = local_port
+        self.client_ip = client_ip
+        r = parse_request_head(&self.head, p, len(raw), &self.rt.head_limits)
+        if r == PARSE_INCOMPLETE:
+            raise ValueError("incomplete request head")
+        if r == PARSE_ERROR:
+            return {"status": self.head.error_status, "error": (<bytes>self.head.error_reason).decode()}
+        rid = self.head.request_id
+        self.request_id = raw[rid:rid + self.head.request_id_len] if rid >= 0 else b"<generated>"
+        self.routes_rt = None
+        outcome = self._route(p)
+        out = {"status": outcome, "route": self.route.name if self.route is not None else None,
+               "match_prefix": self.rmatch.prefix if self.rmatch is not None else None}
+        if self.route is not None:
+            out["backends"] = [(b.group.name if b.group is not None else None, b.weight)
+                               for b in self.route.backends]
+        if self.filters is not None:
+            f = self.filters
+            out["filters"] = {
+                "request_headers": f.request_headers, "response_headers": f.response_headers,
+                "redirect": f.redirect, "rewrite": f.rewrite,
+                "mirror": f.mirror_group.name if f.mirror_group is not None else None,
+            }
+        if outcome == OUT_REDIRECT:
+            out["status"] = self.filters.redirect.status
+            out["location"] = self._redirect_location(p)
+        elif outcome == OUT_PROXY:
+            out["status"] = 200
+            out["upstream"] = self.group.name
+            out["target"] = self.target.address
+            self._build_upstream_head(p)
+            out["upstream_request"] = wb_bytes(&self.uout)
+        else:
+            out["error"] = (<bytes>self.refusal).decode()
+        return out
 
     cdef void _send_error(self, int status, const char* reason):
         cdef bytes body, reason_phrase, head
@@ -908,7 +1090,7 @@ cdef class UpstreamConn:
         if self.client is None:
             transport.close()
             return
-        group = self.client.route.group if self.client.route is not None else None
+        group = self.client.group
         if group is not None:
             self.body_timeout = (<UpstreamGroup>group).body_timeout
             self.header_timeout = (<UpstreamGroup>group).header_timeout
@@ -1001,7 +1183,7 @@ cdef class UpstreamConn:
                 take = <Py_ssize_t>self.remaining
                 self.reusable = False       # bytes past the end of the response
             self.remaining -= take
-            client.response_body(p + off, take, data if (off == 0 and take == n) else None)
+            client.response_body(data, off, take)
             if self.remaining == 0:
                 self._complete()
         elif self.framing == FR_CHUNKED:
@@ -1013,14 +1195,14 @@ cdef class UpstreamConn:
                     self._truncated()
                     return
                 for i in range(self.chunk.nspans):
-                    client.response_body(p + self.chunk.span_off[i], self.chunk.span_len[i], None)
+                    client.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
                 if self.chunk.state == CS_DONE:
                     if pos < n:
                         self.reusable = False
                     self._complete()
                     return
         else:
-            client.response_body(p + off, n - off, data if off == 0 else None)
+            client.response_body(data, off, n - off)
 
     cdef void _complete(self):
         self.response_complete = True

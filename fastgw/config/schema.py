@@ -18,18 +18,28 @@ from msgspec import Meta
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
+    "Backend",
     "Base",
+    "Filters",
     "GatewayConfig",
+    "HeaderEdits",
+    "HeaderMatch",
     "Keepalive",
     "Limits",
     "Listener",
     "Match",
+    "Mirror",
     "PathMatch",
+    "PathReplace",
+    "QueryMatch",
+    "Redirect",
+    "Rewrite",
     "Route",
     "Server",
     "Target",
     "Timeouts",
     "Upstream",
+    "Versioning",
     "dec_hook",
     "json_schema",
 ]
@@ -72,10 +82,23 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
 
 
 class Listener(Base, kw_only=True):
-    """An address the gateway accepts connections on."""
+    """An address the gateway accepts connections on. Several listeners may share an address when
+    their hostnames differ (Gateway API listeners): a request is served by the listener whose hostname
+    matches its Host most specifically (exact, then the longest wildcard, then none)."""
 
     address: Address
     """host:port to bind; port 0 picks a free port."""
+    name: Name | None = None
+    """Routes attach to listeners by name (`routes[].listeners`); unnamed listeners take every route
+    that does not name its listeners."""
+    hostname: str | None = None
+    """Only requests whose Host matches this (exact or `*.suffix`) are served by this listener, and a
+    route's hosts are intersected with it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hostname is not None:
+            msgspec.structs.force_setattr(self, "hostname", self.hostname.lower())
 
     @property
     def host(self) -> str:
@@ -127,10 +150,37 @@ class Upstream(Base, kw_only=True):
 
 
 class PathMatch(Base, kw_only=True):
-    """Exactly one of `prefix` or `exact`."""
+    """Exactly one of `prefix`, `exact`, `template` or `regex`."""
 
     prefix: str | None = None
+    """Matches the path and everything below it on `/` boundaries: `/abc` matches `/abc`, `/abc/`,
+    `/abc/d`, not `/abcd`."""
     exact: str | None = None
+    """Matches this path only (case-sensitive)."""
+    template: str | None = None
+    """`/users/{id}` (one segment per `{name}`) and `/files/{path...}` (the rest, last only)."""
+    regex: str | None = None
+    """A Python regular expression the whole path must match."""
+
+
+class HeaderMatch(Base, kw_only=True):
+    """A request header condition: exactly one of `value` (exact), `regex` (whole value) or
+    `present: true`. Names are case-insensitive; repeated fields are joined with `,`."""
+
+    name: Annotated[str, Meta(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+    value: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+
+class QueryMatch(Base, kw_only=True):
+    """A query parameter condition: exactly one of `value`, `regex` or `present: true`. The name is
+    case-sensitive; the first value of a repeated name counts; no percent-decoding."""
+
+    name: Annotated[str, Meta(min_length=1)]
+    value: str | None = None
+    regex: str | None = None
+    present: bool | None = None
 
 
 def _default_path() -> PathMatch:
@@ -143,6 +193,9 @@ class Match(Base, kw_only=True):
     hosts: Annotated[list[str], Meta(min_length=1)] | None = None
     """Host patterns (exact or `*.suffix`); None matches any host. Lowercased on load."""
     path: PathMatch = msgspec.field(default_factory=_default_path)
+    methods: Annotated[list[Annotated[str, Meta(pattern=r"^[A-Z_-]+$")]], Meta(min_length=1)] | None = None
+    headers: list[HeaderMatch] | None = None
+    query: list[QueryMatch] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,26 +203,121 @@ class Match(Base, kw_only=True):
             msgspec.structs.force_setattr(self, "hosts", [h.lower() for h in self.hosts])
 
 
+HeaderName = Annotated[str, Meta(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+HeaderValue = Annotated[str, Meta(pattern=r"^[^\r\n\x00]*$", description="No CR, LF or NUL.")]
+
+
+class HeaderEdits(Base, kw_only=True):
+    """Header changes, applied in this order: remove, set (replaces every field of that name), add
+    (one more field; a recipient joins repeated fields with `,`). Names are case-insensitive."""
+
+    set: dict[HeaderName, HeaderValue] = msgspec.field(default_factory=dict)
+    add: dict[HeaderName, HeaderValue] = msgspec.field(default_factory=dict)
+    remove: list[HeaderName] = msgspec.field(default_factory=list)
+
+
+class PathReplace(Base, kw_only=True):
+    """Exactly one of `full` (the whole path) or `prefix` (the part the route's path prefix
+    matched: `/foo/bar` with prefix `/foo` and `prefix: /xyz` becomes `/xyz/bar`)."""
+
+    full: str | None = None
+    prefix: str | None = None
+
+
+class Redirect(Base, kw_only=True):
+    """Answer with a redirect instead of proxying. Unset parts keep the request's; the port follows
+    Gateway API: a given port, else the well-known port of a given scheme, else the listener's; it is
+    left out of Location when it is the scheme's default."""
+
+    scheme: Literal["http", "https"] | None = None
+    hostname: str | None = None
+    port: Annotated[int, Meta(ge=1, le=65535)] | None = None
+    path: PathReplace | None = None
+    status: Literal[301, 302, 303, 307, 308] = 302
+
+
+class Rewrite(Base, kw_only=True):
+    """Change the request before it goes upstream."""
+
+    hostname: str | None = None
+    path: PathReplace | None = None
+
+
+class Mirror(Base, kw_only=True):
+    """Send a copy of matching requests to another upstream; its response is discarded."""
+
+    upstream: Name
+    percent: Annotated[float, Meta(gt=0, le=100)] = 100.0
+
+
+class Versioning(Base, kw_only=True):
+    """API lifecycle headers on responses: `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and a
+    `Link` to the successor version."""
+
+    deprecated_at: str | None = None
+    """When the API was (or will be) deprecated: an ISO 8601 date-time (`2026-01-31T00:00:00Z`)."""
+    sunset_at: str | None = None
+    """When it stops working: an ISO 8601 date-time."""
+    successor: str | None = None
+    """URI of the version that replaces it (`Link: <URI>; rel="successor-version"`)."""
+    link: str | None = None
+    """URI of a page about the deprecation (`Link: <URI>; rel="deprecation"`)."""
+
+
+class Filters(Base, kw_only=True):
+    """What a route (or one of its backends) does to requests and responses."""
+
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirror: Mirror | None = None
+    versioning: Versioning | None = None
+
+
+class Backend(Base, kw_only=True):
+    """One of a route's weighted backends. Requests split by weight (0: none); `filters` apply only
+    when this backend is chosen. A backend without an upstream answers 500 (what Gateway API asks of
+    a backendRef that cannot be resolved)."""
+
+    upstream: Name | None = None
+    weight: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
+    filters: Filters | None = None
+
+
 class Route(Base, kw_only=True):
-    """A named route from a match to an upstream."""
+    """A named route from a match to an upstream (or weighted backends, or a redirect)."""
 
     name: Name
-    match: Match = msgspec.field(default_factory=Match)
-    upstream: Name
+    match: Match | None = None
+    matches: Annotated[list[Match], Meta(min_length=1)] | None = None
+    """Alternatives (any one matching takes the route); instead of `match`."""
+    upstream: Name | None = None
+    backends: list[Backend] | None = None
+    """Instead of `upstream`: weighted backends. An empty list answers 500."""
+    filters: Filters | None = None
+    listeners: Annotated[list[Name], Meta(min_length=1)] | None = None
+    """Names of the listeners this route serves on; default: the unnamed ones."""
     max_body_bytes: ByteLimit | None = None
     """Request body limit for this route (413 above it); None: use `limits.max_body_bytes`."""
 
     @property
+    def all_matches(self) -> list[Match]:
+        if self.matches is not None:
+            return self.matches
+        return [self.match if self.match is not None else Match()]
+
+    @property
     def hosts(self) -> list[str] | None:
-        return self.match.hosts
+        return self.all_matches[0].hosts
 
     @property
     def path_prefix(self) -> str | None:
-        return self.match.path.prefix
+        return self.all_matches[0].path.prefix
 
     @property
     def path_exact(self) -> str | None:
-        return self.match.path.exact
+        return self.all_matches[0].path.exact
 
 
 class Limits(Base, kw_only=True):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import re
 
 from .positions import Token
-from .schema import GatewayConfig, PathMatch
+from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
 from .values import check_host_pattern, check_path, parse_address
 
 __all__ = ["Problem", "check_config"]
@@ -22,18 +24,30 @@ def _address_key(host: str, port: int) -> tuple[str, int]:
 
 
 def _check_listeners(cfg: GatewayConfig, out: list[Problem]) -> None:
-    seen: dict[tuple[str, int], int] = {}
+    seen: dict[tuple[str, int, str | None], int] = {}
+    names: dict[str, int] = {}
     for i, listener in enumerate(cfg.listeners):
         path: list[Token] = ["listeners", i, "address"]
+        if listener.name is not None:
+            if listener.name in names:
+                out.append(([*path[:-1], "name"],
+                            f"duplicate listener name {listener.name!r} (first at $.listeners[{names[listener.name]}])"))
+            names.setdefault(listener.name, i)
+        if listener.hostname is not None:
+            try:
+                check_host_pattern(listener.hostname)
+            except ValueError as e:
+                out.append(([*path[:-1], "hostname"], str(e)))
         try:
             host, port = parse_address(listener.address, allow_port_zero=True)
         except ValueError as e:
             out.append((path, str(e)))
             continue
-        key = _address_key(host, port)
+        key = (*_address_key(host, port), listener.hostname)
         if port != 0 and key in seen:
+            what = f" with hostname {listener.hostname!r}" if listener.hostname else ""
             out.append(
-                (path, f"duplicate listener address {listener.address!r} (also at $.listeners[{seen[key]}])")
+                (path, f"duplicate listener address {listener.address!r}{what} (also at $.listeners[{seen[key]}])")
             )
         else:
             seen.setdefault(key, i)
@@ -48,16 +62,115 @@ def _check_upstreams(cfg: GatewayConfig, out: list[Problem]) -> None:
                 out.append((["upstreams", name, "targets", i, "address"], str(e)))
 
 
-def _check_path_match(pm: PathMatch, path: list[Token], out: list[Problem]) -> None:
-    given = [k for k in ("prefix", "exact") if getattr(pm, k) is not None]
+_TEMPLATE_PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*(\.\.\.)?\}$")
+
+
+def _check_template(template: str) -> None:
+    check_path(template.replace("{", "").replace("}", ""))
+    segments = template.split("/")[1:]
+    for i, seg in enumerate(segments):
+        if "{" not in seg and "}" not in seg:
+            continue
+        m = _TEMPLATE_PARAM.match(seg)
+        if m is None:
+            raise ValueError(f"template {template!r}: a parameter must be a whole segment, '{{name}}' or '{{name...}}'")
+        if m.group(1) and i != len(segments) - 1:
+            raise ValueError(f"template {template!r}: '{{name...}}' may only be the last segment")
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {pattern!r}: {e}") from None
+
+
+def _exactly_one(obj: object, keys: tuple[str, ...], path: list[Token], out: list[Problem]) -> list[str]:
+    given = [k for k in keys if getattr(obj, k) not in (None, False)]
     if len(given) != 1:
-        what = "both" if given else "neither"
-        out.append((path, f"exactly one of 'prefix' or 'exact' is required (got {what})"))
-    for key in given:
+        names = ", ".join(f"'{k}'" for k in keys)
+        out.append((path, f"exactly one of {names} is required (got {', '.join(given) or 'none'})"))
+    return given
+
+
+def _check_path_match(pm: PathMatch, path: list[Token], out: list[Problem]) -> None:
+    for key in _exactly_one(pm, ("prefix", "exact", "template", "regex"), path, out):
+        value = getattr(pm, key)
+        check = {"template": _check_template, "regex": _check_regex}.get(key, check_path)
         try:
-            check_path(getattr(pm, key))
+            check(value)
         except ValueError as e:
             out.append(([*path, key], str(e)))
+
+
+def _check_match(match: Match, path: list[Token], out: list[Problem]) -> None:
+    for j, pattern in enumerate(match.hosts or ()):
+        try:
+            check_host_pattern(pattern)
+        except ValueError as e:
+            out.append(([*path, "hosts", j], str(e)))
+    _check_path_match(match.path, [*path, "path"], out)
+    for section in ("headers", "query"):
+        for j, cond in enumerate(getattr(match, section) or ()):
+            cpath = [*path, section, j]
+            if "regex" in _exactly_one(cond, ("value", "regex", "present"), cpath, out):
+                try:
+                    _check_regex(cond.regex)
+                except ValueError as e:
+                    out.append(([*cpath, "regex"], str(e)))
+
+
+def _check_replace(rp: PathReplace, prefix_only_ok: bool, path: list[Token], out: list[Problem]) -> None:
+    given = _exactly_one(rp, ("full", "prefix"), path, out)
+    for key in given:
+        value = getattr(rp, key)
+        if key == "full" or value:
+            try:
+                check_path(value)
+            except ValueError as e:
+                out.append(([*path, key], str(e)))
+    if "prefix" in given and not prefix_only_ok:
+        out.append(([*path, "prefix"], "replacing the matched prefix needs every match of the route to be a path prefix"))
+
+
+def _check_datetime(value: str, path: list[Token], out: list[Problem]) -> None:
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        out.append((path, f"expected an ISO 8601 date-time such as '2026-01-31T00:00:00Z', got {value!r}"))
+        return
+    if parsed.tzinfo is None:
+        out.append((path, f"date-time {value!r} needs a time zone (for example a trailing 'Z')"))
+
+
+def _check_filters(f: Filters, all_prefix: bool, path: list[Token], cfg: GatewayConfig,
+                   known: str, out: list[Problem]) -> None:
+    if f.redirect is not None and f.rewrite is not None:
+        out.append((path, "'redirect' and 'rewrite' cannot both be set"))
+    for key in ("redirect", "rewrite"):
+        spec = getattr(f, key)
+        if spec is None:
+            continue
+        if spec.hostname is not None:
+            try:
+                check_host_pattern(spec.hostname.lower())
+                if spec.hostname.startswith("*"):
+                    raise ValueError(f"hostname {spec.hostname!r} must not be a wildcard")
+            except ValueError as e:
+                out.append(([*path, key, "hostname"], str(e)))
+        if spec.path is not None:
+            _check_replace(spec.path, all_prefix, [*path, key, "path"], out)
+    if f.mirror is not None and f.mirror.upstream not in cfg.upstreams:
+        out.append(([*path, "mirror", "upstream"], f"unknown upstream {f.mirror.upstream!r} (known: {known})"))
+    if f.versioning is not None:
+        for key in ("deprecated_at", "sunset_at"):
+            value = getattr(f.versioning, key)
+            if value is not None:
+                _check_datetime(value, [*path, "versioning", key], out)
+        for key in ("successor", "link"):
+            value = getattr(f.versioning, key)
+            if value is not None and any(c in value for c in "<>\r\n\0 \""):
+                out.append(([*path, "versioning", key], f"not a URI: {value!r}"))
 
 
 def _check_routes(cfg: GatewayConfig, out: list[Problem]) -> None:
@@ -74,14 +187,34 @@ def _check_routes(cfg: GatewayConfig, out: list[Problem]) -> None:
             )
         else:
             names[route.name] = i
-        for j, pattern in enumerate(route.match.hosts or ()):
-            try:
-                check_host_pattern(pattern)
-            except ValueError as e:
-                out.append(([*base, "match", "hosts", j], str(e)))
-        _check_path_match(route.match.path, [*base, "match", "path"], out)
-        if route.upstream not in cfg.upstreams:
+        if route.match is not None and route.matches is not None:
+            out.append((base, "'match' and 'matches' cannot both be set"))
+        if route.matches is not None:
+            for j, match in enumerate(route.matches):
+                _check_match(match, [*base, "matches", j], out)
+        elif route.match is not None:
+            _check_match(route.match, [*base, "match"], out)
+        all_prefix = all(m.path.prefix is not None for m in route.all_matches)
+        redirect = route.filters is not None and route.filters.redirect is not None
+        if route.upstream is not None and route.backends is not None:
+            out.append((base, "'upstream' and 'backends' cannot both be set"))
+        elif route.upstream is None and route.backends is None and not redirect:
+            out.append((base, "one of 'upstream', 'backends' or 'filters.redirect' is required"))
+        if route.upstream is not None and route.upstream not in cfg.upstreams:
             out.append(([*base, "upstream"], f"unknown upstream {route.upstream!r} (known: {known})"))
+        for j, backend in enumerate(route.backends or ()):
+            if backend.upstream is not None and backend.upstream not in cfg.upstreams:
+                out.append(([*base, "backends", j, "upstream"],
+                            f"unknown upstream {backend.upstream!r} (known: {known})"))
+            if backend.filters is not None:
+                _check_filters(backend.filters, all_prefix, [*base, "backends", j, "filters"], cfg, known, out)
+        if route.filters is not None:
+            _check_filters(route.filters, all_prefix, [*base, "filters"], cfg, known, out)
+        listener_names = {lst.name for lst in cfg.listeners if lst.name is not None}
+        for j, name in enumerate(route.listeners or ()):
+            if name not in listener_names:
+                shown = ", ".join(sorted(listener_names)) or "none named"
+                out.append(([*base, "listeners", j], f"unknown listener {name!r} (known: {shown})"))
 
 
 def check_config(cfg: GatewayConfig) -> list[Problem]:

@@ -1,0 +1,105 @@
+"""The scenarios: what wrk sends, how many connections, and the route table for the gateway one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .load import Request
+from .peers import GATEWAY_MATCH_HEADER, Routes
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    connections: int
+    requests: list[Request]
+    #: The request httperf sends for the open-loop figure.
+    open_loop: Request
+    routes: Routes | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+TENANTS = [f"t{k}.api.example.com" for k in range(10)]
+RESOURCES = [
+    "users", "orders", "carts", "products", "invoices", "payments", "shipments", "reviews", "search",
+    "sessions", "accounts", "catalog", "inventory", "pricing", "coupons", "wishlists", "addresses",
+    "notifications", "messages", "media", "uploads", "reports", "analytics", "webhooks", "tokens",
+    "subscriptions", "plans", "teams", "projects", "tickets",
+]  # fmt: skip
+
+
+def gateway_routes(n: int) -> Routes:
+    """n routes over 10 hosts, each with prefixes like /api/v1/orders/ (distinct per host)."""
+    hosts, prefixes = [], []
+    for i in range(n):
+        hosts.append(TENANTS[i % len(TENANTS)])
+        j = i // len(TENANTS)
+        version = 1 + j // len(RESOURCES)
+        prefixes.append(f"/api/v{version}/{RESOURCES[j % len(RESOURCES)]}/")
+    return Routes(hosts=hosts, prefixes=prefixes)
+
+
+def gateway_requests(routes: Routes, count: int = 64) -> list[Request]:
+    """`count` requests spread over the whole table (the last routes included), realistic paths."""
+    rng = random.Random(7)
+    n = len(routes.hosts)
+    picks = sorted({min(n - 1, (k * n) // count + rng.randrange(max(1, n // count))) for k in range(count)})
+    picks[-1] = n - 1
+    out = []
+    for i in picks:
+        tail = rng.choice(["", f"{rng.randrange(10**6)}", f"{rng.randrange(10**6)}/items?limit=20&page=2"])
+        out.append(
+            Request(
+                "GET",
+                routes.prefixes[i] + tail,
+                {
+                    "Host": routes.hosts[i],
+                    GATEWAY_MATCH_HEADER[0]: GATEWAY_MATCH_HEADER[1],
+                    "Accept": "application/json",
+                    "User-Agent": "fastgw-bench/1",
+                },
+            )
+        )
+    return out
+
+
+def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
+    get26 = Request("GET", "/")
+    post = Request("POST", "/sink", {"Content-Type": "application/octet-stream"}, b"x" * 4096)
+    all_ = {
+        "get26": lambda: Scenario("get26", "GET, 26 B response, 50 connections", 50, [get26], get26),
+        "get64k": lambda: Scenario(
+            "get64k",
+            "GET, 64 KiB response, 50 connections",
+            50,
+            [Request("GET", "/64k")],
+            Request("GET", "/64k"),
+        ),
+        "post4k": lambda: Scenario(
+            "post4k", "POST 4 KiB body to a sink, 26 B response, 50 connections", 50, [post], post
+        ),
+        "c1000": lambda: Scenario("c1000", "GET, 26 B response, 1,000 connections", 1000, [get26], get26),
+        "gateway": lambda: _gateway(gateway_route_count),
+    }
+    unknown = [n for n in names if n not in all_]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(all_)}")
+    return [all_[n]() for n in names]
+
+
+def _gateway(n: int) -> Scenario:
+    routes = gateway_routes(n)
+    reqs = gateway_requests(routes)
+    return Scenario(
+        "gateway",
+        f"routing by host + path (+ header) over {n} routes, header transform, 64 request shapes, 50 connections",
+        50,
+        reqs,
+        reqs[-1],  # the last route in the table: the worst case for a linear scan
+        routes,
+    )
+
+
+SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway"]
