@@ -1,0 +1,143 @@
+"""Limits: 414, 431 (size and count), 413 (Content-Length and chunked), 408 slowloris, keep-alive idle
+timeout, max requests per connection, underscores in header names (drop mode)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from support.client import RawConn, assert_gateway_error, sync_and_assert_nothing_forwarded
+from support.gateway import simple_config, upstream_config
+from support.wire import build_request, chunked
+
+LIMITS = {
+    "max_request_line_bytes": 1024,
+    "max_header_bytes": 4096,
+    "max_headers": 20,
+    "max_body_bytes": 100_000,
+    "header_timeout": "1s",
+    "keepalive_timeout": "1s",
+    "max_requests_per_connection": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def gw(echo, module_gateway_factory):
+    up = upstream_config(echo.address, timeouts={"connect": "2s", "response_header": "5s", "body_idle": "5s"})
+    return module_gateway_factory(simple_config(
+        upstreams={"echo": up}, limits=LIMITS,
+        routes=[{"name": "small", "match": {"path": {"prefix": "/small"}}, "upstream": "echo",
+                 "max_body_bytes": 1000},
+                {"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}]))
+
+
+def rejected(gw, echo, data: bytes, status: int, method: str = "GET"):
+    snap = echo.snapshot()
+    with RawConn(gw.port) as c:
+        try:
+            c.send(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = c.response(method)
+        assert_gateway_error(r, status)
+        assert "close" in r.connection_tokens
+        assert c.is_closed_by_peer()
+    sync_and_assert_nothing_forwarded(gw, echo, snap, f"{status} case")
+    return r
+
+
+def test_request_line_too_long_414(gw, echo):
+    rejected(gw, echo, build_request("GET", "/" + "a" * 1100), 414)
+
+
+def test_request_line_at_limit_served(gw):
+    target = "/" + "a" * 980  # a 1000-byte request line: under the 1024 limit however CRLF is counted
+    with RawConn(gw.port) as c:
+        assert c.request("GET", target).status == 200
+
+
+def test_header_block_too_large_431(gw, echo):
+    rejected(gw, echo, build_request("GET", "/", [("X-Big", "v" * 5000)]), 431)
+
+
+def test_too_many_headers_431(gw, echo):
+    rejected(gw, echo, build_request("GET", "/", [(f"X-H{i}", "v") for i in range(25)]), 431)
+
+
+def test_headers_under_limits_served(gw):
+    with RawConn(gw.port) as c:
+        assert c.request("GET", "/", [(f"X-H{i}", "v" * 100) for i in range(15)]).status == 200
+
+
+def test_route_body_limit_content_length_413(gw, echo):
+    rejected(gw, echo, build_request("POST", "/small", body=b"x" * 1001), 413, "POST")
+
+
+def test_global_body_limit_content_length_413(gw, echo):
+    rejected(gw, echo, build_request("POST", "/big", [("Content-Length", "100001")]) + b"x" * 100_001, 413,
+             "POST")
+
+
+def test_body_limit_chunked_413(gw):
+    with RawConn(gw.port) as c:
+        try:
+            c.send(build_request("POST", "/small", [("Transfer-Encoding", "chunked")])
+                   + chunked(b"a" * 600, b"b" * 600))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = c.response("POST")
+        assert_gateway_error(r, 413)
+        assert c.is_closed_by_peer()
+
+
+def test_body_within_route_limit_served(gw):
+    with RawConn(gw.port) as c:
+        r = c.request("POST", "/small", body=b"x" * 1000)
+        assert r.status == 200 and r.json()["body_len"] == 1000
+
+
+def test_slowloris_head_408(gw, echo):
+    snap = echo.snapshot()
+    lines = [b"GET /slow HTTP/1.1\r\n", b"Host: h.test\r\n"] + [b"X-Drip-%d: v\r\n" % i for i in range(40)]
+    with RawConn(gw.port) as c:
+        try:
+            for line in lines:  # ~4 s of dripping, well past header_timeout (1 s)
+                c.send(line)
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = c.response()
+        assert_gateway_error(r, 408)
+        assert c.is_closed_by_peer()
+    assert echo.requests_since(snap) == []
+
+
+def test_keepalive_idle_timeout_closes(gw):
+    with RawConn(gw.port) as c:
+        r = c.request("GET", "/idle")
+        assert r.status == 200 and "close" not in r.connection_tokens
+        assert c.is_closed_by_peer(timeout=20), "idle keep-alive connection was not closed"
+
+
+def test_max_requests_per_connection(gw):
+    with RawConn(gw.port) as c:
+        r1 = c.request("GET", "/n1")
+        r2 = c.request("GET", "/n2")
+        r3 = c.request("GET", "/n3")
+        assert [r.status for r in (r1, r2, r3)] == [200, 200, 200]
+        assert "close" not in r1.connection_tokens and "close" not in r2.connection_tokens
+        assert "close" in r3.connection_tokens
+        assert c.is_closed_by_peer()
+
+
+def test_underscore_header_dropped_in_drop_mode(echo, gateway_factory):
+    gw = gateway_factory(simple_config(echo.address, limits={"underscores_in_headers": "drop"}))
+    with RawConn(gw.port) as c:
+        r = c.request("GET", "/u", [("X_Under", "1"), ("X-Normal", "2")])
+    assert r.status == 200
+    names = [k.lower() for k, _ in r.json()["headers"]]
+    assert "x_under" not in names and "x-normal" in names
+
+
+def test_underscore_header_rejected_by_default(gateway, echo):
+    rejected(gateway, echo, build_request("GET", "/u", [("X_Under", "1")]), 400)
