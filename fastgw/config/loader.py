@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -243,11 +244,14 @@ def _fields_at(tokens: list[Token]) -> list[str] | None:
     return None
 
 
-def _issue_from_validation(err: msgspec.ValidationError, obj: Any, pos: Pos | None, file: str) -> ConfigIssue:
+def _issue_from_validation(
+    err: msgspec.ValidationError, obj: Any, pos: Pos | None, file: str
+) -> tuple[ConfigIssue, list[Token] | None]:
+    """The issue, and the tokens of the offending node (None when they cannot be resolved)."""
     message, path = _split_error(err)
     tokens = parse_path(path)
     if tokens is None:
-        return ConfigIssue(file, path, message)
+        return ConfigIssue(file, path, message), None
     if ANY_KEY in tokens:
         tokens = _resolve_any_keys(obj, tokens, message)
     if m := _UNKNOWN_RE.match(message):
@@ -264,7 +268,56 @@ def _issue_from_validation(err: msgspec.ValidationError, obj: Any, pos: Pos | No
         message = _NON_EMPTY[tokens[-1]]
     shown = path if ANY_KEY in tokens else format_path(tokens)
     line = pos.line_of(t for t in tokens if t != ANY_KEY) if pos is not None else None
-    return ConfigIssue(file, shown, message, line)
+    resolved = None if ANY_KEY in tokens or _MISSING_PREFIX in message else tokens
+    return ConfigIssue(file, shown, message, line), resolved
+
+
+_MISSING_PREFIX = "missing required field"
+_MAX_DECODE_ISSUES = 50
+
+
+def _drop_node(obj: Any, tokens: list[Token]) -> bool:
+    """Removes the node at `tokens` from a plain decoded document; False if it cannot."""
+    if not tokens:
+        return False
+    parent = obj
+    for t in tokens[:-1]:
+        try:
+            parent = parent[t]
+        except (KeyError, IndexError, TypeError):
+            return False
+    last = tokens[-1]
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+        return True
+    if isinstance(parent, list) and isinstance(last, int) and 0 <= last < len(parent):
+        del parent[last]
+        return True
+    return False
+
+
+def _decode_issues(err: msgspec.ValidationError, obj: Any, pos: Pos | None, file: str) -> list[ConfigIssue]:
+    """msgspec stops at the first problem; to list every one, drop each offending node from a copy
+    and decode again. A field this makes missing is not reported (its bad value already was)."""
+    work = copy.deepcopy(obj)
+    dropped: set[str] = set()
+    out: list[ConfigIssue] = []
+    for _ in range(_MAX_DECODE_ISSUES):
+        issue, tokens = _issue_from_validation(err, work, pos, file)
+        if issue.message.startswith(_MISSING_PREFIX):
+            field = issue.message.split("'")[1] if "'" in issue.message else ""
+            if f"{issue.path}.{field}" in dropped or (issue.path == "$" and f"$.{field}" in dropped):
+                break
+        out.append(issue)
+        if tokens is None or not _drop_node(work, tokens):
+            break
+        dropped.add(format_path(tokens))
+        try:
+            _convert(work)
+            break
+        except msgspec.ValidationError as e:
+            err = e
+    return out
 
 
 def _decode(obj: Any, pos: Pos | None, issues: list[ConfigIssue], file: str) -> GatewayConfig:
@@ -273,7 +326,7 @@ def _decode(obj: Any, pos: Pos | None, issues: list[ConfigIssue], file: str) -> 
     try:
         cfg = _convert(obj)
     except msgspec.ValidationError as e:
-        raise ConfigError([*issues, _issue_from_validation(e, obj, pos, file)]) from None
+        raise ConfigError([*issues, *_decode_issues(e, obj, pos, file)]) from None
     for tokens, message in check_config(cfg):
         line = pos.line_of(tokens) if pos is not None else None
         issues.append(ConfigIssue(file, format_path(tokens), message, line))

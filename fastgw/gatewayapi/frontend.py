@@ -98,7 +98,7 @@ def _decode(native: dict[str, Any], origins: dict[tuple[Token, ...], Origin], is
     try:
         cfg = msgspec.convert(native, GatewayConfig, dec_hook=_loader.dec_hook)
     except msgspec.ValidationError as e:
-        issue = _loader._issue_from_validation(e, native, None, issues.file)
+        issue, _ = _loader._issue_from_validation(e, native, None, issues.file)
         report(parse_path(issue.path) or [], issue.message)
         raise ConfigError(issues.issues) from None
     for tokens, message in check_config(cfg):
