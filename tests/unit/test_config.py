@@ -1054,3 +1054,34 @@ def test_yaml_anchors_and_merge_keys(tmp_path):
     cfg = load_config(path)
     assert cfg.upstreams["b"].targets == cfg.upstreams["a"].targets
     assert cfg.upstreams["b"].timeouts.connect == 1.0
+
+
+def test_every_schema_error_listed(tmp_path):
+    path = write(tmp_path, "gw.yaml", """\
+listeners: [{address: 127.0.0.1:1}]
+upstreams:
+  echo: {targets: [{address: 127.0.0.1:9, weight: 0}]}
+routes:
+  - name: r
+    upstream: echo
+    max_body_bytes: -4
+    bogus: 1
+limits:
+  max_headers: not-a-number
+""")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    got = [(i.path, i.line) for i in e.value.errors]
+    assert got == [
+        ("$.upstreams.echo.targets[0].weight", 3),
+        ("$.routes[0].max_body_bytes", 7),
+        ("$.routes[0].bogus", 8),
+        ("$.limits.max_headers", 10),
+    ]
+
+
+def test_dropped_required_field_is_not_reported_twice(tmp_path):
+    path = write(tmp_path, "gw.yaml", "listeners: [{address: 127.0.0.1:1}]\nroutes:\n  - name: 7\n    upstream: a\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert [i.path for i in e.value.errors] == ["$.routes[0].name"]
