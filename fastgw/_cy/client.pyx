@@ -689,6 +689,17 @@ cdef class ClientConn:
         else:
             self._close()
 
+    def serialize_upstream_head(self, bytes raw, bytes client_ip, bytes request_id):
+        """The upstream head for a request head, no routing or filters: for benchmarks and tests."""
+        cdef const char* p = raw
+        if parse_request_head(&self.head, p, len(raw), &self.rt.head_limits) < 0:
+            raise ValueError("not a complete, valid request head")
+        self.client_ip = client_ip
+        self.request_id = request_id
+        self.filters = None
+        self._build_upstream_head(p)
+        return wb_bytes(&self.uout)
+
     def explain(self, bytes raw, int local_port, bytes client_ip=b"192.0.2.1"):
         """What the request phase decides for `raw` (a request head), with no socket: for
         `fastgw explain` and tests."""
