@@ -398,7 +398,7 @@ cdef class ClientConn:
         if h.target_len == 1 and p[h.target] == b'*':
             payload = None
         else:
-            payload = rt.router.match(self.hostbuf, hl, p + h.target, h.path_len)
+            payload = rt.router.match_request(self.hostbuf, hl, p, h)
         if payload is None:
             self._refuse_before_upstream(data, head_len, n, 404, b"no route")
             return
