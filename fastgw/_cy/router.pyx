@@ -20,7 +20,8 @@
 # Conditions: methods (any of, exact, case-sensitive); headers (name case-insensitive; the values of a
 # repeated header joined with ',' as Envoy does; exact is case-sensitive; regex is a fullmatch;
 # present); query params (name exact; FIRST value of a repeated name; raw, no percent-decoding;
-# 'a' alone has the empty value). A missing header / param never matches. Only the first condition
+# 'a' alone has the empty value). Regular expressions are Python `re` patterns compiled as bytes
+# (str patterns are UTF-8 encoded, so classes like \d and \w are ASCII) and always fullmatch. A missing header / param never matches. Only the first condition
 # of a repeated header name (case-insensitively) or query name is kept, as the API requires.
 # Template captures: '{x}' is one whole non-empty segment (no '/'); '{x...}' is the non-empty rest of
 # the path ('/' allowed), only as the last element. Captures must occupy whole segments.
@@ -131,6 +132,7 @@ cdef struct _rt_Cand:
     int32_t cond_off       # first condition in Router._conds
     int32_t path_kind      # pattern runs: _RT_PATH_TEMPLATE / _RT_PATH_REGEX; else the entry's kind
     int32_t path_ref       # template index (Router._tpls) / regex index (Router._regexes)
+    int32_t slashes        # templates: '/' count of a matching path: n (exactly), or -1-n (n or more)
 
 
 cdef struct _rt_Cond:
@@ -393,7 +395,8 @@ def _rt_conds(ri, r):
 
 
 def _rt_parse_template(ri, t):
-    """'/users/{id}/files/{rest...}' -> (pieces [(kind, literal bytes)], names, literal chars, min len)."""
+    """'/users/{id}/files/{rest...}' -> (pieces [(kind, literal bytes)], names, literal chars, min len,
+    slashes: the '/' count of a matching path, as _rt_Cand.slashes)."""
     tb = _rt_as_bytes(t, "path_template")
     if not tb.startswith(b"/"):
         raise ValueError(f"route {ri}: path_template must start with '/': {t!r}")
@@ -434,7 +437,10 @@ def _rt_parse_template(ri, t):
         i = e + 1
     if len(names) > _RT_MAX_CAPS:
         raise ValueError(f"route {ri}: more than {_RT_MAX_CAPS} captures in path_template {t!r}")
-    return pieces, names, lit, minlen
+    slashes = tb.count(b"/")
+    if pieces and pieces[len(pieces) - 1][0] == _RT_P_REST:
+        slashes = -1 - slashes
+    return pieces, names, lit, minlen, slashes
 
 
 def _rt_path(ri, r):
@@ -634,6 +640,7 @@ cdef class Router:
     cdef Py_ssize_t _tcap_l[_RT_MAX_CAPS]
     cdef int _n_caps
     cdef int _cap_tpl
+    cdef int32_t _max_tpl_slash  # largest '/' count a template needs
     # for explain()
     cdef dict _ns_ids
     cdef list _paths
@@ -662,6 +669,7 @@ cdef class Router:
         self._max_wild = -1
         self._n_caps = 0
         self._cap_tpl = -1
+        self._max_tpl_slash = 0
 
     def __dealloc__(self):
         free(self._slots)
@@ -800,6 +808,9 @@ cdef class Router:
         c.route_index = <int32_t>ri
         c.path_kind = kind
         c.path_ref = path_ref
+        c.slashes = 0
+        if kind == _RT_PATH_TEMPLATE:
+            c.slashes = <int32_t>self._paths[ri][1][4]
         cd = rconds[ri]
         if cd is None:
             c.n_conds = 0
@@ -877,7 +888,11 @@ cdef class Router:
         for ri in special:
             kind, key, score = paths[ri]
             if kind == _RT_PATH_TEMPLATE:
-                pieces, names, lit, minlen = key
+                pieces, names, lit, minlen, slashes = key
+                if slashes >= self._max_tpl_slash:
+                    self._max_tpl_slash = slashes
+                elif -1 - slashes > self._max_tpl_slash:
+                    self._max_tpl_slash = -1 - slashes
                 path_refs[ri] = n_tpls
                 self._tpls[n_tpls].piece_off = <int32_t>n_pieces
                 self._tpls[n_tpls].n_pieces = <int32_t>len(pieces)
@@ -1016,11 +1031,26 @@ cdef class Router:
 
     cdef Py_ssize_t _pick_pattern(self, const _rt_NS* info, const char* path, Py_ssize_t path_len,
                                   const char* buf, const MessageHead* h) except -2:
-        cdef Py_ssize_t c
+        cdef Py_ssize_t c, j
         cdef _rt_Cand* cand
         cdef int i
+        cdef int32_t nsl = -1
         for c in range(info.pat_off, info.pat_off + info.n_pat):
             cand = &self._cands[c]
+            if cand.path_kind == _RT_PATH_TEMPLATE:
+                # cheap reject on the number of segments (counted once, capped)
+                if nsl < 0:
+                    nsl = 0
+                    for j in range(path_len):
+                        if path[j] == 47:   # '/'
+                            nsl += 1
+                            if nsl > self._max_tpl_slash:
+                                break
+                if cand.slashes >= 0:
+                    if nsl != cand.slashes:
+                        continue
+                elif nsl < -1 - cand.slashes:
+                    continue
             if not self._path_ok(cand, path, path_len):
                 continue
             if cand.n_conds and self._cond_fail(cand, buf, h) >= 0:
@@ -1156,6 +1186,8 @@ cdef class Router:
         """(offset into the path, length) of the last match's template captures; returns how many
         were written (0 when the winner was not a template)."""
         cdef int i, n = self._n_caps if self._n_caps < max else max
+        if n < 0:
+            n = 0
         for i in range(n):
             starts[i] = self._cap_s[i]
             lens[i] = self._cap_l[i]
