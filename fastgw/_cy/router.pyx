@@ -21,8 +21,9 @@
 # repeated header joined with ',' as Envoy does; exact is case-sensitive; regex is a fullmatch;
 # present); query params (name exact; FIRST value of a repeated name; raw, no percent-decoding;
 # 'a' alone has the empty value). Regular expressions are Python `re` patterns compiled as bytes
-# (str patterns are UTF-8 encoded, so classes like \d and \w are ASCII) and always fullmatch. A missing header / param never matches. Only the first condition
-# of a repeated header name (case-insensitively) or query name is kept, as the API requires.
+# (str patterns are UTF-8 encoded, so classes like \d and \w are ASCII) and always fullmatch.
+# A missing header / param never matches. Only the first condition of a repeated header name
+# (case-insensitively) or query name is kept, as the API requires.
 # Template captures: '{x}' is one whole non-empty segment (no '/'); '{x...}' is the non-empty rest of
 # the path ('/' allowed), only as the last element. Captures must occupy whole segments.
 #
@@ -33,7 +34,8 @@
 #        in `_cands`, sorted by the precedence above (method, #headers, #query, order, index).
 #   Template and regex candidates of a namespace are one more run (`_rt_NS.pat_off/n_pat`), sorted by
 #   (template before regex, score, method, #headers, #query, order, index), tried after the exact
-#   probe and before the prefix probes.
+#   probe and before the prefix probes. This run is a linear scan (first hit wins); templates are
+#   rejected on the path's '/' count before they are walked; regexes call into `re`.
 # Matching hashes the path once (8 bytes a step, forward), remembering the hash of path[:i] at every '/' whose
 # length i is a prefix length present in the table, so every prefix probe is O(1) + one memcmp. Hosts
 # are hashed backwards so that the hash of every '.'-suffix falls out of one pass as well. Work per

@@ -196,7 +196,8 @@ CASES = [
      [S("short", path_regex="/a.*"), S("long", path_regex="/a/(b|c)/.*")],
      dict(path="/a/b/c"), "long"),
     ("prefix-longest",
-     [S("short", path_prefix="/a", methods=["GET"], headers=[("x", "present", "")]), S("long", path_prefix="/a/b")],
+     [S("short", path_prefix="/a", methods=["GET"], headers=[("x", "present", "")]),
+      S("long", path_prefix="/a/b")],
      dict(path="/a/b/c", headers=[("x", "1")]), "long"),
     # Gateway API conformance shapes
     ("headers-only-implicit-root-beats-nothing",
@@ -225,7 +226,8 @@ CASES = [
      [S("one", query=[("q", "exact", "1")]), S("two", query=[("q", "exact", "1"), ("r", "present", "")])],
      dict(path="/", query="q=1&r=2"), "two"),
     ("headers-beat-query",
-     [S("query", query=[("q", "exact", "1"), ("r", "present", "")]), S("header", headers=[("h", "present", "")])],
+     [S("query", query=[("q", "exact", "1"), ("r", "present", "")]),
+      S("header", headers=[("h", "present", "")])],
      dict(path="/", headers=[("h", "")], query="q=1&r"), "header"),
     # 6. order, then index
     ("order-lower-wins",
@@ -307,7 +309,8 @@ def test_header_repeated_name_in_spec_first_wins():
     check(specs, "", "/", headers=[("x", "1")], want="v")
     check(specs, "", "/", headers=[("x", "2")], want="fallback")
     # the ignored duplicate does not count as a header match for precedence either
-    specs = [S("one", headers=[("x", "present", "")]), S("dup", headers=[("x", "exact", "1"), ("X", "exact", "1")])]
+    specs = [S("one", headers=[("x", "present", "")]),
+             S("dup", headers=[("x", "exact", "1"), ("X", "exact", "1")])]
     check(specs, "", "/", headers=[("x", "1")], want="one")
 
 
