@@ -574,3 +574,31 @@ def test_1000_conditioned_routes_against_reference():
         assert router.lookup_index(host.encode(), path, method, headers, query) == ref.match(
             host, path, method, headers, query
         )
+
+
+# ---------------------------------------------------------------- match_request on real parsed heads
+
+RAW_SPECS = [
+    S("v2", path_template="/items/{id}", headers=[("x-version", "exact", "2,3")], query=[("a", "exact", "1")]),
+    S("under", headers=[("x_under", "present", "")]),
+    S("post", methods=["POST"]),
+    S("root"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "want", "caps"),
+    [
+        (b"GET /items/7?a=1&a=2 HTTP/1.1\r\nHost: h\r\nX-Version: 2\r\nx-version: 3\r\n\r\n", "v2", {"id": b"7"}),
+        (b"GET /items/7?a=2 HTTP/1.1\r\nHost: h\r\nX-Version: 2\r\nx-version: 3\r\n\r\n", "root", {}),
+        (b"GET /items/7?a=1 HTTP/1.1\r\nHost: h\r\nX-Version: 2,3  \r\n\r\n", "v2", {"id": b"7"}),  # OWS trimmed
+        (b"GET /items/7 HTTP/1.1\r\nHost: h\r\nX-Version: 2,3\r\n\r\n", "root", {}),
+        # absolute-form: the path and query come from the target after the authority
+        (b"GET http://h/items/9?a=1 HTTP/1.1\r\nHost: h\r\nX-Version: 2,3\r\n\r\n", "v2", {"id": b"9"}),
+        # a field dropped by policy (underscore in the name) does not match
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX_Under: 1\r\n\r\n", "root", {}),
+        (b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", "post", {}),
+    ],
+)
+def test_match_request_on_parsed_heads(raw, want, caps):
+    assert Router(RAW_SPECS)._lookup_raw(b"h", raw) == (want, caps)
