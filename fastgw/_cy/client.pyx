@@ -251,7 +251,7 @@ cdef class ClientConn:
         if self.routes is None or (h.target_len == 1 and p[h.target] == b'*'):
             payload = None
         else:
-            payload = self.routes.match(self.hostbuf, hl, p + h.target, h.path_len)
+            payload = self.routes.match_request(self.hostbuf, hl, p, h)
         if payload is None:
             self.refusal = b"no route"
             return 404
