@@ -302,7 +302,11 @@ cdef class ClientConn:
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
-        if rw is not None and (rw.path_full is not None or rw.path_prefix is not None):
+        if rw is not None and rw.path_full_parts is not None:
+            new_path = expand_captures(rw.path_full_parts, self.rmatch.capture_names, self.routes, p + h.target)
+            wb_put(out, PyBytes_AS_STRING(new_path), PyBytes_GET_SIZE(new_path))
+            wb_put(out, p + h.target + h.path_len, h.target_len - h.path_len)
+        elif rw is not None and (rw.path_full is not None or rw.path_prefix is not None):
             new_path = replace_path(p + h.target, h.path_len, self.rmatch.prefix, rw.path_full, rw.path_prefix)
             wb_put(out, PyBytes_AS_STRING(new_path), PyBytes_GET_SIZE(new_path))
             wb_put(out, p + h.target + h.path_len, h.target_len - h.path_len)
@@ -666,7 +670,9 @@ cdef class ClientConn:
             host = p[h.authority:h.authority + h.authority_len].split(b":")[0]
         else:
             host = p[h.host:h.host + h.host_name_len]
-        if r.path_full is not None or r.path_prefix is not None:
+        if r.path_full_parts is not None:
+            path = expand_captures(r.path_full_parts, self.rmatch.capture_names, self.routes, p + h.target)
+        elif r.path_full is not None or r.path_prefix is not None:
             path = replace_path(p + h.target, h.path_len, self.rmatch.prefix, r.path_full, r.path_prefix)
         else:
             path = p[h.target:h.target + h.path_len] or b"/"
