@@ -48,8 +48,8 @@ cdef class ClientConn:
 
     def __cinit__(self):
         head_init(&self.head, 1)
-        wb_init(&self.out, 4096)
-        wb_init(&self.uout, 4096)
+        wb_init(&self.out, 2048)
+        wb_init(&self.uout, 2048)
 
     def __init__(self, Worker worker):
         cdef int cap
@@ -299,6 +299,8 @@ cdef class ClientConn:
         cdef HeaderOps ops = flt.request_headers if flt is not None else None
         cdef Rewrite rw = flt.rewrite if flt is not None else None
         cdef bytes new_path
+        cdef const char* client_host
+        cdef Py_ssize_t client_host_len
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
@@ -315,6 +317,21 @@ cdef class ClientConn:
                 wb_put(out, b"/", 1)
             wb_put(out, p + h.target, h.target_len)
         wb_put(out, b" HTTP/1.1\r\n", 11)
+        # Host: a rewrite's, else absolute-form's authority, else the client's; an HTTP/1.0 request
+        # without one gets the target's address (HTTP/1.1 upstream requests need a Host)
+        if h.authority >= 0:
+            client_host = p + h.authority
+            client_host_len = h.authority_len
+        elif h.has_host:
+            client_host = p + h.host
+            client_host_len = h.host_len
+        else:
+            client_host = PyBytes_AS_STRING(self.target.address_bytes)
+            client_host_len = PyBytes_GET_SIZE(self.target.address_bytes)
+        if rw is not None and rw.hostname is not None:
+            _put_line(out, b"Host: ", 6, PyBytes_AS_STRING(rw.hostname), PyBytes_GET_SIZE(rw.hostname))
+        else:
+            _put_line(out, b"Host: ", 6, client_host, client_host_len)
         for i in range(h.nfields):
             f = &h.fields[i]
             k = f.kind
@@ -324,24 +341,6 @@ cdef class ClientConn:
                 if ops is not None and ops.drops(p + f.name, f.name_len):
                     continue
                 _put_field(out, p, f)
-            elif k == HK_HOST:
-                if rw is not None and rw.hostname is not None:
-                    wb_put(out, b"Host: ", 6)
-                    wb_put(out, PyBytes_AS_STRING(rw.hostname), PyBytes_GET_SIZE(rw.hostname))
-                    wb_put(out, b"\r\n", 2)
-                elif h.authority >= 0:
-                    wb_put(out, b"Host: ", 6)
-                    wb_put(out, p + h.authority, h.authority_len)
-                    wb_put(out, b"\r\n", 2)
-                else:
-                    _put_field(out, p, f)
-        if not h.has_host:
-            wb_put(out, b"Host: ", 6)
-            if h.authority >= 0:
-                wb_put(out, p + h.authority, h.authority_len)
-            else:
-                wb_put(out, PyBytes_AS_STRING(self.target.address_bytes), PyBytes_GET_SIZE(self.target.address_bytes))
-            wb_put(out, b"\r\n", 2)
         wb_put(out, b"X-Forwarded-For: ", 17)
         if h.n_xff:
             for i in range(h.nfields):
@@ -351,14 +350,8 @@ cdef class ClientConn:
                     wb_put(out, b", ", 2)
         wb_put(out, PyBytes_AS_STRING(self.client_ip), PyBytes_GET_SIZE(self.client_ip))
         wb_put(out, b"\r\nX-Forwarded-Proto: http\r\n", 27)
-        if h.authority >= 0:
-            wb_put(out, b"X-Forwarded-Host: ", 18)
-            wb_put(out, p + h.authority, h.authority_len)
-            wb_put(out, b"\r\n", 2)
-        elif h.has_host:
-            wb_put(out, b"X-Forwarded-Host: ", 18)
-            wb_put(out, p + h.host, h.host_len)
-            wb_put(out, b"\r\n", 2)
+        if h.authority >= 0 or h.has_host:
+            _put_line(out, b"X-Forwarded-Host: ", 18, client_host, client_host_len)
         wb_put(out, b"X-Request-Id: ", 14)
         wb_put(out, PyBytes_AS_STRING(self.request_id), PyBytes_GET_SIZE(self.request_id))
         wb_put(out, b"\r\n", 2)

@@ -126,6 +126,14 @@ cdef inline bint _ci_eq_raw(const char* a, const char* b, Py_ssize_t n) noexcept
     return True
 
 
+cdef inline int _put_line(WBuf* out, const char* prefix, Py_ssize_t prefix_len, const char* value,
+                          Py_ssize_t value_len) except -1:
+    wb_put(out, prefix, prefix_len)
+    wb_put(out, value, value_len)
+    wb_put(out, b"\r\n", 2)
+    return 0
+
+
 cdef inline int _put_field(WBuf* out, const char* buf, HeaderField* f) except -1:
     wb_reserve(out, f.name_len + f.value_len + 4)
     wb_put(out, buf + f.name, f.name_len)

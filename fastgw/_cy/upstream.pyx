@@ -25,7 +25,7 @@ cdef class UpstreamConn:
     cdef double header_timeout
 
     def __cinit__(self):
-        head_init(&self.head, 256)
+        head_init(&self.head, 128)
 
     def __init__(self, Worker worker, Target target):
         self.worker = worker
