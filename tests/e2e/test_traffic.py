@@ -412,6 +412,8 @@ class TestRedirects:
         ("/r/full", 302, "http://red.example.com:{port}/new/place"),
         ("/r/pfx", 302, "http://red.example.com:{port}/moved"),
         ("/r/pfx/a/b", 302, "http://red.example.com:{port}/moved/a/b"),
+        ("/r/pfx/a?x=1&y=%20", 302, "http://red.example.com:{port}/moved/a?x=1&y=%20"),   # the query is kept
+        ("/r/https?x=1", 302, "https://red.example.com/r/https?x=1"),
         ("/r/root/a/b", 302, "http://red.example.com:{port}/a/b"),
         ("/r/root", 302, "http://red.example.com:{port}/"),
         ("/r/all", 302, "https://all.example.com:9443/x"),
