@@ -40,15 +40,8 @@ def test_parse_request_head(benchmark):
 
 
 def test_serialize_request_head(benchmark):
-    """The upstream request head built from a parsed client head (`_build_upstream_head`)."""
-    # TODO(bench): `_build_upstream_head` is a cdef method of the client protocol, with no Python entry
-    # yet. Once fastgw/_cy/testing.pyx exposes one (e.g. `build_upstream_head(head: bytes, client_ip:
-    # bytes, request_id: bytes) -> bytes`), this benchmark runs by itself.
-    build = getattr(_core, "build_upstream_head", None)
-    if build is None:
-        pytest.skip(
-            "TODO: fastgw._core.build_upstream_head (a testing entry for head serialization) does not exist yet"
-        )
+    """Parse a client head and build the upstream head from it (`_build_upstream_head`)."""
+    build = _core.build_upstream_head
     out = benchmark(build, REQUEST_HEAD, b"127.0.0.1", b"9f1c2a7e-5b3d-4e8f-a1b2-c3d4e5f6a7b8")
     assert out.startswith(b"GET /api/v2/orders/") and out.endswith(b"\r\n\r\n")
 

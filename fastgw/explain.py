@@ -121,9 +121,29 @@ def explain(cfg: GatewayConfig, method: str, url: str, headers: list[tuple[str, 
     return "\n".join(out) + "\n"
 
 
+_HOST_TIERS = ("exact host", "wildcard host", "any host")
+_PATH_CLASSES = ("exact path", "template", "regex", "prefix")
+
+
+def describe_key(key: tuple) -> str:
+    """The router's precedence key in words (see the comment at the top of _cy/router.pyx)."""
+    host_tier, host_chars, path_class, path_score, method, headers, query, order = key[:8]
+    host = _HOST_TIERS[host_tier] + (f" ({-host_chars} chars)" if host_tier < 2 else "")
+    score = {0: "chars", 1: "literal chars", 2: "pattern chars", 3: "chars"}[path_class]
+    parts = [host, f"{_PATH_CLASSES[path_class]} ({-path_score} {score})"]
+    if method:
+        parts.append("method")
+    if headers:
+        parts.append(f"{-headers} header condition(s)")
+    if query:
+        parts.append(f"{-query} query condition(s)")
+    parts.append(f"order {order}")
+    return ", ".join(parts)
+
+
 def _explain_candidates(cfg, rt, listener, port, host, method, parts, headers) -> list[str]:
     table = rt.route_table(port, host.encode())
-    if table is None or not hasattr(table, "explain"):
+    if table is None:
         return []
     names = [route.name for route, _, _, _ in attached_matches(listener, cfg)]
     rows = table.explain(host.encode(), (parts.path or "/").encode(), method.encode(),
@@ -133,8 +153,10 @@ def _explain_candidates(cfg, rt, listener, port, host, method, parts, headers) -
     for index, matched, key, reason in rows:
         name = names[index] if 0 <= index < len(names) else f"#{index}"
         if matched and not winner_seen:
-            out.append(f"chosen:   {name} (precedence key {key}: {reason})")
+            out.append(f"chosen:   {name} ({describe_key(key)})")
             winner_seen = True
         elif matched:
-            out.append(f"lost:     {name} (matched, but ranks lower: key {key})")
+            out.append(f"lost:     {name} (matched, ranks lower: {describe_key(key)})")
+        elif not winner_seen:
+            out.append(f"skipped:  {name} (ranks higher but does not match: {reason})")
     return out

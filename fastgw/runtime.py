@@ -15,6 +15,7 @@ from email.utils import format_datetime
 from . import _core
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
+from .config.validate import template_captures
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> lis
             headers=_conditions(m.headers, str.lower),
             query=_conditions(m.query),
             order=order,
-            payload=_core.RouteMatch(routes[route.name], _matched_prefix(m)),
+            payload=_core.RouteMatch(routes[route.name], _matched_prefix(m), tuple(template_captures(m.path.template))),
         )
         for route, m, hosts, order in attached_matches(listener, cfg)
     ]

@@ -23,11 +23,24 @@ cdef class HeaderOps:
         return False
 
 
+import re as _re
+
+_PLACEHOLDER = _re.compile(rb"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+cdef tuple _split_placeholders(bytes path):
+    """`/u/{id}/x` -> (b"/u/", b"id", b"/x"): literals at even indices, capture names at odd ones;
+    None when the path has no placeholder."""
+    parts = _PLACEHOLDER.split(path)
+    return tuple(parts) if len(parts) > 1 else None
+
+
 cdef class Redirect:
     cdef readonly bytes scheme          # None: the request's
     cdef readonly bytes hostname        # None: the request's
     cdef readonly int port              # 0: derived
     cdef readonly bytes path_full
+    cdef readonly tuple path_full_parts # with template captures: see _split_placeholders
     cdef readonly bytes path_prefix
     cdef readonly int status
 
@@ -36,6 +49,7 @@ cdef class Redirect:
         self.hostname = hostname.encode() if hostname else None
         self.port = port or 0
         self.path_full = path_full.encode() if path_full is not None else None
+        self.path_full_parts = _split_placeholders(self.path_full) if path_full is not None else None
         self.path_prefix = path_prefix.encode() if path_prefix is not None else None
         self.status = status
 
@@ -43,11 +57,13 @@ cdef class Redirect:
 cdef class Rewrite:
     cdef readonly bytes hostname
     cdef readonly bytes path_full
+    cdef readonly tuple path_full_parts
     cdef readonly bytes path_prefix
 
     def __init__(self, hostname, path_full, path_prefix):
         self.hostname = hostname.encode() if hostname else None
         self.path_full = path_full.encode() if path_full is not None else None
+        self.path_full_parts = _split_placeholders(self.path_full) if path_full is not None else None
         self.path_prefix = path_prefix.encode() if path_prefix is not None else None
 
 
@@ -69,6 +85,23 @@ cdef class Filters:
         self.rewrite = rewrite
         self.mirror_group = mirror_group
         self.mirror_fraction = mirror_percent / 100.0
+
+
+cdef bytes expand_captures(tuple parts, tuple names, Router routes, const char* path):
+    """A full replacement path with `{name}` filled from the template match just made."""
+    cdef Py_ssize_t starts[16]
+    cdef Py_ssize_t lens[16]
+    cdef int n = routes.last_captures(starts, lens, 16)
+    cdef int i, k
+    out = []
+    for i in range(len(parts)):
+        if i % 2 == 0:
+            out.append(parts[i])
+            continue
+        k = names.index(parts[i].decode()) if parts[i].decode() in names else -1
+        if 0 <= k < n:
+            out.append(path[starts[k]:starts[k] + lens[k]])
+    return b"".join(out)
 
 
 cdef bytes replace_path(const char* path, Py_ssize_t path_len, bytes matched_prefix, bytes full,

@@ -140,10 +140,12 @@ cdef class RouteMatch:
     replace the matched prefix)."""
     cdef readonly Route route
     cdef readonly bytes prefix
+    cdef readonly tuple capture_names   # of the match's path template, in order
 
-    def __init__(self, Route route, prefix):
+    def __init__(self, Route route, prefix, capture_names=()):
         self.route = route
         self.prefix = prefix.encode() if isinstance(prefix, str) else prefix
+        self.capture_names = tuple(capture_names)
 
 
 cdef class Runtime:

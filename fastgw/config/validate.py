@@ -62,6 +62,14 @@ def _check_upstreams(cfg: GatewayConfig, out: list[Problem]) -> None:
                 out.append((["upstreams", name, "targets", i, "address"], str(e)))
 
 
+_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\.\.\.)?\}")
+
+
+def template_captures(template: str | None) -> list[str]:
+    """Capture names of a path template, in order (`/u/{id}/{rest...}` -> ['id', 'rest'])."""
+    return _CAPTURE.findall(template) if template else []
+
+
 _TEMPLATE_PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*(\.\.\.)?\}$")
 
 
@@ -120,15 +128,25 @@ def _check_match(match: Match, path: list[Token], out: list[Problem]) -> None:
                     out.append(([*cpath, "regex"], str(e)))
 
 
-def _check_replace(rp: PathReplace, prefix_only_ok: bool, path: list[Token], out: list[Problem]) -> None:
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def _check_replace(rp: PathReplace, prefix_only_ok: bool, captures: set[str], path: list[Token],
+                   out: list[Problem]) -> None:
     given = _exactly_one(rp, ("full", "prefix"), path, out)
     for key in given:
         value = getattr(rp, key)
         if key == "full" or value:
             try:
-                check_path(value)
+                check_path(_PLACEHOLDER.sub("x", value) if key == "full" else value)
             except ValueError as e:
                 out.append(([*path, key], str(e)))
+        if key == "full" and value:
+            for name in _PLACEHOLDER.findall(value):
+                if name not in captures:
+                    shown = ", ".join(sorted(captures)) or "none"
+                    out.append(([*path, key], f"{{{name}}} is not a capture of every match's path template "
+                                              f"(captures: {shown})"))
     if "prefix" in given and not prefix_only_ok:
         out.append(([*path, "prefix"], "replacing the matched prefix needs every match of the route to be a path prefix"))
 
@@ -143,8 +161,8 @@ def _check_datetime(value: str, path: list[Token], out: list[Problem]) -> None:
         out.append((path, f"date-time {value!r} needs a time zone (for example a trailing 'Z')"))
 
 
-def _check_filters(f: Filters, all_prefix: bool, path: list[Token], cfg: GatewayConfig,
-                   known: str, out: list[Problem]) -> None:
+def _check_filters(f: Filters, all_prefix: bool, captures: set[str], path: list[Token],
+                   cfg: GatewayConfig, known: str, out: list[Problem]) -> None:
     if f.redirect is not None and f.rewrite is not None:
         out.append((path, "'redirect' and 'rewrite' cannot both be set"))
     for key in ("redirect", "rewrite"):
@@ -159,7 +177,7 @@ def _check_filters(f: Filters, all_prefix: bool, path: list[Token], cfg: Gateway
             except ValueError as e:
                 out.append(([*path, key, "hostname"], str(e)))
         if spec.path is not None:
-            _check_replace(spec.path, all_prefix, [*path, key, "path"], out)
+            _check_replace(spec.path, all_prefix, captures, [*path, key, "path"], out)
     if f.mirror is not None and f.mirror.upstream not in cfg.upstreams:
         out.append(([*path, "mirror", "upstream"], f"unknown upstream {f.mirror.upstream!r} (known: {known})"))
     if f.versioning is not None:
@@ -195,6 +213,7 @@ def _check_routes(cfg: GatewayConfig, out: list[Problem]) -> None:
         elif route.match is not None:
             _check_match(route.match, [*base, "match"], out)
         all_prefix = all(m.path.prefix is not None for m in route.all_matches)
+        captures = set.intersection(*[set(template_captures(m.path.template)) for m in route.all_matches])
         redirect = route.filters is not None and route.filters.redirect is not None
         if route.upstream is not None and route.backends is not None:
             out.append((base, "'upstream' and 'backends' cannot both be set"))
@@ -207,9 +226,10 @@ def _check_routes(cfg: GatewayConfig, out: list[Problem]) -> None:
                 out.append(([*base, "backends", j, "upstream"],
                             f"unknown upstream {backend.upstream!r} (known: {known})"))
             if backend.filters is not None:
-                _check_filters(backend.filters, all_prefix, [*base, "backends", j, "filters"], cfg, known, out)
+                _check_filters(backend.filters, all_prefix, captures, [*base, "backends", j, "filters"], cfg,
+                               known, out)
         if route.filters is not None:
-            _check_filters(route.filters, all_prefix, [*base, "filters"], cfg, known, out)
+            _check_filters(route.filters, all_prefix, captures, [*base, "filters"], cfg, known, out)
         listener_names = {lst.name for lst in cfg.listeners if lst.name is not None}
         for j, name in enumerate(route.listeners or ()):
             if name not in listener_names:

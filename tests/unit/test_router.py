@@ -390,3 +390,15 @@ def test_every_boundary_offset(seed):
     for end in range(len(deep) + 1):
         for path in (deep[:end], deep[:end] + "/", deep[:end] + "a"):
             assert router.lookup(b"", path.encode()) == ref.match("", path), path
+
+
+def test_match_and_match_request_agree_on_plain_routes():
+    """Plain host+path specs: match() (no head) and match_request() (via lookup) pick the same spec,
+    whatever the method, headers and query."""
+    routes = generate_routes(1_000, seed=5)
+    router = Router(routes)
+    for host, path in generate_lookups(routes, 1_000, seed=6):
+        hb, pb = host.encode(), path.encode()
+        want = router._bench_match(hb, pb, 1)
+        assert router.lookup(hb, pb, b"DELETE", [(b"x-any", b"1")], b"a=1") == want
+        assert router._bench_match_request(hb, pb, b"GET", [], b"", 1) == want

@@ -1,0 +1,325 @@
+# The upstream side of the proxy: one connection to a target, pooled between exchanges.
+
+cdef class UpstreamConn:
+    cdef Worker worker
+    cdef Target target
+    cdef object transport
+    cdef ClientConn client
+    cdef object connect_task
+    cdef readonly bint connected
+    cdef bint reused
+    cdef bint reusable
+    cdef bint got_bytes
+    cdef bint paused
+    cdef bint response_complete
+    cdef int nrequests
+    cdef int state
+    cdef bytes buf
+    cdef MessageHead head
+    cdef ChunkDecoder chunk
+    cdef int framing
+    cdef int64_t remaining
+    cdef double deadline
+    cdef int deadline_kind
+    cdef double body_timeout
+    cdef double header_timeout
+
+    def __cinit__(self):
+        head_init(&self.head, 256)
+
+    def __init__(self, Worker worker, Target target):
+        self.worker = worker
+        self.target = target
+        self.state = UP_CONNECTING
+        self.buf = b""
+
+    def __dealloc__(self):
+        head_free(&self.head)
+
+    def __call__(self):
+        return self
+
+    cdef void attach(self, ClientConn client, bint reused):
+        self.client = client
+        self.reused = reused
+        self.got_bytes = False
+        self.response_complete = False
+        self.nrequests += 1
+        if reused:
+            self.state = UP_HEAD
+            self.deadline = 0.0
+
+    cdef bint usable_from_pool(self):
+        return self.state == UP_IDLE and self.transport is not None and not self.transport.is_closing()
+
+    cdef void start_connect(self, double timeout):
+        self.worker.upstreams.add(self)
+        self.deadline_kind = UDL_CONNECT
+        self.deadline = monotonic() + timeout if timeout > 0 else 0.0
+        loop = self.worker.loop
+        self.connect_task = loop.create_task(
+            loop.create_connection(self, self.target.host, self.target.port))
+        self.connect_task.add_done_callback(self._connect_done)
+
+    def _connect_done(self, task):
+        self.connect_task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self.state = UP_CLOSED
+        self.worker.upstreams.discard(self)
+        if self.client is not None:
+            client = self.client
+            self.client = None
+            if isinstance(exc, ConnectionRefusedError):
+                client.upstream_failed(self, 502, b"upstream connection refused", False)
+            else:
+                client.upstream_failed(self, 502, b"upstream connect failed", False)
+
+    cdef void expect_response(self, Target target, double header_timeout):
+        self.header_timeout = header_timeout if header_timeout > 0 else self.header_timeout
+        if header_timeout > 0 and self.state == UP_HEAD:
+            self.deadline_kind = UDL_HEADER
+            self.deadline = monotonic() + header_timeout
+        self.worker.upstreams.add(self)
+
+    cdef void idle_since_pool(self, double until):
+        self.state = UP_IDLE
+        self.client = None
+        self.deadline_kind = UDL_POOL_IDLE
+        self.deadline = until
+
+    # ---- asyncio protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.connected = True
+        self.state = UP_HEAD
+        self.deadline = 0.0
+        if self.client is None:
+            transport.close()
+            return
+        group = self.client.group
+        if group is not None:
+            self.body_timeout = (<UpstreamGroup>group).body_timeout
+            self.header_timeout = (<UpstreamGroup>group).header_timeout
+        self.client.upstream_connected()
+
+    def data_received(self, bytes data):
+        cdef ClientConn client = self.client
+        if client is None or self.state == UP_IDLE:
+            # bytes while no request is outstanding: this connection can no longer be trusted
+            self.close()
+            return
+        self.got_bytes = True
+        if self.state == UP_HEAD:
+            self.buf = data if PyBytes_GET_SIZE(self.buf) == 0 else self.buf + data
+            self._parse_heads()
+        elif self.state == UP_BODY:
+            if self.response_complete:
+                self.reusable = False
+                return
+            if self.body_timeout > 0:
+                self.deadline = monotonic() + self.body_timeout
+            self._body(data, 0, PyBytes_GET_SIZE(data))
+            client.flush_response()
+
+    cdef void _parse_heads(self):
+        cdef ClientConn client = self.client
+        cdef bytes data
+        cdef const char* p
+        cdef Py_ssize_t n, r
+        cdef bint has_body
+        cdef MessageHead* h = &self.head
+        while True:
+            data = self.buf
+            p = PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+            r = parse_response_head(h, p, n, &client.rt.head_limits)
+            if r == PARSE_INCOMPLETE:
+                return
+            if r == PARSE_ERROR:
+                self.client = None
+                self.close()
+                client.upstream_failed(self, 502, h.error_reason, False)
+                return
+            if h.status < 200:
+                if h.status == 101:
+                    self.client = None
+                    self.close()
+                    client.upstream_failed(self, 502, b"upstream switched protocols unasked", False)
+                    return
+                client.relay_interim(p, h)
+                self.buf = data[r:]
+                if r == n:
+                    return
+                continue
+            break
+        self.buf = b""
+        has_body = response_has_body(h.status, client.head_method)
+        if not has_body:
+            self.framing = FR_NONE
+        elif h.framing == FR_CHUNKED:
+            self.framing = FR_CHUNKED
+            chunk_init(&self.chunk, client.rt.head_limits.max_head_bytes)
+        elif h.content_length >= 0:
+            self.framing = FR_LENGTH if h.content_length > 0 else FR_NONE
+            self.remaining = h.content_length
+        else:
+            self.framing = FR_CLOSE
+        self.reusable = (not h.conn_close if h.version_minor == 1 else h.conn_keep_alive) \
+            and self.framing != FR_CLOSE
+        client.begin_response(p, h, self.framing, has_body)
+        self.state = UP_BODY
+        self.deadline_kind = UDL_BODY
+        self.deadline = monotonic() + self.body_timeout if self.body_timeout > 0 else 0.0
+        if self.framing == FR_NONE:
+            if r < n:
+                self.reusable = False
+            self._complete()
+            return
+        if r < n:
+            self._body(data, r, n)
+        client.flush_response()
+
+    cdef void _body(self, bytes data, Py_ssize_t off, Py_ssize_t n):
+        cdef ClientConn client = self.client
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t take, pos, i
+        if self.framing == FR_LENGTH:
+            take = n - off
+            if take > self.remaining:
+                take = <Py_ssize_t>self.remaining
+                self.reusable = False       # bytes past the end of the response
+            self.remaining -= take
+            client.response_body(data, off, take)
+            if self.remaining == 0:
+                self._complete()
+        elif self.framing == FR_CHUNKED:
+            pos = off
+            while pos < n:
+                pos = chunk_decode(&self.chunk, p, pos, n)
+                if pos < 0:
+                    self.reusable = False
+                    self._truncated()
+                    return
+                for i in range(self.chunk.nspans):
+                    client.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
+                if self.chunk.state == CS_DONE:
+                    if pos < n:
+                        self.reusable = False
+                    self._complete()
+                    return
+        else:
+            client.response_body(data, off, n - off)
+
+    cdef void _complete(self):
+        self.response_complete = True
+        self.deadline = 0.0
+        self.client.response_complete()
+
+    cdef void _truncated(self):
+        cdef ClientConn client = self.client
+        self.client = None
+        self.close()
+        if client is not None:
+            client.up = None
+            client.response_truncated()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        cdef ClientConn client = self.client
+        self.connected = False
+        was = self.state
+        self.state = UP_CLOSED
+        self.deadline = 0.0
+        self.worker.upstreams.discard(self)
+        if client is None:
+            self.target.forget(self)
+            return
+        self.client = None
+        if was == UP_BODY:
+            if self.framing == FR_CLOSE and not self.response_complete:
+                client.up = None
+                self.response_complete = True
+                client.response_complete()
+            elif not self.response_complete:
+                client.up = None
+                client.response_truncated()
+        elif was == UP_HEAD or was == UP_CONNECTING:
+            client.upstream_failed(self, 502,
+                                   b"upstream reset the connection" if isinstance(exc, ConnectionResetError)
+                                   else b"upstream closed the connection",
+                                   not self.got_bytes)
+
+    def pause_writing(self):
+        if self.client is not None:
+            self.client._pause(PR_UPSTREAM)
+
+    def resume_writing(self):
+        if self.client is not None:
+            self.client._resume(PR_UPSTREAM)
+
+    cdef void pause_reading_for_client(self):
+        if not self.paused and self.transport is not None and self.connected:
+            self.paused = True
+            self.deadline = 0.0         # a slow client is not the upstream's fault
+            self.transport.pause_reading()
+
+    cdef void resume_reading_for_client(self):
+        if self.paused and self.transport is not None and self.connected:
+            self.paused = False
+            if self.state == UP_BODY and self.body_timeout > 0:
+                self.deadline = monotonic() + self.body_timeout
+            self.transport.resume_reading()
+
+    # ---- endings -----------------------------------------------------------------------------
+
+    cdef void release(self):
+        """The exchange ended: back to the pool if this connection can carry another request."""
+        self.client = None
+        if self.reusable and self.connected and self.state == UP_BODY and self.target.max_idle > 0:
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
+            self.state = UP_IDLE
+            self.target.give_back(self, monotonic())
+            if self.state == UP_IDLE:
+                self.worker.upstreams.add(self)
+        else:
+            self.close()
+
+    cdef void detach_and_close(self):
+        self.client = None
+        self.close()
+
+    cpdef close(self):
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        self.worker.upstreams.discard(self)
+        self.deadline = 0.0
+        if self.state != UP_CLOSED:
+            self.state = UP_CLOSED
+            if self.transport is not None:
+                self.transport.abort()
+        self.target.forget(self)
+
+    cdef void on_deadline(self):
+        cdef ClientConn client = self.client
+        kind = self.deadline_kind
+        self.deadline = 0.0
+        self.client = None
+        self.close()
+        if client is None:
+            return
+        if kind == UDL_BODY:
+            client.up = None
+            client.response_truncated()
+        else:
+            client.upstream_failed(self, 504, b"upstream connect timeout" if kind == UDL_CONNECT
+                                   else b"upstream response timeout", False)
