@@ -26,6 +26,8 @@ def scenario() -> dict:
                   "mirror": {"upstream": "shadow"},
                   "response_headers": {"add": {"X-Served-By": "fastgw"}},
               }),
+        route("users-v2", match={"hosts": ["api.example.com"], "path": {"prefix": "/users"},
+                                 "headers": [{"name": "X-API-Version", "value": "2"}]}, upstream="users", tag=False),
         route("old", match={"hosts": ["api.example.com"], "path": {"prefix": "/old"}}, upstream=None,
               filters={"redirect": {"scheme": "https", "hostname": "new.example.com", "path": {"prefix": "/new"},
                                     "status": 301}}),
@@ -89,6 +91,18 @@ def test_losing_candidate_listed(config_file):
     assert chosen and chosen[0].startswith(route_name(front, "users") + " "), out
     lost = field(out, "lost")
     assert [x for x in lost if x.startswith(route_name(front, "catch-all") + " ")], out
+
+
+def test_higher_ranked_candidate_that_does_not_match(config_file):
+    front, path = config_file
+    out = explain(path, "GET", "http://api.example.com:8080/users/7", "X-API-Version: 3")
+    skipped = field(out, "skipped")
+    assert [x for x in skipped if x.startswith(route_name(front, "users-v2") + " ") and "x-api-version" in x.lower()
+            and "3" in x], out
+    assert field(out, "route") == [route_name(front, "users")], out
+    out = explain(path, "GET", "http://api.example.com:8080/users/7", "X-API-Version: 2")
+    assert field(out, "route") == [route_name(front, "users-v2")], out
+    assert [x for x in field(out, "lost") if x.startswith(route_name(front, "users") + " ")], out
 
 
 def test_wildcard_route_for_another_host(config_file):

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 from support.client import RawConn, assert_gateway_error, wait_until
-from support.upstreams import ClosedPort, RawUpstream
+from support.upstreams import ClosedPort, RawUpstream, slow
 
 from .traffic_support import (
     Echo,
@@ -58,6 +58,7 @@ def _stall(conn) -> None:
 def servers():
     s = {n: Echo(n) for n in ("echo", "a", "b", "c", "shadow")}
     s["stall"] = RawUpstream(_stall, name="stall")
+    s["slow"] = RawUpstream(slow(6, b"late shadow answer"), name="slow")
     s["dead"] = ClosedPort()
     yield s
     for srv in s.values():
@@ -164,6 +165,7 @@ class TestMatching:
         ([("X-Env", "prod"), ("X-Ver", "v2x")], "status 404"),     # regex matches the whole value
         ([("X-Env", "prod"), ("X-Ver", "xv2")], "status 404"),
         ([("X-Env", "production"), ("X-Ver", "v2")], "status 404"),
+        ([("X-Env", "prod"), ("X-Env", "prod"), ("X-Ver", "v2")], "status 404"),  # repeated: 'prod,prod'
     ])
     def test_headers(self, matching, headers, expected):
         assert route_of(request(matching, target="/hd", headers=headers)) == expected
@@ -178,6 +180,8 @@ class TestMatching:
         ("a=1&b=x1", "status 404"),
         ("A=1&b=x", "status 404"),          # names are case-sensitive
         ("a=11&b=x", "status 404"),
+        ("a&b=x", "status 404"),            # 'a' alone has the empty value
+        ("a=%31&b=x", "status 404"),        # no percent-decoding
     ])
     def test_query(self, matching, query, expected):
         assert route_of(request(matching, target=f"/q?{query}")) == expected
@@ -290,6 +294,8 @@ def errors_config(s) -> dict:
         route("null-backend", match={"path": {"prefix": "/null"}}, backends=[{"upstream": None}]),
         route("no-targets", match={"path": {"prefix": "/scaled"}}, upstream="zero"),
         route("ok", match={"path": {"exact": "/ok"}}),
+        route("half-broken", match={"path": {"prefix": "/half"}},
+              backends=[{"upstream": "echo", "weight": 1}, {"upstream": None, "weight": 1}]),
     ], upstreams(echo=s["echo"], zero=None))
 
 
@@ -308,6 +314,16 @@ class TestNoRouteAndBrokenBackends:
             assert_gateway_error(r, status, context=target)
             assert route_of(c.request("GET", "/ok")) == "ok"  # the connection stays usable
         assert [q.target for q in servers["echo"].requests_since(snap)] == ["/ok"]
+
+    def test_backend_without_upstream_answers_500_for_its_share(self, errors):
+        statuses = []
+        with RawConn(errors.port) as c:
+            for i in range(20):
+                r = c.request("GET", f"/half/{i}")
+                if r.status != 200:
+                    assert_gateway_error(r, 500)
+                statuses.append(r.status)
+        assert 8 <= statuses.count(500) <= 12 and statuses.count(200) + statuses.count(500) == 20, statuses
 
 
 # --- header filters -----------------------------------------------------------------------------------------
@@ -440,6 +456,8 @@ def rewrites_config(s) -> dict:
         route("rw-strip-slash", match={"path": {"prefix": "/strip1"}}, filters={"rewrite": {"path": {"prefix": "/"}}}),
         route("rw-strip-empty", match={"path": {"prefix": "/strip2/"}}, filters={"rewrite": {"path": {"prefix": ""}}}),
         route("rw-full", match={"path": {"exact": "/full"}}, filters={"rewrite": {"path": {"full": "/replaced"}}}),
+        route("rw-multi", matches=[{"path": {"prefix": "/m1"}}, {"path": {"prefix": "/m2/deep"}}],
+              filters={"rewrite": {"path": {"prefix": "/z"}}}),
         route("rw-host", match={"path": {"prefix": "/rwhost"}}, filters={"rewrite": {"hostname": "up.internal"}}),
     ], upstreams(echo=s["echo"]))
 
@@ -462,6 +480,8 @@ class TestRewrites:
         ("/strip2", "/"),
         ("/full", "/replaced"),
         ("/full?x=1", "/replaced?x=1"),
+        ("/m1/a", "/z/a"),              # the prefix of the match that matched is replaced
+        ("/m2/deep/q?r=1", "/z/q?r=1"),
     ])
     def test_path(self, rewrites, target, upstream_target):
         assert echoed(request(rewrites, target=target))["target"] == upstream_target
@@ -513,9 +533,11 @@ def mirror_config(s) -> dict:
     return native_config([
         route("mirror", match={"path": {"prefix": "/mirror"}}, filters={"mirror": {"upstream": "shadow"}}),
         route("mirror-dead", match={"path": {"prefix": "/dead"}}, filters={"mirror": {"upstream": "dead"}}),
+        route("mirror-slow", match={"path": {"prefix": "/slow"}}, filters={"mirror": {"upstream": "slow"}}),
         route("mirror-stall", match={"path": {"prefix": "/stall"}}, filters={"mirror": {"upstream": "stall"}}),
         route("plain", match={"path": {"prefix": "/plain"}}),
-    ], upstreams(echo=s["echo"], shadow=s["shadow"], dead=s["dead"], stall=s["stall"]))
+    ], upstreams(echo=s["echo"], shadow=s["shadow"], dead=s["dead"], stall=s["stall"],
+                                       slow=s["slow"]))
 
 
 @pytest.fixture(scope="module")
@@ -561,9 +583,21 @@ class TestMirroring:
                 assert (main["target"], main["body_len"]) == (f"/dead/{i}", len(body))
         assert route_of(request(mirroring, target="/plain")) == "plain"
 
+    def test_slow_shadow_does_not_hold_the_main_request(self, mirroring, servers):
+        # the shadow reads the request and answers seconds later; the main response does not wait for it
+        # (no timing is asserted: only that it arrives, is right, and the gateway keeps serving)
+        snap = servers["slow"].snapshot()
+        with RawConn(mirroring.port) as c:
+            for i in range(2):
+                main = echoed(c.request("POST", f"/slow/{i}", body=b"payload"))
+                assert (main["name"], main["target"], main["body_len"]) == ("echo", f"/slow/{i}", 7)
+            assert route_of(c.request("GET", "/plain")) == "plain"
+        got = wait_until(lambda: servers["slow"].requests_since(snap), what="the slow shadow's copy")
+        assert got[0].target == "/slow/0" and got[0].body == b"payload"
+
     def test_stalled_shadow_does_not_hold_the_main_request(self, mirroring, servers):
-        # the shadow accepts but never reads: a 4 MiB body cannot all go to it
-        body = b"s" * (4 << 20)
+        # the shadow accepts but never reads: a 16 MiB body cannot all go to it
+        body = b"s" * (16 << 20)
         snap = servers["stall"].snapshot()
         r = request(mirroring, "POST", "/stall/big", body=body)
         main = echoed(r)
