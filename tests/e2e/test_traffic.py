@@ -737,6 +737,10 @@ def native_matching_config(s) -> dict:
         route("ord-exact", match={"path": {"exact": "/ord/exact"}}),
         route("tm-vars", match={"path": {"template": "/tm/{a}/{b}"}}),
         route("tm-literal", match={"path": {"template": "/tm/x/{b}"}}),
+        route("cap-rewrite", match={"path": {"template": "/cap/{id}/items/{rest...}"}},
+              filters={"rewrite": {"path": {"full": "/v2/{rest}/of/{id}"}}}),
+        route("cap-redirect", match={"path": {"template": "/capr/{id}"}}, upstream=None,
+              filters={"redirect": {"scheme": "https", "hostname": "new.example.com", "path": {"full": "/u/{id}"}}}),
     ], upstreams(echo=s["echo"]))
 
 
@@ -771,6 +775,15 @@ class TestNativeOnlyMatching:
     def test_route(self, native_matching, method, target, headers, expected):
         body = b"" if method in ("PUT", "DELETE") else None
         assert route_of(request(native_matching, method, target, headers=headers, body=body)) == expected
+
+    def test_template_captures_in_rewrite(self, native_matching):
+        body = echoed(request(native_matching, target="/cap/42/items/a/b?q=1"))
+        assert body["target"] == "/v2/a/b/of/42?q=1"
+
+    def test_template_captures_in_redirect(self, native_matching):
+        r = request(native_matching, target="/capr/7?x=1")
+        assert r.status == 302
+        assert r.headers.get_all("location") == ["https://new.example.com/u/7?x=1"]
 
 
 def _unix(iso: str) -> int:
