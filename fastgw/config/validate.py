@@ -44,7 +44,7 @@ def _check_listeners(cfg: GatewayConfig, out: list[Problem]) -> None:
             out.append((path, str(e)))
             continue
         key = (*_address_key(host, port), listener.hostname)
-        if port != 0 and key in seen:
+        if key in seen:
             what = f" with hostname {listener.hostname!r}" if listener.hostname else ""
             out.append(
                 (path, f"duplicate listener address {listener.address!r}{what} (also at $.listeners[{seen[key]}])")

@@ -208,6 +208,7 @@ def test_gateway_launcher_with_stub(tmp_path):
     stub.write_text(STUB)
     # The stub listens once per "address: 127.0.0.1:0" line: one listener + one upstream target here.
     cfg = simple_config("127.0.0.1:1", listeners=2)
+    cfg["listeners"][1]["address"] = "127.0.0.2:0"       # distinct addresses: one line each expected
     cfg["upstreams"]["echo"]["targets"][0]["address"] = "127.0.0.1:0"
     with Gateway(cfg, tmp_path / "gw", program=[sys.executable, str(stub)]) as gw:
         assert len(gw.ports) == 2  # waits for every listener line (the stub prints three; fine)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,7 @@ class NativeOnly(ValueError):
 # --- upstreams --------------------------------------------------------------------------------------------
 
 
-class Echo(EchoServer):
-    """The support EchoServer with TCP_NODELAY on its connections. It writes a response head and body
-    separately; without NODELAY the body waits for the gateway's delayed ACK (~40 ms a request), which
-    makes the 1000-request weight tests take minutes."""
-
-    def handle(self, sock, rec):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, rec)
-
+Echo = EchoServer
 
 # --- launching --------------------------------------------------------------------------------------------
 

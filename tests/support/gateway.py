@@ -107,7 +107,8 @@ class Gateway:
         ]
         for t in self._threads:
             t.start()
-        want = len(self.config.get("listeners") or [])
+        # one line per distinct address: listeners that differ only by hostname share a socket
+        want = len({str(lst.get("address", i)) for i, lst in enumerate(self.config.get("listeners") or [])})
         deadline = time.monotonic() + timeout
         while len(self.ports) < want:
             left = deadline - time.monotonic()
