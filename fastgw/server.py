@@ -92,8 +92,8 @@ class Supervisor:
             log("workers did not start")
             self._stop_children(signal.SIGKILL)
             return 1
-        os.close(ready_r)
-        self.ready_w = ready_w
+        # the pipe stays open: a restarted worker reports ready on it too
+        self.ready_r, self.ready_w = ready_r, ready_w
         for b in self.bound.values():
             log(f"listening on {b.url}")
         return self._loop()
@@ -138,12 +138,20 @@ class Supervisor:
                     stop_deadline = time.monotonic() + self.cfg.server.drain_timeout + 5
                     self._stop_children(signal.SIGTERM)
             self._reap()
+            self._drain_ready()
             if self.stopping:
                 if not self.children:
                     log("stopped")
                     return 0
                 if time.monotonic() > stop_deadline:
                     self._stop_children(signal.SIGKILL)
+
+    def _drain_ready(self) -> None:
+        try:
+            while os.read(self.ready_r, 64):
+                pass
+        except BlockingIOError:
+            pass
 
     def _reap(self) -> None:
         while self.children:

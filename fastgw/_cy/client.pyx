@@ -241,6 +241,9 @@ cdef class ClientConn:
         else:
             host = p + h.host
             hl = h.host_name_len
+        if hl > MAX_HOST_LEN:          # the parser refuses these; hostbuf must never overflow
+            self.refusal = b"host too long"
+            return 400
         for i in range(hl):
             self.hostbuf[i] = <char>_LOWER[<uint8_t>host[i]]
         self.hostbuf[hl] = 0

@@ -583,6 +583,8 @@ cdef int _absolute_form(MessageHead* h, const char* buf, Py_ssize_t t, Py_ssize_
         p += 1
     if p == a:
         return _fail(h, 400, b"empty authority in request target")
+    if p - a > MAX_HOST_LEN:
+        return _fail(h, 400, b"authority in request target too long")
     h.authority = a
     h.authority_len = p - a
     h.target = p

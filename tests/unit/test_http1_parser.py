@@ -88,6 +88,8 @@ BAD = [
     (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
     (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 501),
     (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+    (b"GET http://" + b"a" * 300 + b"/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),   # authority over 255 bytes
+    (b"GET / HTTP/1.1\r\nHost: " + b"a" * 300 + b"\r\n\r\n", 400),
     (b"GET " + b"/a" * 5000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Long: " + b"v" * 70000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 101 + b"\r\n", 431),
