@@ -4,7 +4,6 @@ Each test fails against the code it was written for."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 from support.client import RawConn, wait_until
@@ -35,7 +34,7 @@ def test_review_unterminated_header_line_hits_header_limit_431(echo, gateway_fac
         t0 = time.monotonic()
         try:
             r = c.response()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             grown = (gw.rss_bytes() - rss_before) / 2**20
             raise AssertionError(
                 f"no answer within 3 s after {sent >> 20} MiB of one unterminated header line "
@@ -56,7 +55,7 @@ def test_review_unterminated_header_name_hits_header_limit_431(echo, gateway_fac
             pass
         try:
             r = c.response()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise AssertionError("no answer within 3 s to a 1 MiB header name (limit 4096)") from None
         assert r.status == 431
 

@@ -4,8 +4,6 @@ where the scenario needs it. Each test fails against the code it was written for
 
 from __future__ import annotations
 
-import pytest
-
 from fastgw import _core
 from fastgw.config import loads_config
 from fastgw.runtime import compile_runtime
