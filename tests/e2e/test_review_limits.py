@@ -79,3 +79,21 @@ def test_review_reload_raising_max_headers_applies_to_open_connections(echo, gat
         c.send(build_request("GET", "/same-connection", many))
         r = c.response()
         assert r.status == 200, f"{r.status} for 31 fields on a connection opened before the reload"
+
+
+def test_review_stalled_request_body_is_eventually_closed(echo, gateway_factory):
+    """No deadline covers a request body that stops arriving: `_start_request` clears the client
+    deadline (client.pyx:175-176), the upstream's connect deadline is cleared in connection_made and
+    its response-header deadline is armed only once the request is complete (`_flush_queue` /
+    `_request_complete`). A client that sends a head and part of its body and then goes quiet
+    holds a client connection and an upstream connection forever (slow-POST / R.U.D.Y.), with
+    every configured timeout at 1 s. Expected: some deadline (header_timeout, or a body idle
+    timeout for requests) closes it."""
+    up = {"targets": [{"address": echo.address}],
+          "timeouts": {"connect": "1s", "response_header": "1s", "body_idle": "1s"}}
+    gw = gateway_factory(simple_config(upstreams={"echo": up},
+                                       limits={"header_timeout": "1s", "keepalive_timeout": "1s"}))
+    with RawConn(gw.port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: h.test\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        assert c.is_closed_by_peer(timeout=6), \
+            "a request body stalled for 6 s is still held open with every timeout at 1 s"
