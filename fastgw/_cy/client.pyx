@@ -42,6 +42,7 @@ cdef class ClientConn:
     cdef int resp_mode
     cdef int nrequests
     cdef int pause_mask
+    cdef bint write_paused
     cdef double deadline
     cdef int deadline_kind
     cdef char hostbuf[MAX_HOST_LEN + 1]
@@ -87,6 +88,8 @@ cdef class ClientConn:
             self.buf = data if PyBytes_GET_SIZE(self.buf) == 0 else self.buf + data
             self._process_buffer()
         elif self.state == CL_BODY:
+            if self.deadline_kind == DL_BODY:
+                self.deadline = monotonic() + self.rt.body_timeout
             self._body_data(data, 0)
         elif self.state == CL_WAIT:
             self.buf = data if PyBytes_GET_SIZE(self.buf) == 0 else self.buf + data
@@ -110,10 +113,14 @@ cdef class ClientConn:
             self.up = None
 
     def pause_writing(self):
+        # kept as a flag: asyncio says it once per crossing, and the next exchange's upstream
+        # must start paused if the client is still behind
+        self.write_paused = True
         if self.up is not None:
             self.up.pause_reading_for_client()
 
     def resume_writing(self):
+        self.write_paused = False
         if self.up is not None:
             self.up.resume_reading_for_client()
 
@@ -127,12 +134,16 @@ cdef class ClientConn:
         if self.pause_mask == 0 and self.state != CL_CLOSED:
             self.transport.pause_reading()
         self.pause_mask |= reason
+        if self.deadline_kind == DL_BODY and reason != PR_PIPELINE:
+            self.deadline = 0.0        # the upstream is the slow one: the body clock stops
 
     cdef void _resume(self, int reason):
         if self.pause_mask & reason:
             self.pause_mask &= ~reason
             if self.pause_mask == 0 and self.state != CL_CLOSED:
                 self.transport.resume_reading()
+                if self.deadline_kind == DL_BODY:
+                    self.deadline = monotonic() + self.rt.body_timeout
 
     cdef void _process_buffer(self):
         cdef const char* p
@@ -150,6 +161,9 @@ cdef class ClientConn:
         cdef Py_ssize_t n, r
         while self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf) > 0:
             self.rt = self.worker.runtime
+            if self.rt.head_limits.max_headers > self.head.fields_cap:
+                head_free(&self.head)            # a reload raised the limit
+                head_init(&self.head, self.rt.head_limits.max_headers)
             p = PyBytes_AS_STRING(self.buf)
             n = PyBytes_GET_SIZE(self.buf)
             r = parse_request_head(&self.head, p, n, &self.rt.head_limits)
@@ -208,6 +222,8 @@ cdef class ClientConn:
         if self.filters is not None and self.filters.mirror_group is not None:
             self.mirror = start_mirror(self.worker, self.filters, self.up_head)
         self.state = CL_WAIT if self.req_done else CL_BODY
+        if self.state == CL_BODY:
+            self._set_deadline(DL_BODY, rt.body_timeout)
         # Body bytes that came with the head are checked before anything is sent upstream, so a
         # request malformed anywhere in its first packet reaches the upstream not at all.
         if head_len < n:
@@ -412,6 +428,8 @@ cdef class ClientConn:
     cdef void _request_complete(self, bytes data, Py_ssize_t pos, Py_ssize_t n):
         self.req_done = True
         self.state = CL_WAIT
+        self.deadline = 0.0
+        self.deadline_kind = DL_NONE
         if pos < n:
             self.buf = data[pos:]
             self._pause(PR_PIPELINE)
@@ -474,6 +492,8 @@ cdef class ClientConn:
         else:
             self.up.transport.writelines(q)
         self._resume(PR_CONNECTING)
+        if self.write_paused:
+            self.up.pause_reading_for_client()
         if self.req_done:
             self.up.expect_response(self.target, self.group.header_timeout)
         else:
@@ -492,6 +512,7 @@ cdef class ClientConn:
             self._connect()
             return
         self.up_queue = None
+        self._resume(PR_CONNECTING)
         if self.resp_started:
             self.abort()
             return
@@ -631,7 +652,7 @@ cdef class ClientConn:
             self._close()
             return
         self.state = CL_HEAD
-        self._resume(PR_PIPELINE | PR_UPSTREAM)
+        self._resume(PR_PIPELINE | PR_UPSTREAM | PR_CONNECTING)
         if PyBytes_GET_SIZE(self.buf):
             if not self.processing:
                 self._process_buffer()
@@ -793,6 +814,9 @@ cdef class ClientConn:
             self.request_id = self.worker.new_request_id()
             self.head_method = False
             self._send_error(408, b"request header timeout")
+        elif self.deadline_kind == DL_BODY:
+            self.deadline_kind = DL_NONE
+            self._fail_request(408, b"request body timeout")
         else:
             self._close()
         self.deadline = 0.0

@@ -232,6 +232,14 @@ cdef inline Py_ssize_t _trim_ows_end(const char* buf, Py_ssize_t start, Py_ssize
     return end
 
 
+cdef inline int _fields_incomplete(MessageHead* h, Py_ssize_t n, HeadLimits* lim, bint is_request) noexcept nogil:
+    """More bytes are needed; but a head already past the limit is refused now rather than buffered
+    (a header line without its CRLF would otherwise grow without bound)."""
+    if n > lim.max_head_bytes:
+        return _fail(h, 431 if is_request else 502, b"header block too large")
+    return PARSE_INCOMPLETE
+
+
 cdef int _parse_fields(MessageHead* h, const char* buf, Py_ssize_t pos, Py_ssize_t n,
                        HeadLimits* lim, bint is_request) noexcept nogil:
     """Parses header fields from `pos` up to and including the blank line. Returns the head length,
@@ -242,15 +250,15 @@ cdef int _parse_fields(MessageHead* h, const char* buf, Py_ssize_t pos, Py_ssize
     cdef int bad = 400 if is_request else 502
     while True:
         if pos >= n:
-            return PARSE_INCOMPLETE
-        if lim.max_head_bytes > 0 and pos > lim.max_head_bytes:
-            return _fail(h, 431 if is_request else 502, b"request header block too large")
+            return _fields_incomplete(h, n, lim, is_request)
         c = <uint8_t>buf[pos]
         if c == b'\r':
             if pos + 1 >= n:
-                return PARSE_INCOMPLETE
+                return _fields_incomplete(h, n, lim, is_request)
             if buf[pos + 1] != b'\n':
                 return _fail(h, bad, b"bare CR in header block")
+            if pos + 2 > lim.max_head_bytes:
+                return _fail(h, 431 if is_request else 502, b"header block too large")
             return <int>(pos + 2)
         if c == b' ' or c == b'\t':
             return _fail(h, bad, b"obsolete line folding")
@@ -259,7 +267,7 @@ cdef int _parse_fields(MessageHead* h, const char* buf, Py_ssize_t pos, Py_ssize
         while pos < n and _TCHAR[<uint8_t>buf[pos]]:
             pos += 1
         if pos >= n:
-            return PARSE_INCOMPLETE
+            return _fields_incomplete(h, n, lim, is_request)
         name_end = pos
         if buf[pos] != b':':
             if name_end == name:
@@ -275,11 +283,11 @@ cdef int _parse_fields(MessageHead* h, const char* buf, Py_ssize_t pos, Py_ssize
         while pos < n and _FIELD_VCHAR[<uint8_t>buf[pos]]:
             pos += 1
         if pos >= n:
-            return PARSE_INCOMPLETE
+            return _fields_incomplete(h, n, lim, is_request)
         if buf[pos] != b'\r':
             return _fail(h, bad, b"invalid character in header value")
         if pos + 1 >= n:
-            return PARSE_INCOMPLETE
+            return _fields_incomplete(h, n, lim, is_request)
         if buf[pos + 1] != b'\n':
             return _fail(h, bad, b"bare CR in header value")
         vend = _trim_ows_end(buf, vstart, pos)
@@ -376,43 +384,54 @@ cdef int _transfer_encoding(MessageHead* h, const char* buf, Py_ssize_t p, Py_ss
     return 0
 
 
-cdef int _host_value(MessageHead* h, const char* buf, Py_ssize_t p, Py_ssize_t end) noexcept nogil:
-    cdef Py_ssize_t i, colon = -1
+cdef Py_ssize_t _check_authority(MessageHead* h, const char* buf, Py_ssize_t p, Py_ssize_t end) noexcept nogil:
+    """RFC 3986 uri-host [ ":" port ] with a 1-5 digit port, at most 255 bytes. Returns the length
+    of the host part, or -1 (with h's error set)."""
+    cdef Py_ssize_t i, colon = -1, name_len
     cdef uint8_t c
     cdef bint bracket = False
-    if h.has_host:
-        return _fail(h, 400, b"duplicate Host header")
-    h.has_host = True
     if end - p <= 0 or end - p > MAX_HOST_LEN:
-        return _fail(h, 400, b"invalid Host header")
+        return _fail(h, 400, b"invalid host")
     if buf[p] == b'[':
         bracket = True
     for i in range(p, end):
         c = <uint8_t>buf[i]
         if not _HOST_CHAR[c]:
-            return _fail(h, 400, b"invalid Host header")
+            return _fail(h, 400, b"invalid host")
         if c == b':':
             if not bracket or (i > p and buf[i - 1] == b']'):
                 colon = i
                 break
         elif c == b'[' and i != p:
-            return _fail(h, 400, b"invalid Host header")
+            return _fail(h, 400, b"invalid host")
         elif c == b']':
             if not bracket:
-                return _fail(h, 400, b"invalid Host header")
-    h.host = p
-    h.host_len = end - p
+                return _fail(h, 400, b"invalid host")
     if colon >= 0:
         if colon == p or end - colon - 1 < 1 or end - colon - 1 > 5:
-            return _fail(h, 400, b"invalid Host header")
+            return _fail(h, 400, b"invalid host")
         for i in range(colon + 1, end):
             if buf[i] < b'0' or buf[i] > b'9':
-                return _fail(h, 400, b"invalid Host header")
-        h.host_name_len = colon - p
+                return _fail(h, 400, b"invalid host")
+        name_len = colon - p
     else:
-        h.host_name_len = end - p
-    if bracket and buf[p + h.host_name_len - 1] != b']':
-        return _fail(h, 400, b"invalid Host header")
+        name_len = end - p
+    if bracket and (name_len < 3 or buf[p + name_len - 1] != b']'):
+        return _fail(h, 400, b"invalid host")
+    return name_len
+
+
+cdef int _host_value(MessageHead* h, const char* buf, Py_ssize_t p, Py_ssize_t end) noexcept nogil:
+    cdef Py_ssize_t name_len
+    if h.has_host:
+        return _fail(h, 400, b"duplicate Host header")
+    h.has_host = True
+    name_len = _check_authority(h, buf, p, end)
+    if name_len < 0:
+        return PARSE_ERROR
+    h.host = p
+    h.host_len = end - p
+    h.host_name_len = name_len
     return 0
 
 
@@ -583,8 +602,8 @@ cdef int _absolute_form(MessageHead* h, const char* buf, Py_ssize_t t, Py_ssize_
         p += 1
     if p == a:
         return _fail(h, 400, b"empty authority in request target")
-    if p - a > MAX_HOST_LEN:
-        return _fail(h, 400, b"authority in request target too long")
+    if _check_authority(h, buf, a, p) < 0:
+        return PARSE_ERROR
     h.authority = a
     h.authority_len = p - a
     h.target = p
@@ -600,7 +619,7 @@ cdef Py_ssize_t parse_response_head(MessageHead* h, const char* buf, Py_ssize_t 
                                     HeadLimits* lim) noexcept nogil:
     cdef Py_ssize_t pos, r
     _head_reset(h)
-    if n < 12:
+    if n < 13:
         for pos in range(n):
             if pos < 5 and buf[pos] != _HTTP_SLASH[pos]:
                 return _fail(h, 502, b"invalid upstream status line")
@@ -614,8 +633,10 @@ cdef Py_ssize_t parse_response_head(MessageHead* h, const char* buf, Py_ssize_t 
     h.version_minor = buf[7] - 48
     h.status = (buf[9] - 48) * 100 + (buf[10] - 48) * 10 + (buf[11] - 48)
     pos = 12
-    if pos < n and buf[pos] == b' ':
+    if buf[pos] == b' ':
         pos += 1
+    elif buf[pos] != b'\r':
+        return _fail(h, 502, b"invalid upstream status line")
     h.reason = pos
     while pos < n and _FIELD_VCHAR[<uint8_t>buf[pos]]:
         pos += 1

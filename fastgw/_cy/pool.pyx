@@ -155,6 +155,7 @@ cdef class Runtime:
     cdef readonly frozenset host_independent_ports
     cdef HeadLimits head_limits
     cdef readonly double header_timeout
+    cdef readonly double body_timeout
     cdef readonly double keepalive_timeout
     cdef readonly int max_requests_per_connection
     cdef readonly int64_t max_body
@@ -164,7 +165,7 @@ cdef class Runtime:
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent_ports,
                  int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
-                 double keepalive_timeout, int max_requests_per_connection, max_body,
+                 double keepalive_timeout, double body_timeout=60.0, int max_requests_per_connection, max_body,
                  double drain_timeout):
         self.listener_routers = listener_routers
         self.host_independent_ports = host_independent_ports
@@ -174,6 +175,7 @@ cdef class Runtime:
         self.head_limits.max_headers = max_headers
         self.head_limits.drop_underscores = drop_underscores
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_requests_per_connection = max_requests_per_connection
         self.max_body = -1 if max_body is None else max_body

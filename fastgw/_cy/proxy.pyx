@@ -51,6 +51,7 @@ cdef enum:
     DL_NONE = 0
     DL_IDLE               # keep-alive idle: close quietly
     DL_HEADER             # request head not complete in time: 408
+    DL_BODY               # request body paused too long (by the client): 408
 
     # upstream states
     UP_CONNECTING = 0

@@ -42,6 +42,10 @@ cdef class UpstreamConn:
     cdef void attach(self, ClientConn client, bint reused):
         self.client = client
         self.reused = reused
+        if client.group is not None:
+            # per exchange: a pooled connection may serve another group, or outlive a reload
+            self.body_timeout = client.group.body_timeout
+            self.header_timeout = client.group.header_timeout
         self.got_bytes = False
         self.response_complete = False
         self.nrequests += 1
@@ -101,10 +105,6 @@ cdef class UpstreamConn:
         if self.client is None:
             transport.close()
             return
-        group = self.client.group
-        if group is not None:
-            self.body_timeout = (<UpstreamGroup>group).body_timeout
-            self.header_timeout = (<UpstreamGroup>group).header_timeout
         self.client.upstream_connected()
 
     def data_received(self, bytes data):
@@ -243,7 +243,8 @@ cdef class UpstreamConn:
             return
         self.client = None
         if was == UP_BODY:
-            if self.framing == FR_CLOSE and not self.response_complete:
+            if self.framing == FR_CLOSE and not self.response_complete and exc is None:
+                # a close-delimited body ends at a clean close (FIN), never at a reset
                 client.up = None
                 self.response_complete = True
                 client.response_complete()

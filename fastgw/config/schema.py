@@ -328,6 +328,8 @@ class Limits(Base, kw_only=True):
     max_headers: PositiveInt = 100
     max_body_bytes: ByteLimit | None = None
     header_timeout: PositiveDuration = 10.0
+    body_timeout: PositiveDuration = 60.0
+    """Longest pause in a request body from the client (408, as nginx's client_body_timeout)."""
     keepalive_timeout: PositiveDuration = 60.0
     max_requests_per_connection: PositiveInt = 1000
     underscores_in_headers: Literal["reject", "drop"] = "reject"

@@ -1,7 +1,5 @@
-"""Review findings: a request that crashes a worker, and a supervisor that cannot restart one.
-
-Each test fails against the code it was written for; see the review report for the details.
-"""
+"""Regression tests from a review: a request that overflowed the host buffer and crashed a worker,
+and a supervisor whose restarted workers could not report ready."""
 
 from __future__ import annotations
 

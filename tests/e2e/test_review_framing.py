@@ -1,5 +1,4 @@
-"""Review findings on response framing and upstream connection ends.
-Each test fails against the code it was written for."""
+"""Regression tests from a review: response framing and how upstream connections end."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Review findings on limits: the head size limit is not enforced while a header line is still
-unterminated, and a reload that raises limits.max_headers does not reach open connections.
-Each test fails against the code it was written for."""
+"""Regression tests from a review: the head size limit while a header line is unterminated, a reload
+that raises limits.max_headers on open connections, and a stalled request body (limits.body_timeout)."""
 
 from __future__ import annotations
 
@@ -92,8 +91,10 @@ def test_review_stalled_request_body_is_eventually_closed(echo, gateway_factory)
     up = {"targets": [{"address": echo.address}],
           "timeouts": {"connect": "1s", "response_header": "1s", "body_idle": "1s"}}
     gw = gateway_factory(simple_config(upstreams={"echo": up},
-                                       limits={"header_timeout": "1s", "keepalive_timeout": "1s"}))
+                                       limits={"header_timeout": "1s", "keepalive_timeout": "1s",
+                                               "body_timeout": "1s"}))
     with RawConn(gw.port) as c:
         c.send(b"POST /upload HTTP/1.1\r\nHost: h.test\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        assert c.response().status == 408
         assert c.is_closed_by_peer(timeout=6), \
             "a request body stalled for 6 s is still held open with every timeout at 1 s"

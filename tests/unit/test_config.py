@@ -979,6 +979,7 @@ def test_json_schema_shape():
         "max_headers",
         "max_body_bytes",
         "header_timeout",
+        "body_timeout",
         "keepalive_timeout",
         "max_requests_per_connection",
         "underscores_in_headers",

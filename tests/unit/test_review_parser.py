@@ -1,5 +1,5 @@
-"""Review findings in the strict request parser (http1.pyx). Each test fails against the code it
-was written for."""
+"""Regression tests from a review of the strict request parser (http1.pyx): absolute-form
+authorities get the Host rules."""
 
 import pytest
 from fastgw._core import HTTPParseError, parse_request

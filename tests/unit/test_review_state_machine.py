@@ -1,6 +1,6 @@
 """Review findings in the connection state machines, driven sans-socket: a real ClientConn and
 UpstreamConn from the core, with fake transports and a fake loop, so each callback arrives exactly
-where the scenario needs it. Each test fails against the code it was written for."""
+where the scenario needs it. Regression tests from a review."""
 
 from __future__ import annotations
 
