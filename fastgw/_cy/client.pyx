@@ -703,14 +703,7 @@ cdef class ClientConn:
         cdef bytes head = (b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\nX-Request-Id: %s\r\n%s\r\n") % (
             r.status, _REASONS.get(r.status, b"Redirect"), self._redirect_location(p), self.request_id,
             b"" if self.keep_alive else b"Connection: close\r\n")
-        self.transport.write(head)
-        self.resp_started = True
-        self.req_done = True
-        if self.keep_alive:
-            self.state = CL_WAIT
-            self._exchange_done()
-        else:
-            self._close()
+        self._answer(head)
 
     def serialize_upstream_head(self, bytes raw, bytes client_ip, bytes request_id):
         """The upstream head for a request head, no routing or filters: for benchmarks and tests."""
@@ -777,7 +770,11 @@ cdef class ClientConn:
                 b"X-Request-Id: %s\r\n%s\r\n") % (
                     status, reason_phrase, len(body), rid,
                     b"" if self.keep_alive else b"Connection: close\r\n")
-        self.transport.write(head + body if not self.head_method else head)
+        self._answer(head + body if not self.head_method else head)
+
+    cdef void _answer(self, bytes response):
+        """A response the gateway makes itself: the exchange ends with it."""
+        self.transport.write(response)
         self.resp_started = True
         self.req_done = True
         self.resp_mode = RM_PASS
