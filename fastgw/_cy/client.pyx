@@ -146,8 +146,8 @@ cdef class ClientConn:
                     self.deadline = monotonic() + self.rt.body_timeout
 
     cdef void _process_buffer(self):
-        cdef const char* p
-        cdef Py_ssize_t n, r
+        # not reentrant: an exchange that ends inside the loop (a keep-alive error answer) leaves
+        # the next pipelined request to the loop already running
         if self.processing:
             return
         self.processing = True
