@@ -16,11 +16,11 @@ class ExplainError(ValueError):
     pass
 
 
-def _listener_for(cfg: GatewayConfig, port: int, host: str) -> Listener | None:
+def _listener_for(cfg: GatewayConfig, address: str, host: str) -> Listener | None:
     """The same choice the core makes: exact hostname, then the longest wildcard, then none."""
     best, best_rank = None, None
     for lst in cfg.listeners:
-        if lst.port != port:
+        if lst.address != address:
             continue
         if lst.hostname is None:
             rank = (0, 0)
@@ -50,6 +50,8 @@ def explain(cfg: GatewayConfig, method: str, url: str, headers: list[tuple[str, 
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ExplainError(f"expected an absolute http:// URL, got {url!r}")
     host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"          # as a Host header carries an IPv6 address, and as routes name it
     ports = sorted({lst.port for lst in cfg.listeners})
     port = parts.port or (443 if parts.scheme == "https" else 80)
     notes = []
@@ -66,23 +68,27 @@ def explain(cfg: GatewayConfig, method: str, url: str, headers: list[tuple[str, 
     lines += [f"{name}: {value}" for name, value in headers]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
+    addresses = list(dict.fromkeys(lst.address for lst in cfg.listeners if lst.port == port))
+    address = addresses[0]
+    if len(addresses) > 1:
+        notes.append(f"several addresses listen on port {port}: explaining for {address}")
     rt = compile_runtime(cfg)
     conn = _core.Worker(None, rt)()
-    result = conn.explain(raw, port)
+    result = conn.explain(raw, port, address)
 
     out = [f"request:  {method} {url}"]
     out += [f"note:     {n}" for n in notes]
     if "route" not in result and "error" in result:
         out.append(f"refused:  {result['status']} {result['error']} (the request itself is invalid)")
         return "\n".join(out) + "\n"
-    listener = _listener_for(cfg, port, host)
+    listener = _listener_for(cfg, address, host)
     if listener is None:
         out.append(f"listener: none on port {port} serves host {host!r}")
     else:
         why = (f"hostname {listener.hostname!r} matches {host!r}" if listener.hostname
                else "no hostname: serves any host")
         out.append(f"listener: {listener.name or listener.address} ({listener.address}; {why})")
-        out += _explain_candidates(cfg, rt, listener, port, host, method, parts, headers)
+        out += _explain_candidates(cfg, rt, listener, address, host, method, parts, headers)
     if result.get("route") is None:
         out.append(f"result:   {result['status']} {result.get('error', '')}")
         return "\n".join(out) + "\n"
@@ -141,8 +147,8 @@ def describe_key(key: tuple) -> str:
     return ", ".join(parts)
 
 
-def _explain_candidates(cfg, rt, listener, port, host, method, parts, headers) -> list[str]:
-    table = rt.route_table(port, host.encode())
+def _explain_candidates(cfg, rt, listener, address, host, method, parts, headers) -> list[str]:
+    table = rt.route_table(address, host.encode())
     if table is None:
         return []
     names = [route.name for route, _, _, _ in attached_matches(listener, cfg)]

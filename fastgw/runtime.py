@@ -12,6 +12,8 @@ import datetime
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 
+import msgspec
+
 from . import _core
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
@@ -89,20 +91,30 @@ def _versioning_headers(f: Filters) -> tuple[list[tuple[str, str]], list[tuple[s
 
 
 def _header_ops(edits: list[HeaderEdits], extra_set=(), extra_add=()) -> _core.HeaderOps | None:
-    sets: dict[str, tuple[str, str]] = {}
-    adds: list[tuple[str, str]] = []
-    removes: list[str] = []
-    for e in edits:
-        for name, value in e.set.items():
-            sets[name.lower()] = (name, value)
-        adds.extend(e.add.items())
-        removes.extend(e.remove)
-    for name, value in extra_set:
-        sets[name.lower()] = (name, value)
-    adds.extend(extra_add)
-    if not (sets or adds or removes):
+    """Layers of edits applied in order (the route's, then a backend's, then versioning headers):
+    within a layer remove, set, add; a later remove or set of a name undoes what earlier layers
+    emitted for it."""
+    dropped: dict[str, None] = {}
+    emitted: list[tuple[str, str]] = []
+
+    def drop(name: str) -> None:
+        nonlocal emitted
+        key = name.lower()
+        dropped[key] = None
+        emitted = [(n, v) for n, v in emitted if n.lower() != key]
+
+    layers = [(list(e.remove), list(e.set.items()), list(e.add.items())) for e in edits]
+    layers.append(([], list(extra_set), list(extra_add)))
+    for removes, sets, adds in layers:
+        for name in removes:
+            drop(name)
+        for name, value in sets:
+            drop(name)
+            emitted.append((name, value))
+        emitted.extend(adds)
+    if not (dropped or emitted):
         return None
-    return _core.HeaderOps(list(sets.values()), adds, removes)
+    return _core.HeaderOps([], emitted, list(dropped))
 
 
 def compile_filters(*layers: Filters | None, groups: dict | None = None) -> _core.Filters | None:
@@ -115,7 +127,16 @@ def compile_filters(*layers: Filters | None, groups: dict | None = None) -> _cor
         s, a = _versioning_headers(f)
         vset += s
         vadd += a
-    req = _header_ops([f.request_headers for f in layers if f.request_headers is not None])
+    request_edits = [f.request_headers for f in layers if f.request_headers is not None]
+    host_from_edits = None
+    for e in request_edits:         # `set: {Host: x}` is a hostname rewrite: one Host, never two
+        for name, value in e.set.items():
+            if name.lower() == "host":
+                host_from_edits = value
+    if host_from_edits is not None:
+        request_edits = [msgspec.structs.replace(e, set={n: v for n, v in e.set.items() if n.lower() != "host"})
+                         for e in request_edits]
+    req = _header_ops(request_edits)
     resp = _header_ops([f.response_headers for f in layers if f.response_headers is not None], vset, vadd)
     redirect = rewrite = mirror = None
     for f in layers:
@@ -128,8 +149,10 @@ def compile_filters(*layers: Filters | None, groups: dict | None = None) -> _cor
                                       r.status)
         if f.rewrite is not None:
             w = f.rewrite
-            rewrite = _core.Rewrite(w.hostname, w.path.full if w.path else None,
+            rewrite = _core.Rewrite(w.hostname or host_from_edits, w.path.full if w.path else None,
                                     w.path.prefix if w.path else None)
+    if host_from_edits is not None and rewrite is None:
+        rewrite = _core.Rewrite(host_from_edits, None, None)
     if req is None and resp is None and redirect is None and rewrite is None and mirror is None:
         return None
     if mirror is None:
@@ -138,7 +161,9 @@ def compile_filters(*layers: Filters | None, groups: dict | None = None) -> _cor
 
 
 def _compile_route(route: Route, cfg: GatewayConfig, groups: dict) -> _core.Route:
-    if route.backends is None and route.upstream is None:
+    redirect_only = route.filters is not None and route.filters.redirect is not None and not any(
+        b.weight > 0 for b in route.backends or ())
+    if route.upstream is None and (route.backends is None or redirect_only):
         # a redirect-only route: one backend that only redirects
         backends = [_core.Backend(None, compile_filters(route.filters, groups=groups), 1)]
     elif route.backends is None:
@@ -202,10 +227,9 @@ class ListenerSpec:
     payload: object = None
 
 
-def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None,
-                    ports: list[int | None] | None = None) -> _core.Runtime:
-    """`ports[i]` is the port `cfg.listeners[i]` is bound to (it differs for port 0); None: not
-    bound (a listener added by a reload waits for a restart)."""
+def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -> _core.Runtime:
+    """Route tables are keyed by listener address as configured; each listening socket's
+    connections carry that key (a listener added by a reload waits for a restart to be bound)."""
     old_groups = previous.groups if previous is not None else {}
     old_targets: dict[str, _core.Target] = {}
     for group in old_groups.values():
@@ -234,27 +258,24 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None,
         groups[name] = group
 
     routes = {r.name: _compile_route(r, cfg, groups) for r in cfg.routes}
-    by_port: dict[int, list[Listener]] = {}
-    for i, listener in enumerate(cfg.listeners):
-        port = ports[i] if ports is not None else listener.port
-        if port is None:
-            continue
-        by_port.setdefault(port, []).append(listener)
+    by_address: dict[str, list[Listener]] = {}
+    for listener in cfg.listeners:
+        by_address.setdefault(listener.address, []).append(listener)
     listener_routers = {}
     host_independent = set()
-    for port, listeners in by_port.items():
+    for address, listeners in by_address.items():
         specs = [ListenerSpec([lst.hostname] if lst.hostname else None,
                               payload=_core.Router(_listener_specs(lst, cfg, routes)))
                  for lst in listeners]
-        listener_routers[port] = _core.Router(specs)
+        listener_routers[address] = _core.Router(specs)
         if len(listeners) == 1 and listeners[0].hostname is None:
-            host_independent.add(port)
+            host_independent.add(address)
 
     limits = cfg.limits
     return _core.Runtime(
         listener_routers,
         groups,
-        host_independent_ports=frozenset(host_independent),
+        host_independent=frozenset(host_independent),
         max_request_line=limits.max_request_line_bytes,
         max_head_bytes=limits.max_header_bytes,
         max_headers=limits.max_headers,

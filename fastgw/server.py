@@ -65,11 +65,6 @@ def bind_placeholders(cfg: GatewayConfig) -> tuple[list[socket.socket], dict[str
     return socks, bound
 
 
-def listener_ports(cfg: GatewayConfig, bound: dict[str, BoundListener]) -> list[int | None]:
-    """The bound port of each listener of `cfg`; None for an address bound only after a restart."""
-    return [bound[lst.address].port if lst.address in bound else None for lst in cfg.listeners]
-
-
 class Supervisor:
     def __init__(self, config_path: str, cfg: GatewayConfig, workers: int):
         self.config_path = config_path
@@ -196,12 +191,12 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = _core.Worker(loop, compile_runtime(cfg, ports=listener_ports(cfg, bound)))
+    worker = _core.Worker(loop, compile_runtime(cfg))
     servers = []
-    for b in bound.values():
+    for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
         servers.append(loop.run_until_complete(
-            loop.create_server(worker, sock=sock, backlog=4096, reuse_port=None)))
+            loop.create_server(worker.protocol_factory(address), sock=sock, backlog=4096)))
     worker.start()
     done = loop.create_future()
 
@@ -212,7 +207,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
             log(f"reload refused, keeping the running config:\n{exc}")
             return
         old = worker.runtime
-        worker.swap_runtime(compile_runtime(new_cfg, old, ports=listener_ports(new_cfg, bound)))
+        worker.swap_runtime(compile_runtime(new_cfg, old))
         for target in retired_targets(old, worker.runtime):
             target.close_idle()
         log(f"worker {os.getpid()}: configuration reloaded")

@@ -25,6 +25,8 @@ cdef class ClientConn:
     cdef Runtime routes_rt
     cdef const char* refusal
     cdef int local_port
+    cdef str listen_address         # the listener address (as configured) that accepted this
+    cdef bytes local_host
     cdef bytes up_head
     cdef list up_queue
     cdef Py_ssize_t up_queued
@@ -52,9 +54,10 @@ cdef class ClientConn:
         wb_init(&self.out, 2048)
         wb_init(&self.uout, 2048)
 
-    def __init__(self, Worker worker):
+    def __init__(self, Worker worker, str listen_address=None):
         cdef int cap
         self.worker = worker
+        self.listen_address = listen_address
         self.rt = worker.runtime
         cap = self.rt.head_limits.max_headers
         head_free(&self.head)
@@ -73,6 +76,7 @@ cdef class ClientConn:
         self.transport = transport
         sock = transport.get_extra_info("sockname")
         self.local_port = sock[1] if sock else 0
+        self.local_host = (<str>sock[0]).encode() if sock else b"localhost"
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = (<str>peer[0]).encode()
@@ -249,11 +253,7 @@ cdef class ClientConn:
         # route on the lowercased host without its port, and the path without its query
         if h.authority >= 0:
             host = p + h.authority
-            hl = h.authority_len
-            for i in range(hl):
-                if host[i] == b':' and host[0] != b'[':
-                    hl = i
-                    break
+            hl = h.authority_name_len
         else:
             host = p + h.host
             hl = h.host_name_len
@@ -264,9 +264,11 @@ cdef class ClientConn:
             self.hostbuf[i] = <char>_LOWER[<uint8_t>host[i]]
         self.hostbuf[hl] = 0
         if self.routes_rt is not rt:
-            # the listener depends on the port and the Host; cached while neither can change it
-            self.routes = rt.routes_for(self.local_port, self.hostbuf, hl)
-            self.routes_rt = rt if rt.single_listener(self.local_port) else None
+            # the listener depends on the address and the Host; cached while neither can change it
+            if self.listen_address is None and len(rt.listener_routers) == 1:
+                self.listen_address = next(iter(rt.listener_routers))   # made without a factory
+            self.routes = rt.routes_for(self.listen_address, self.hostbuf, hl)
+            self.routes_rt = rt if rt.single_listener(self.listen_address) else None
         if self.routes is None or (h.target_len == 1 and p[h.target] == b'*'):
             payload = None
         else:
@@ -684,9 +686,11 @@ cdef class ClientConn:
         if r.hostname is not None:
             host = r.hostname
         elif h.authority >= 0:
-            host = p[h.authority:h.authority + h.authority_len].split(b":")[0]
-        else:
+            host = p[h.authority:h.authority + h.authority_name_len]
+        elif h.has_host:
             host = p[h.host:h.host + h.host_name_len]
+        else:                           # HTTP/1.0 without Host: the address the client reached
+            host = b"[%s]" % self.local_host if b":" in self.local_host else self.local_host
         if r.path_full_parts is not None:
             path = expand_captures(r.path_full_parts, self.rmatch.capture_names, self.routes, p + h.target)
         elif r.path_full is not None or r.path_prefix is not None:
@@ -716,14 +720,20 @@ cdef class ClientConn:
         self._build_upstream_head(p)
         return wb_bytes(&self.uout)
 
-    def explain(self, bytes raw, int local_port, bytes client_ip=b"192.0.2.1"):
+    def explain(self, bytes raw, int local_port, str listen_address=None, bytes client_ip=b"192.0.2.1"):
         """What the request phase decides for `raw` (a request head), with no socket: for
-        `fastgw explain` and tests."""
+        `fastgw explain` and tests. `listen_address` defaults to the configured listener address
+        with that port."""
         cdef const char* p = raw
         cdef Py_ssize_t r
         cdef int outcome
         self.rt = self.worker.runtime
         self.local_port = local_port
+        self.local_host = b"127.0.0.1"
+        if listen_address is None:
+            listen_address = next((a for a in self.rt.listener_routers
+                                   if a.endswith(":%d" % local_port)), None)
+        self.listen_address = listen_address
         self.client_ip = client_ip
         r = parse_request_head(&self.head, p, len(raw), &self.rt.head_limits)
         if r == PARSE_INCOMPLETE:

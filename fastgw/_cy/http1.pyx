@@ -34,6 +34,7 @@ cdef struct MessageHead:
     Py_ssize_t path_len              # target up to '?'
     Py_ssize_t authority             # absolute-form: the authority in the target, else -1
     Py_ssize_t authority_len
+    Py_ssize_t authority_name_len    # without ":port"
     int version_minor
     bint is_head_method
     # status line
@@ -602,7 +603,8 @@ cdef int _absolute_form(MessageHead* h, const char* buf, Py_ssize_t t, Py_ssize_
         p += 1
     if p == a:
         return _fail(h, 400, b"empty authority in request target")
-    if _check_authority(h, buf, a, p) < 0:
+    h.authority_name_len = _check_authority(h, buf, a, p)
+    if h.authority_name_len < 0:
         return PARSE_ERROR
     h.authority = a
     h.authority_len = p - a

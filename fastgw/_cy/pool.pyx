@@ -151,8 +151,8 @@ cdef class RouteMatch:
 cdef class Runtime:
     """Everything a request needs, compiled once per config and never mutated: a reload builds a
     new one and swaps it in with one assignment."""
-    cdef readonly dict listener_routers   # local port -> Router whose payloads are route Routers
-    cdef readonly frozenset host_independent_ports
+    cdef readonly dict listener_routers   # listening address -> Router whose payloads are route Routers
+    cdef readonly frozenset host_independent   # addresses one hostname-less listener serves alone
     cdef HeadLimits head_limits
     cdef readonly double header_timeout
     cdef readonly double body_timeout
@@ -162,13 +162,13 @@ cdef class Runtime:
     cdef readonly dict groups
     cdef readonly double drain_timeout
 
-    def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent_ports,
+    def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
                  double keepalive_timeout, double body_timeout=60.0, int max_requests_per_connection, max_body,
                  double drain_timeout):
         self.listener_routers = listener_routers
-        self.host_independent_ports = host_independent_ports
+        self.host_independent = host_independent
         self.groups = groups
         self.head_limits.max_request_line = max_request_line
         self.head_limits.max_head_bytes = max_head_bytes
@@ -185,17 +185,17 @@ cdef class Runtime:
     def max_headers(self):
         return self.head_limits.max_headers
 
-    cdef Router routes_for(self, int port, const char* host, Py_ssize_t host_len):
-        """The route table of the listener that serves this Host on this port."""
-        cdef Router listeners = self.listener_routers.get(port)
+    cdef Router routes_for(self, str address, const char* host, Py_ssize_t host_len):
+        """The route table of the listener that serves this Host on this listening address."""
+        cdef Router listeners = self.listener_routers.get(address)
         if listeners is None:
             return None
         return listeners.match(host, host_len, b"/", 1)
 
-    cdef bint single_listener(self, int port):
-        """True when one listener without a hostname serves the port: its route table does not
+    cdef bint single_listener(self, str address):
+        """True when one listener without a hostname serves the address: its route table does not
         depend on the Host, so a connection can keep it."""
-        return port in self.host_independent_ports
+        return address in self.host_independent
 
-    def route_table(self, int port, bytes host):
-        return self.routes_for(port, host, len(host))
+    def route_table(self, str address, bytes host):
+        return self.routes_for(address, host, len(host))

@@ -18,6 +18,7 @@
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+import functools
 import os
 
 
@@ -170,6 +171,11 @@ cdef class Worker:
 
     def __call__(self):
         return ClientConn(self)
+
+    def protocol_factory(self, str listen_address):
+        """The protocol factory for one listening socket: its connections route with the tables
+        of the listeners configured on that address."""
+        return functools.partial(ClientConn, self, listen_address)
 
     def start(self):
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)

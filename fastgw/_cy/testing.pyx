@@ -73,7 +73,7 @@ def build_upstream_head(bytes raw, bytes client_ip, bytes request_id):
     X-Forwarded-* and X-Request-Id added, framing redone); no routing, no filters."""
     global _bare_conn
     if _bare_conn is None:
-        rt = Runtime({}, {}, host_independent_ports=frozenset(), max_request_line=8192,
+        rt = Runtime({}, {}, host_independent=frozenset(), max_request_line=8192,
                      max_head_bytes=65536, max_headers=100, drop_underscores=False, header_timeout=10.0,
                      keepalive_timeout=60.0, max_requests_per_connection=1000, max_body=None,
                      drain_timeout=1.0)

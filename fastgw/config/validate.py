@@ -161,8 +161,34 @@ def _check_datetime(value: str, path: list[Token], out: list[Problem]) -> None:
         out.append((path, f"date-time {value!r} needs a time zone (for example a trailing 'Z')"))
 
 
+# Fields the gateway itself owns: framing and connection management (editing them could smuggle
+# a second framing past the upstream or the client), and the ones it sets on every request.
+_GATEWAY_OWNED = {
+    "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te",
+    "trailer", "upgrade", "x-request-id",
+}
+_GATEWAY_OWNED_REQUEST = _GATEWAY_OWNED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+
+def _check_header_edits(edits, owned: set[str], path: list[Token], out: list[Problem],
+                        host_settable: bool = False) -> None:
+    for key in ("set", "add", "remove"):
+        names = getattr(edits, key)
+        for name in (names if key == "remove" else names.keys()):
+            lname = name.lower()
+            if lname in owned or (lname == "host" and not (host_settable and key == "set")):
+                hint = " (only `set` it, or use rewrite.hostname)" if lname == "host" else ""
+                where = [*path, key, name] if key != "remove" else [*path, key, names.index(name)]
+                out.append((where, f"{name!r} is managed by the gateway and cannot be edited{hint}"))
+
+
 def _check_filters(f: Filters, all_prefix: bool, captures: set[str], path: list[Token],
                    cfg: GatewayConfig, known: str, out: list[Problem]) -> None:
+    if f.request_headers is not None:
+        _check_header_edits(f.request_headers, _GATEWAY_OWNED_REQUEST, [*path, "request_headers"], out,
+                            host_settable=True)
+    if f.response_headers is not None:
+        _check_header_edits(f.response_headers, _GATEWAY_OWNED, [*path, "response_headers"], out)
     if f.redirect is not None and f.rewrite is not None:
         out.append((path, "'redirect' and 'rewrite' cannot both be set"))
     for key in ("redirect", "rewrite"):

@@ -487,6 +487,8 @@ class _Builder:
         if hostnames:
             out["hosts"] = list(hostnames)
             origins[(*prefix, "hosts")] = (route, ["spec", "hostnames"])
+            for k in range(len(hostnames)):
+                origins[(*prefix, "hosts", k)] = (route, ["spec", "hostnames", k])
         p = self.fields(route, [*at, "path"], m.get("path"), {"type": None, "value": None})
         ptype = p.get("type", "PathPrefix")
         value = self.string(route, [*at, "path"], p, "value")

@@ -67,6 +67,9 @@ class Issues:
         path = f"$[{doc}]" + format_path(tokens)[1:]
         line = pos.line_of(tokens) if pos is not None else None
         issue = ConfigIssue(self.file, path, message, line)
+        stem = message.split(" (native config: ")[0]
+        if any(i.path == path and i.message.split(" (native config: ")[0] == stem for i in self.issues):
+            return      # one manifest node can feed several native ones (hostnames -> every match)
         self._order[id(issue)] = (doc, line or 0)
         self.issues.append(issue)
 

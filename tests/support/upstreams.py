@@ -133,7 +133,10 @@ class _ServerBase:
             sock.settimeout(IO_TIMEOUT * 4)
             # servers here write a head and a body separately: without NODELAY the body waits for
             # the gateway's delayed ACK (~40 ms a request)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass            # already reset by the peer; the handler will see it
             with self.lock:
                 cid = next(self._ids)
                 rec = ConnRecord(cid, peer)

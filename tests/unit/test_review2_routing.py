@@ -1,4 +1,4 @@
-"""Review 2 findings (routing and traffic management), sans-socket through ClientConn.explain, the
+"""Regression tests from a routing review, sans-socket through ClientConn.explain, the
 request phase a live connection runs. Each test states the expected (correct) behaviour."""
 
 from __future__ import annotations
@@ -93,24 +93,36 @@ routes:
     assert fields(r["upstream_request"], b"host") == [b"internal.svc"], r["upstream_request"]
 
 
-@pytest.mark.parametrize("edit", ["set", "add"])
-def test_review2_request_header_edit_cannot_add_a_second_content_length(edit):
-    # Content-Length is written by the gateway after ops.appended: a configured
-    # `set`/`add` of Content-Length sends two different lengths upstream (request smuggling).
-    r = phase(ONE_LISTENER + UPSTREAMS + f"""
+@pytest.mark.parametrize("direction,edit,name", [
+    ("request_headers", "set", "Content-Length"),
+    ("request_headers", "add", "Content-Length"),
+    ("request_headers", "set", "Transfer-Encoding"),
+    ("request_headers", "add", "Host"),
+    ("request_headers", "set", "X-Forwarded-For"),
+    ("response_headers", "set", "Content-Length"),
+    ("response_headers", "set", "Transfer-Encoding"),
+    ("response_headers", "add", "Connection"),
+])
+def test_review2_framing_headers_cannot_be_edited(direction, edit, name):
+    # Framing and connection fields are the gateway's: a configured edit would put a second
+    # Content-Length or a Transfer-Encoding next to the real framing (request smuggling, or a
+    # desynchronised client). Refused at load time, with the path of the field.
+    with pytest.raises(ConfigError) as e:
+        loads_config(ONE_LISTENER + UPSTREAMS + f"""
 routes:
-  - {{name: r, upstream: a, filters: {{request_headers: {{{edit}: {{Content-Length: "0"}}}}}}}}
-""", b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\n")
-    assert fields(r["upstream_request"], b"content-length") == [b"5"], r["upstream_request"]
+  - {{name: r, upstream: a, filters: {{{direction}: {{{edit}: {{{name}: "0"}}}}}}}}
+""", "yaml")
+    assert [i.path for i in e.value.errors] == [f"$.routes[0].filters.{direction}.{edit}.{name}"]
+    assert "managed by the gateway" in e.value.errors[0].message
 
 
-def test_review2_request_header_edit_cannot_add_transfer_encoding_next_to_content_length():
-    r = phase(ONE_LISTENER + UPSTREAMS + """
+def test_review2_framing_header_remove_refused_with_index():
+    with pytest.raises(ConfigError) as e:
+        loads_config(ONE_LISTENER + UPSTREAMS + """
 routes:
-  - {name: r, upstream: a, filters: {request_headers: {set: {Transfer-Encoding: chunked}}}}
-""", b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\n")
-    head = r["upstream_request"]
-    assert not (fields(head, b"transfer-encoding") and fields(head, b"content-length")), head
+  - {name: r, upstream: a, filters: {request_headers: {remove: [X-A, content-length]}}}
+""", "yaml")
+    assert [i.path for i in e.value.errors] == ["$.routes[0].filters.request_headers.remove[1]"]
 
 
 # -- route + backend filter layering --------------------------------------------------------------
