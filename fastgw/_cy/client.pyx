@@ -115,6 +115,9 @@ cdef class ClientConn:
         if self.up is not None:
             self.up.detach_and_close()
             self.up = None
+        if self.mirror is not None and not self.req_done:
+            self.mirror.drop()          # a copy that can never be complete
+        self.mirror = None
 
     def pause_writing(self):
         # kept as a flag: asyncio says it once per crossing, and the next exchange's upstream

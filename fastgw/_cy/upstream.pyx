@@ -133,6 +133,9 @@ cdef class UpstreamConn:
         cdef Py_ssize_t n, r
         cdef bint has_body
         cdef MessageHead* h = &self.head
+        if client.rt.head_limits.max_headers > h.fields_cap:
+            head_free(h)                      # configured above the initial size
+            head_init(h, client.rt.head_limits.max_headers)
         while True:
             data = self.buf
             p = PyBytes_AS_STRING(data)

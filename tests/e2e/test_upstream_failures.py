@@ -189,3 +189,28 @@ def test_stale_pooled_connection_get_retried_post_not(gw, ups):
         assert up.conns[posts[0].conn_id].requests == 1
     else:
         assert_gateway_error(r, 502)
+
+
+def test_response_with_more_headers_than_the_initial_array(gateway_factory):
+    """limits.max_headers above the upstream side's initial header array (128) still applies to
+    responses: 150 response fields under max_headers 200 pass, 201 are a 502."""
+    many = b"".join(b"X-F%d: v\r\n" % i for i in range(150))
+    too_many = b"".join(b"X-F%d: v\r\n" % i for i in range(201))
+    ok = RawUpstream(respond_raw(b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 2\r\n\r\nok"), "many")
+    bad = RawUpstream(respond_raw(b"HTTP/1.1 200 OK\r\n" + too_many + b"Content-Length: 2\r\n\r\nok"), "toomany")
+    try:
+        cfg = simple_config(
+            upstreams={"ok": upstream_config(ok.address), "bad": upstream_config(bad.address)},
+            routes=[{"name": "ok", "match": {"path": {"prefix": "/ok"}}, "upstream": "ok"},
+                    {"name": "bad", "match": {"path": {"prefix": "/bad"}}, "upstream": "bad"}],
+            limits={"max_headers": 200})
+        gw = gateway_factory(cfg)
+        with RawConn(gw.port) as c:
+            r = c.request("GET", "/ok", [("Connection", "close")])
+            assert r.status == 200 and r.body == b"ok"
+            assert sum(1 for name, _ in r.headers if name.lower().startswith("x-f")) == 150
+        with RawConn(gw.port) as c:
+            assert_gateway_error(c.request("GET", "/bad", [("Connection", "close")]), 502)
+    finally:
+        ok.close()
+        bad.close()
