@@ -439,7 +439,7 @@ cdef class ClientConn:
             self.buf = data[pos:]
             self._pause(PR_PIPELINE)
         if self.up is not None and self.up.connected and self.up_queue is None:
-            self.up.expect_response(self.target, self.group.header_timeout)
+            self.up.expect_response(True)
 
     cdef void _send_up(self, bytes chunk):
         if self.mirror is not None:
@@ -499,10 +499,7 @@ cdef class ClientConn:
         self._resume(PR_CONNECTING)
         if self.write_paused:
             self.up.pause_reading_for_client()
-        if self.req_done:
-            self.up.expect_response(self.target, self.group.header_timeout)
-        else:
-            self.up.expect_response(self.target, 0.0)
+        self.up.expect_response(self.req_done)
 
     cdef void upstream_failed(self, UpstreamConn up, int status, const char* reason, bint may_retry):
         """The upstream connection broke before a response byte arrived."""
@@ -533,18 +530,19 @@ cdef class ClientConn:
             return
         out = &self.out
         out.len = 0
-        wb_put(out, b"HTTP/1.1 ", 9)
-        wb_put_int(out, h.status)
-        wb_put(out, b" ", 1)
-        wb_put(out, p + h.reason, h.reason_len)
-        wb_put(out, b"\r\n", 2)
-        self._put_response_fields(p, h, None)
+        self._put_status_and_fields(p, h, None)
         wb_put(out, b"\r\n", 2)
         self.transport.write(wb_bytes(out))
 
-    cdef void _put_response_fields(self, const char* p, MessageHead* h, HeaderOps ops) except *:
+    cdef void _put_status_and_fields(self, const char* p, MessageHead* h, HeaderOps ops) except *:
+        """The client's status line and the upstream's end-to-end fields, edited by `ops`."""
         cdef HeaderField* f
         cdef int i
+        wb_put(&self.out, b"HTTP/1.1 ", 9)
+        wb_put_int(&self.out, h.status)
+        wb_put(&self.out, b" ", 1)
+        wb_put(&self.out, p + h.reason, h.reason_len)
+        wb_put(&self.out, b"\r\n", 2)
         for i in range(h.nfields):
             f = &h.fields[i]
             if _is_hop_by_hop(f.kind) or f.kind == HK_X_REQUEST_ID:
@@ -572,12 +570,7 @@ cdef class ClientConn:
             self.keep_alive = False
         self.resp_started = True
         out.len = 0
-        wb_put(out, b"HTTP/1.1 ", 9)
-        wb_put_int(out, h.status)
-        wb_put(out, b" ", 1)
-        wb_put(out, p + h.reason, h.reason_len)
-        wb_put(out, b"\r\n", 2)
-        self._put_response_fields(p, h, self.filters.response_headers if self.filters is not None else None)
+        self._put_status_and_fields(p, h, self.filters.response_headers if self.filters is not None else None)
         if h.content_length >= 0 and h.status != 204:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, h.content_length)

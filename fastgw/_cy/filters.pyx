@@ -98,7 +98,7 @@ cdef bytes expand_captures(tuple parts, tuple names, Router routes, const char* 
         if i % 2 == 0:
             out.append(parts[i])
             continue
-        k = names.index(parts[i].decode()) if parts[i].decode() in names else -1
+        k = names.index(parts[i]) if parts[i] in names else -1
         if 0 <= k < n:
             out.append(path[starts[k]:starts[k] + lens[k]])
     return b"".join(out)

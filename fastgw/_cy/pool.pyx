@@ -55,8 +55,6 @@ cdef class Target:
         for conn in idle:
             conn.close()
 
-    def idle_count(self):
-        return len(self.idle)
 
 
 cdef class UpstreamGroup:
@@ -92,9 +90,6 @@ cdef class UpstreamGroup:
         if old.key == self.key:
             self.balancer = old.balancer
 
-    def pick_address(self):
-        cdef Target t = self.pick()
-        return None if t is None else t.address
 
 
 cdef class Backend:
@@ -130,9 +125,6 @@ cdef class Route:
         i = self.balancer.pick()
         return None if i < 0 else <Backend>self.backends[i]
 
-    def pick_backend_index(self):
-        cdef Backend b = self.pick_backend()
-        return -1 if b is None else self.backends.index(b)
 
 
 cdef class RouteMatch:
@@ -140,12 +132,12 @@ cdef class RouteMatch:
     replace the matched prefix)."""
     cdef readonly Route route
     cdef readonly bytes prefix
-    cdef readonly tuple capture_names   # of the match's path template, in order
+    cdef readonly tuple capture_names   # of the match's path template, in order (bytes)
 
     def __init__(self, Route route, prefix, capture_names=()):
         self.route = route
         self.prefix = prefix.encode() if isinstance(prefix, str) else prefix
-        self.capture_names = tuple(capture_names)
+        self.capture_names = tuple(n.encode() if isinstance(n, str) else n for n in capture_names)
 
 
 cdef class Runtime:
@@ -181,9 +173,6 @@ cdef class Runtime:
         self.max_body = -1 if max_body is None else max_body
         self.drain_timeout = drain_timeout
 
-    @property
-    def max_headers(self):
-        return self.head_limits.max_headers
 
     cdef Router routes_for(self, str address, const char* host, Py_ssize_t host_len):
         """The route table of the listener that serves this Host on this listening address."""

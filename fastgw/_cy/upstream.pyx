@@ -82,11 +82,11 @@ cdef class UpstreamConn:
             else:
                 client.upstream_failed(self, 502, b"upstream connect failed", False)
 
-    cdef void expect_response(self, Target target, double header_timeout):
-        self.header_timeout = header_timeout if header_timeout > 0 else self.header_timeout
-        if header_timeout > 0 and self.state == UP_HEAD:
+    cdef void expect_response(self, bint request_sent):
+        """The response-header clock starts once the whole request is on its way."""
+        if request_sent and self.state == UP_HEAD:
             self.deadline_kind = UDL_HEADER
-            self.deadline = monotonic() + header_timeout
+            self.deadline = monotonic() + self.header_timeout
         self.worker.upstreams.add(self)
 
     cdef void idle_since_pool(self, double until):
