@@ -56,7 +56,6 @@ cdef class Target:
             conn.close()
 
 
-
 cdef class UpstreamGroup:
     cdef readonly str name
     cdef readonly list targets
@@ -91,7 +90,6 @@ cdef class UpstreamGroup:
             self.balancer = old.balancer
 
 
-
 cdef class Backend:
     """One weighted backend of a route. No group: answers 500 (an unresolvable backend)."""
     cdef readonly UpstreamGroup group
@@ -124,7 +122,6 @@ cdef class Route:
             return <Backend>self.backends[0]
         i = self.balancer.pick()
         return None if i < 0 else <Backend>self.backends[i]
-
 
 
 cdef class RouteMatch:
