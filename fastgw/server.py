@@ -209,7 +209,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         old = worker.runtime
         worker.swap_runtime(compile_runtime(new_cfg, old))
         for target in retired_targets(old, worker.runtime):
-            target.close_idle()
+            target.retire()
         log(f"worker {os.getpid()}: configuration reloaded")
 
     async def drain() -> None:

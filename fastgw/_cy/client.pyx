@@ -176,7 +176,14 @@ cdef class ClientConn:
             r = parse_request_head(&self.head, p, n, &self.rt.head_limits)
             if r == PARSE_INCOMPLETE:
                 if self.deadline_kind != DL_HEADER:
-                    self._set_deadline(DL_HEADER, self.rt.header_timeout)
+                    if self.nrequests == 0 and self.deadline_kind == DL_IDLE:
+                        # a new connection's head is due header_timeout after the accept: the
+                        # silence before its first byte counts, and a trickle cannot extend it
+                        self.deadline_kind = DL_HEADER
+                    else:
+                        # keep-alive: the wait for the next request is keepalive_timeout's; the
+                        # head's own clock starts at its first byte
+                        self._set_deadline(DL_HEADER, self.rt.header_timeout)
                 return
             if r == PARSE_ERROR:
                 self.keep_alive = False
@@ -201,7 +208,7 @@ cdef class ClientConn:
         self.keep_alive = h.conn_keep_alive if self.http10 else not h.conn_close
         if self.worker.draining or self.nrequests >= rt.max_requests_per_connection:
             self.keep_alive = False
-        if h.request_id >= 0:
+        if h.request_id >= 0 and not (h.nconn_tokens and _connection_lists(h, p, b"x-request-id", 12)):
             self.request_id = p[h.request_id:h.request_id + h.request_id_len]
         else:
             self.request_id = self.worker.new_request_id()
@@ -369,7 +376,8 @@ cdef class ClientConn:
         if h.n_xff:
             for i in range(h.nfields):
                 f = &h.fields[i]
-                if f.kind == HK_X_FORWARDED_FOR and f.value_len:
+                if f.kind == HK_X_FORWARDED_FOR and f.value_len and not (
+                        h.nconn_tokens and _named_by_connection(h, p, f)):
                     wb_put(out, p + f.value, f.value_len)
                     wb_put(out, b", ", 2)
         wb_put(out, PyBytes_AS_STRING(self.client_ip), PyBytes_GET_SIZE(self.client_ip))
@@ -658,9 +666,10 @@ cdef class ClientConn:
             self._set_deadline(DL_IDLE, self.rt.keepalive_timeout)
 
     cdef void response_truncated(self):
-        """The upstream died mid-body: the client must not see a clean end."""
+        """The upstream died mid-body: the client must not see a clean end. A FIN would look like
+        the end of a close-delimited body, so the connection is reset instead."""
         self.flush_response()
-        self.abort()
+        self.reset()
 
     # ---- endings -----------------------------------------------------------------------------
 
@@ -805,6 +814,18 @@ cdef class ClientConn:
             self.state = CL_CLOSED
             self.transport.abort()
         self.state = CL_CLOSED
+
+    cdef void reset(self):
+        """Ends the connection with a TCP reset (SO_LINGER 0), which no client mistakes for the
+        end of a response."""
+        if self.transport is not None and self.state != CL_CLOSED:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+        self.abort()
 
     cdef void drain(self):
         self.keep_alive = False

@@ -31,6 +31,7 @@ cdef enum:
     PARSE_ERROR = -2
     MAX_CONNECTION_TOKENS = 16
     MAX_HOST_LEN = 255
-    MAX_CHUNK_EXT = 4096
+    MAX_CHUNK_EXT = 4096           # one chunk-size line's extension
+    MAX_CHUNK_EXT_TOTAL = 16384    # all chunk extensions of one message
     MAX_SPANS = 64
     MAX_REQUEST_ID_LEN = 200

@@ -687,6 +687,7 @@ cdef struct ChunkDecoder:
     int64_t remaining
     int digits
     Py_ssize_t ext_len
+    Py_ssize_t ext_total             # extension bytes over the whole message
     Py_ssize_t trailer_bytes
     Py_ssize_t max_trailer_bytes
     bint trailer_name_done
@@ -705,6 +706,7 @@ cdef void chunk_init(ChunkDecoder* d, Py_ssize_t max_trailer_bytes) noexcept nog
     d.remaining = 0
     d.digits = 0
     d.ext_len = 0
+    d.ext_total = 0
     d.trailer_bytes = 0
     d.max_trailer_bytes = max_trailer_bytes
     d.trailer_name_done = False
@@ -768,8 +770,13 @@ cdef Py_ssize_t chunk_decode(ChunkDecoder* d, const char* buf, Py_ssize_t pos, P
                 return _chunk_fail(d, b"invalid chunk extension")
             else:
                 d.ext_len += 1
+                d.ext_total += 1
                 if d.ext_len > MAX_CHUNK_EXT:
-                    return _chunk_fail(d, b"chunk extension too long")
+                    return _chunk_fail(d, b"chunk size line too long")
+                if d.ext_total > MAX_CHUNK_EXT_TOTAL:
+                    # many small chunks each with a large extension: cheap to send, costly to
+                    # parse (Node's answer to CVE-2024-22019 is the same bound)
+                    return _chunk_fail(d, b"too many chunk extension bytes")
         elif d.state == CS_SIZE_LF:
             if c != b'\n':
                 return _chunk_fail(d, b"bare CR in chunk size line")

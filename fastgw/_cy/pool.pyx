@@ -16,6 +16,7 @@ cdef class Target:
     cdef public int max_idle
     cdef public double idle_timeout
     cdef public int max_requests
+    cdef readonly bint retired
 
     def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests):
         self.host = host
@@ -37,7 +38,7 @@ cdef class Target:
         return None
 
     cdef void give_back(self, UpstreamConn conn, double now):
-        if len(self.idle) >= self.max_idle or conn.nrequests >= self.max_requests:
+        if self.retired or len(self.idle) >= self.max_idle or conn.nrequests >= self.max_requests:
             conn.close()
             return
         conn.idle_since_pool(now + self.idle_timeout)
@@ -49,8 +50,11 @@ cdef class Target:
         except ValueError:
             pass
 
-    def close_idle(self):
+    def retire(self):
+        """A reload dropped this target: its idle connections close now, and busy ones close when
+        their exchange ends instead of coming back to a pool nothing will take from."""
         cdef UpstreamConn conn
+        self.retired = True
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()

@@ -20,6 +20,10 @@ from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 import functools
 import os
+import socket as _socket
+import struct as _struct
+
+cdef bytes _LINGER_RESET = _struct.pack("ii", 1, 0)
 
 
 cdef extern from "<time.h>" nogil:
@@ -117,6 +121,15 @@ cdef bint _named_by_connection(MessageHead* h, const char* buf, HeaderField* f) 
         if f.name_len == h.conn_token_lens[i]:
             if _ci_eq_raw(buf + f.name, buf + h.conn_tokens[i], f.name_len):
                 return True
+    return False
+
+
+cdef bint _connection_lists(MessageHead* h, const char* buf, const char* lower_name, Py_ssize_t n) noexcept nogil:
+    """The message's Connection header names this field (`lower_name` in lowercase)."""
+    cdef int i
+    for i in range(h.nconn_tokens):
+        if h.conn_token_lens[i] == n and _ci_eq(buf + h.conn_tokens[i], n, lower_name, n):
+            return True
     return False
 
 

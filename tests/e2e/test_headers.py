@@ -113,3 +113,31 @@ def test_duplicate_request_id_not_forwarded_twice(gateway):
         assert len(up) == 1 and r.headers.get("x-request-id") == up[0]
     else:
         assert r.status == 400
+
+
+@pytest.mark.parametrize("named", ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id",
+                                   "Host", "Content-Length", "Transfer-Encoding"])
+def test_connection_naming_an_end_to_end_field_drops_only_the_clients_copy(gateway, named):
+    """Issue 7: RFC 9110 7.6.1 says the fields a Connection header lists are removed; the gateway's
+    own X-Forwarded-* and X-Request-Id are still added, and framing and Host are the gateway's."""
+    with RawConn(gateway.port) as c:
+        r = c.request("POST", "/conn-named", [
+            ("Connection", f"keep-alive, {named}"), ("X-Forwarded-For", "203.0.113.66"),
+            ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.test"),
+            ("X-Request-Id", "client-chosen-id-1")], body=b"abcd", host="api.test")
+    assert r.status == 200
+    seen = upstream_view(r)["hdrs"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"] == ["api.test"]
+    assert seen["host"] == ["api.test"]
+    assert seen["content-length"] == ["4"] and upstream_view(r)["body_len"] == 4
+    if named == "X-Forwarded-For":
+        assert seen["x-forwarded-for"] == ["127.0.0.1"], "the client's X-Forwarded-For named in Connection leaked"
+    else:
+        assert seen["x-forwarded-for"] == ["203.0.113.66, 127.0.0.1"]
+    if named == "X-Request-Id":
+        assert seen["x-request-id"] != ["client-chosen-id-1"]
+        assert len(seen["x-request-id"]) == 1 and REQUEST_ID_RE.match(seen["x-request-id"][0])
+        assert r.headers.get("x-request-id") == seen["x-request-id"][0]
+    else:
+        assert seen["x-request-id"] == ["client-chosen-id-1"]

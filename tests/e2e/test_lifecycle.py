@@ -13,6 +13,7 @@ import threading
 import yaml
 from support.client import RawConn, wait_until
 from support.gateway import REPO_ROOT, descendants, simple_config, socket_owner_pids
+from support.upstreams import EchoServer
 
 
 def status_of(gw, target: str, host: str = "test.local") -> int:
@@ -189,3 +190,27 @@ def test_two_workers_both_serve_and_a_killed_worker_is_replaced(echo, gateway_fa
     for i in range(10):
         assert status_of(gw, f"/after-kill/{i}") == 200
     assert gw.stop(30) == 0, gw.describe()
+
+
+def test_connection_busy_at_reload_is_closed_when_its_target_was_retired(gateway_factory):
+    """Issue 7: a connection in use when a reload retires its target must not go back to that
+    target's pool (nothing would ever take it from there); it closes when its exchange ends."""
+    with EchoServer("old") as old_up, EchoServer("new") as new_up:
+        gw = gateway_factory(simple_config(old_up.address))
+        results = []
+
+        def slow_request():
+            with RawConn(gw.port) as c:
+                results.append(c.request("GET", "/slow", [("X-Echo-Delay", "1.5")]))
+
+        t = threading.Thread(target=slow_request)
+        t.start()
+        wait_until(lambda: len(old_up.requests) == 1, what="the slow request to reach the old upstream")
+        gw.reload(simple_config(new_up.address))
+        wait_until(lambda: status_of(gw, "/after") == 200 and len(new_up.requests) > 0,
+                   what="the reload to take effect")
+        t.join(timeout=30)
+        assert results and results[0].status == 200
+        wait_until(lambda: all(r.closed for r in old_up.conns.values()),
+                   what="the retired target's connection to close after its exchange")
+        assert gw.alive()

@@ -141,3 +141,55 @@ def test_underscore_header_dropped_in_drop_mode(echo, gateway_factory):
 
 def test_underscore_header_rejected_by_default(gateway, echo):
     rejected(gateway, echo, build_request("GET", "/u", [("X_Under", "1")]), 400)
+
+
+def test_header_deadline_counts_from_accept_not_from_first_byte(gw, echo):
+    """Issue 7: a connection silent for most of header_timeout (1 s) and then sending one byte
+    must not get a fresh header_timeout: the 408 comes at the deadline set at accept."""
+    snap = echo.snapshot()
+    with RawConn(gw.port) as c:
+        time.sleep(0.8)
+        c.send(b"G")
+        c.sock.settimeout(0.6)      # well before accept + 2 x header_timeout
+        try:
+            data = c.sock.recv(65536)
+        except TimeoutError:
+            data = b""
+    assert data.startswith(b"HTTP/1.1 408 "), f"expected a 408 by the original head deadline, got {data[:60]!r}"
+    assert echo.requests_since(snap) == []
+
+
+def test_keepalive_next_head_has_its_own_header_deadline(gw):
+    """After a keep-alive exchange the wait for the next request is keepalive_timeout's; a head
+    that then starts gets header_timeout from its first byte."""
+    with RawConn(gw.port) as c:
+        assert c.request("GET", "/ka1").status == 200
+        time.sleep(0.6)
+        c.send(b"GET /ka2 HTTP/1.1\r\n")
+        time.sleep(0.6)             # 1.2 s after the exchange, 0.6 s into the head
+        c.send(b"Host: h.test\r\n\r\n")
+        assert c.response().status == 200
+
+
+def test_chunk_extensions_bounded_per_message_400(gw, echo):
+    """Issue 7: 1-byte chunks each carrying a 4 KiB extension: within the per-line bound, over the
+    16 KiB a message may spend on extensions (Node's bound for CVE-2024-22019)."""
+    ext = b";e=" + b"x" * 4000
+    body = b"".join(b"1" + ext + b"\r\nx\r\n" for _ in range(5)) + b"0\r\n\r\n"
+    head = b"POST /ext HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    r = rejected(gw, echo, head + body, 400)
+    assert b"chunk extension" in r.body
+
+
+def test_chunk_size_line_bounded_400(gw, echo):
+    head = b"POST /ext HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    r = rejected(gw, echo, head + b"1;e=" + b"y" * 5000 + b"\r\nx\r\n0\r\n\r\n", 400)
+    assert b"chunk size line" in r.body
+
+
+def test_small_chunk_extensions_still_served(gw):
+    head = b"POST /ext HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with RawConn(gw.port) as c:
+        c.send(head + b"".join(b"1;name=value\r\nx\r\n" for _ in range(50)) + b"0\r\n\r\n")
+        r = c.response("POST")
+    assert r.status == 200 and r.json()["body_len"] == 50

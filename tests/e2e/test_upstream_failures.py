@@ -52,6 +52,7 @@ def ups():
         "slowbody": RawUpstream(slow_body(b"x" * 1000, 30, 5000), "slowbody"),
         "headcl": RawUpstream(status_no_body(200, [("Content-Length", "1000")]), "headcl"),
         "closedelim": RawUpstream(close_delimited(b"d" * 50_000), "closedelim"),
+        "closedelim-rst": RawUpstream(close_delimited(b"d" * 20_000, rst=True), "closedelim-rst"),
         "junk": RawUpstream(junk_while_idle(after=0.1), "junk"),
         "stale": RawUpstream(stale_after_first, "stale"),
     }
@@ -214,3 +215,26 @@ def test_response_with_more_headers_than_the_initial_array(gateway_factory):
     finally:
         ok.close()
         bad.close()
+
+
+def test_close_delimited_body_cut_by_reset_reaches_http10_client_as_reset(gw):
+    """Issue 7: to an HTTP/1.0 client the body is close-delimited, so a FIN would read as a
+    complete response; the gateway must reset the client connection instead."""
+    with RawConn(gw.port) as c:
+        c.send(b"GET /closedelim-rst/x HTTP/1.0\r\nHost: t\r\n\r\n")
+        data, how = c.read_to_close()
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert how == "reset", "a cut close-delimited body must end in a TCP reset, not a clean FIN"
+
+
+def test_close_delimited_body_cut_is_an_error_for_curl(gw):
+    res = curl(gw.url + "/closedelim-rst/x", "--http1.0")
+    assert res.status == 200
+    assert res.returncode == 56, f"curl must see a receive failure (reset), got exit {res.returncode}: {res.stderr}"
+
+
+def test_clean_close_delimited_body_still_ends_with_fin_for_http10(gw):
+    with RawConn(gw.port) as c:
+        c.send(b"GET /closedelim/x HTTP/1.0\r\nHost: t\r\n\r\n")
+        data, how = c.read_to_close()
+    assert how == "eof" and data.endswith(b"d" * 50_000)

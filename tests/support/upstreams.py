@@ -489,13 +489,18 @@ def status_no_body(status: int, headers=()):
     return handler
 
 
-def close_delimited(body: bytes):
-    """HTTP/1.1 response with neither Content-Length nor chunked: the body ends at close."""
+def close_delimited(body: bytes, rst: bool = False):
+    """HTTP/1.1 response with neither Content-Length nor chunked: the body ends at close (or, when
+    rst, the upstream dies mid-body with a reset)."""
 
     def handler(conn: Conn) -> None:
         conn.read_request()
         conn.send(response_head(200, [("Content-Type", "text/plain")]) + body)
-        conn.sock.shutdown(socket.SHUT_RDWR)
+        if rst:
+            conn.sleep(0.2)  # let the bytes leave before dying
+            conn.reset()
+        else:
+            conn.sock.shutdown(socket.SHUT_RDWR)
 
     return handler
 
