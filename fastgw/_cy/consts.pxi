@@ -35,3 +35,34 @@ cdef enum:
     MAX_CHUNK_EXT_TOTAL = 16384    # all chunk extensions of one message
     MAX_SPANS = 64
     MAX_REQUEST_ID_LEN = 200
+
+# Response flags of an exchange (bits), in the spirit of Envoy's %RESPONSE_FLAGS%; the short codes
+# the log phase reports are in exchange.pyx (FLAG_CODES).
+cdef enum ResponseFlag:
+    RF_NO_ROUTE = 1 << 0                     # NR: no route matched
+    RF_UPSTREAM_CONNECT_FAILURE = 1 << 1     # UF
+    RF_UPSTREAM_TIMEOUT = 1 << 2             # UT: no response head in time
+    RF_UPSTREAM_RESET = 1 << 3               # UR: the upstream closed or reset before or during the response
+    RF_DOWNSTREAM_DISCONNECT = 1 << 4        # DC: the client went away before the response ended
+    RF_RATE_LIMITED = 1 << 5                 # RL
+    RF_UNAUTHORIZED = 1 << 6                 # UAEX: refused by an authentication or access policy
+    RF_NO_HEALTHY_UPSTREAM = 1 << 7          # UH: no target to send to
+    RF_BAD_REQUEST = 1 << 8                  # DPE: the request was malformed (parser or body framing)
+    RF_REQUEST_TIMEOUT = 1 << 9              # RT: the client was too slow (408)
+    RF_BODY_TOO_LARGE = 1 << 10              # BL: 413
+    RF_UPSTREAM_PROTOCOL_ERROR = 1 << 11     # UPE: the upstream's response was malformed
+    RF_POLICY_ANSWER = 1 << 12               # PA: a policy answered instead of the upstream
+    RF_POLICY_ERROR = 1 << 13                # PE: a policy (plugin) failed
+    RF_POLICY_TIMEOUT = 1 << 14              # PT: a paused policy did not finish in time
+    RF_UPSTREAM_BODY_TIMEOUT = 1 << 15       # UBT: the upstream stalled mid-body
+    RF_NO_BACKEND = 1 << 16                  # NB: the route's backend is not resolvable (500)
+    RF_REDIRECT = 1 << 17                    # RD: answered with a configured redirect
+
+# What became of an exchange, for the log phase.
+cdef enum Outcome:
+    OC_NONE = 0
+    OC_PROXIED        # the upstream's response reached the client whole
+    OC_ANSWERED       # the gateway answered itself (404, 413, 5xx, redirect)
+    OC_POLICY         # a policy answered
+    OC_REFUSED        # the parser refused the request (400, 408, 431 ...)
+    OC_ABORTED        # no complete response: client gone, or the upstream cut it

@@ -4,6 +4,8 @@
 
 cdef class UpstreamConn
 cdef class ClientConn
+cdef class Exchange
+cdef class PolicyChain
 
 
 cdef class Target:
@@ -111,9 +113,11 @@ cdef class Route:
     cdef readonly int64_t max_body    # -1: unlimited
     cdef readonly list backends       # those with a positive weight
     cdef SmoothWeightedRR balancer
+    cdef readonly PolicyChain chain
 
-    def __init__(self, str name, list backends, max_body):
+    def __init__(self, str name, list backends, max_body, PolicyChain chain=None):
         self.name = name
+        self.chain = chain if chain is not None else EMPTY_CHAIN
         self.backends = [b for b in backends if (<Backend>b).weight > 0]
         self.balancer = SmoothWeightedRR([(<Backend>b).weight for b in self.backends]) if self.backends else None
         self.max_body = -1 if max_body is None else max_body
@@ -154,12 +158,16 @@ cdef class Runtime:
     cdef readonly int64_t max_body
     cdef readonly dict groups
     cdef readonly double drain_timeout
+    cdef readonly PolicyChain global_chain    # for exchanges no route took: top-level policies
+    cdef readonly dict policies               # key -> Policy, for carrying state over a reload
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
                  double keepalive_timeout, double body_timeout=60.0, int max_requests_per_connection, max_body,
-                 double drain_timeout):
+                 double drain_timeout, PolicyChain global_chain=None, dict policies=None):
+        self.global_chain = global_chain if global_chain is not None else EMPTY_CHAIN
+        self.policies = policies if policies is not None else {}
         self.listener_routers = listener_routers
         self.host_independent = host_independent
         self.groups = groups

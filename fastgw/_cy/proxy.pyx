@@ -1,12 +1,13 @@
 # The proxy: a downstream protocol (ClientConn, client.pyx) and an upstream protocol (UpstreamConn,
-# upstream.pyx), one exchange at a time per client connection, with no per-request Python object
-# besides the bytes that move. This file holds what both share and the Worker that owns them.
+# upstream.pyx), with one Exchange (exchange.pyx) at a time per client connection. This file holds
+# what they share and the Worker that owns them.
 #
 # ClientConn states (a client connection is always in exactly one):
 #   HEAD  -> waiting for or parsing a request head (idle keep-alive included)
 #   BODY  -> the request body is streaming upstream; the response may already be streaming back
 #   WAIT  -> the request is complete; the response is in progress; later bytes are a pipelined
 #            request and reading is paused until the response ends
+#   POLICY -> a request policy paused the exchange (asynchronous work); reading is paused
 #   CLOSED
 # An exchange ends when both the request body and the response are complete; the upstream
 # connection then goes back to its pool if it can carry another request.
@@ -45,18 +46,21 @@ cdef enum:
     CL_HEAD = 0
     CL_BODY
     CL_WAIT
+    CL_POLICY             # a request policy paused the exchange for asynchronous work
     CL_CLOSED
 
     # why client reading is paused (bits)
     PR_PIPELINE = 1       # a pipelined request waits for the current response
     PR_UPSTREAM = 2       # the upstream's write buffer is over its high-water mark
     PR_CONNECTING = 4     # body bytes are queued while the upstream connection is made
+    PR_POLICY = 8         # a request policy is waiting for asynchronous work
 
     # client deadlines
     DL_NONE = 0
     DL_IDLE               # keep-alive idle: close quietly
     DL_HEADER             # request head not complete in time: 408
     DL_BODY               # request body paused too long (by the client): 408
+    DL_POLICY             # a paused policy did not finish in time: 504
 
     # upstream states
     UP_CONNECTING = 0
@@ -83,10 +87,13 @@ cdef enum:
     OUT_PROXY = 0
     OUT_REDIRECT = 1
     OUT_TOO_LARGE = 413
+    OUT_POLICY_ANSWER = 2
 
 
 cdef dict _REASONS = {
-    200: b"OK", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+    200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content", 304: b"Not Modified",
+    401: b"Unauthorized", 403: b"Forbidden", 409: b"Conflict", 410: b"Gone", 429: b"Too Many Requests",
+    301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
     307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
     417: b"Expectation Failed", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",

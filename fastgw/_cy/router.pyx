@@ -1184,6 +1184,15 @@ cdef class Router:
             return None
         return <object>self._cands[c].payload
 
+    cdef object match_path(self, const char* host, Py_ssize_t host_len, const char* path,
+                           Py_ssize_t path_len, const char* buf, MessageHead* h):
+        """As match_request, on a path other than the head's own (the normalized one): method,
+        headers and query still come from the head."""
+        cdef Py_ssize_t c = self._match_c(host, host_len, path, path_len, buf, h)
+        if c < 0:
+            return None
+        return <object>self._cands[c].payload
+
     cdef int last_captures(self, Py_ssize_t* starts, Py_ssize_t* lens, int max) noexcept:
         """(offset into the path, length) of the last match's template captures; returns how many
         were written (0 when the winner was not a template)."""

@@ -4,7 +4,7 @@ cdef class UpstreamConn:
     cdef Worker worker
     cdef Target target
     cdef object transport
-    cdef ClientConn client
+    cdef Exchange ex                # the exchange this connection serves now (None when idle)
     cdef object connect_task
     cdef readonly bint connected
     cdef bint reused
@@ -39,13 +39,13 @@ cdef class UpstreamConn:
     def __call__(self):
         return self
 
-    cdef void attach(self, ClientConn client, bint reused):
-        self.client = client
+    cdef void attach(self, Exchange ex, bint reused):
+        self.ex = ex
         self.reused = reused
-        if client.group is not None:
+        if ex.group is not None:
             # per exchange: a pooled connection may serve another group, or outlive a reload
-            self.body_timeout = client.group.body_timeout
-            self.header_timeout = client.group.header_timeout
+            self.body_timeout = ex.group.body_timeout
+            self.header_timeout = ex.group.header_timeout
         self.got_bytes = False
         self.response_complete = False
         self.nrequests += 1
@@ -74,13 +74,13 @@ cdef class UpstreamConn:
             return
         self.state = UP_CLOSED
         self.worker.upstreams.discard(self)
-        if self.client is not None:
-            client = self.client
-            self.client = None
+        if self.ex is not None:
+            ex = self.ex
+            self.ex = None
             if isinstance(exc, ConnectionRefusedError):
-                client.upstream_failed(self, 502, b"upstream connection refused", False)
+                ex.upstream_failed(self, 502, b"upstream connection refused", False, RF_UPSTREAM_CONNECT_FAILURE)
             else:
-                client.upstream_failed(self, 502, b"upstream connect failed", False)
+                ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 
     cdef void expect_response(self, bint request_sent):
         """The response-header clock starts once the whole request is on its way."""
@@ -91,7 +91,7 @@ cdef class UpstreamConn:
 
     cdef void idle_since_pool(self, double until):
         self.state = UP_IDLE
-        self.client = None
+        self.ex = None
         self.deadline_kind = UDL_POOL_IDLE
         self.deadline = until
 
@@ -102,14 +102,14 @@ cdef class UpstreamConn:
         self.connected = True
         self.state = UP_HEAD
         self.deadline = 0.0
-        if self.client is None:
+        if self.ex is None:
             transport.close()
             return
-        self.client.upstream_connected()
+        self.ex.upstream_connected()
 
     def data_received(self, bytes data):
-        cdef ClientConn client = self.client
-        if client is None or self.state == UP_IDLE:
+        cdef Exchange ex = self.ex
+        if ex is None or self.state == UP_IDLE:
             # bytes while no request is outstanding: this connection can no longer be trusted
             self.close()
             return
@@ -124,49 +124,51 @@ cdef class UpstreamConn:
             if self.body_timeout > 0:
                 self.deadline = monotonic() + self.body_timeout
             self._body(data, 0, PyBytes_GET_SIZE(data))
-            client.flush_response()
+            if self.ex is not None:
+                self.ex.flush_response()
 
     cdef void _parse_heads(self):
-        cdef ClientConn client = self.client
+        cdef Exchange ex = self.ex
         cdef bytes data
         cdef const char* p
         cdef Py_ssize_t n, r
         cdef bint has_body
         cdef MessageHead* h = &self.head
-        if client.rt.head_limits.max_headers > h.fields_cap:
+        if ex.rt.head_limits.max_headers > h.fields_cap:
             head_free(h)                      # configured above the initial size
-            head_init(h, client.rt.head_limits.max_headers)
+            head_init(h, ex.rt.head_limits.max_headers)
         while True:
             data = self.buf
             p = PyBytes_AS_STRING(data)
             n = PyBytes_GET_SIZE(data)
-            r = parse_response_head(h, p, n, &client.rt.head_limits)
+            r = parse_response_head(h, p, n, &ex.rt.head_limits)
             if r == PARSE_INCOMPLETE:
                 return
             if r == PARSE_ERROR:
-                self.client = None
+                self.ex = None
                 self.close()
-                client.upstream_failed(self, 502, h.error_reason, False)
+                ex.upstream_failed(self, 502, h.error_reason, False, RF_UPSTREAM_PROTOCOL_ERROR)
                 return
             if h.status < 200:
                 if h.status == 101:
-                    self.client = None
+                    self.ex = None
                     self.close()
-                    client.upstream_failed(self, 502, b"upstream switched protocols unasked", False)
+                    ex.upstream_failed(self, 502, b"upstream switched protocols unasked", False,
+                                       RF_UPSTREAM_PROTOCOL_ERROR)
                     return
-                client.relay_interim(p, h)
+                ex.relay_interim(p, h)
                 self.buf = data[r:]
                 if r == n:
                     return
                 continue
             break
         self.buf = b""
-        has_body = response_has_body(h.status, client.head_method)
+        has_body = response_has_body(h.status, ex.head_method)
         if not has_body:
             self.framing = FR_NONE
         elif h.framing == FR_CHUNKED:
             self.framing = FR_CHUNKED
-            chunk_init(&self.chunk, client.rt.head_limits.max_head_bytes)
+            chunk_init(&self.chunk, ex.rt.head_limits.max_head_bytes)
         elif h.content_length >= 0:
             self.framing = FR_LENGTH if h.content_length > 0 else FR_NONE
             self.remaining = h.content_length
@@ -174,7 +176,10 @@ cdef class UpstreamConn:
             self.framing = FR_CLOSE
         self.reusable = (not h.conn_close if h.version_minor == 1 else h.conn_keep_alive) \
             and self.framing != FR_CLOSE
-        client.begin_response(p, h, self.framing, has_body)
+        if not ex.begin_response(p, h, self.framing, has_body):
+            self.ex = None              # a response policy answered instead: nothing more is relayed
+            self.close()
+            return
         self.state = UP_BODY
         self.deadline_kind = UDL_BODY
         self.deadline = monotonic() + self.body_timeout if self.body_timeout > 0 else 0.0
@@ -185,10 +190,11 @@ cdef class UpstreamConn:
             return
         if r < n:
             self._body(data, r, n)
-        client.flush_response()
+        if self.ex is not None:
+            self.ex.flush_response()
 
     cdef void _body(self, bytes data, Py_ssize_t off, Py_ssize_t n):
-        cdef ClientConn client = self.client
+        cdef Exchange ex = self.ex
         cdef const char* p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t take, pos, i
         if self.framing == FR_LENGTH:
@@ -197,7 +203,7 @@ cdef class UpstreamConn:
                 take = <Py_ssize_t>self.remaining
                 self.reusable = False       # bytes past the end of the response
             self.remaining -= take
-            client.response_body(data, off, take)
+            ex.response_body(data, off, take)
             if self.remaining == 0:
                 self._complete()
         elif self.framing == FR_CHUNKED:
@@ -206,67 +212,65 @@ cdef class UpstreamConn:
                 pos = chunk_decode(&self.chunk, p, pos, n)
                 if pos < 0:
                     self.reusable = False
-                    self._truncated()
+                    self._truncated(RF_UPSTREAM_PROTOCOL_ERROR)
                     return
                 for i in range(self.chunk.nspans):
-                    client.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
+                    ex.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
                 if self.chunk.state == CS_DONE:
                     if pos < n:
                         self.reusable = False
                     self._complete()
                     return
         else:
-            client.response_body(data, off, n - off)
+            ex.response_body(data, off, n - off)
 
     cdef void _complete(self):
         self.response_complete = True
         self.deadline = 0.0
-        self.client.response_complete()
+        self.ex.response_complete()
 
-    cdef void _truncated(self):
-        cdef ClientConn client = self.client
-        self.client = None
+    cdef void _truncated(self, int flag):
+        cdef Exchange ex = self.ex
+        self.ex = None
         self.close()
-        if client is not None:
-            client.up = None
-            client.response_truncated()
+        if ex is not None:
+            ex.response_truncated(flag)
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc):
-        cdef ClientConn client = self.client
+        cdef Exchange ex = self.ex
         self.connected = False
         was = self.state
         self.state = UP_CLOSED
         self.deadline = 0.0
         self.worker.upstreams.discard(self)
-        if client is None:
+        if ex is None:
             self.target.forget(self)
             return
-        self.client = None
+        self.ex = None
         if was == UP_BODY:
             if self.framing == FR_CLOSE and not self.response_complete and exc is None:
                 # a close-delimited body ends at a clean close (FIN), never at a reset
-                client.up = None
+                ex.up = None
                 self.response_complete = True
-                client.response_complete()
+                ex.response_complete()
             elif not self.response_complete:
-                client.up = None
-                client.response_truncated()
+                ex.response_truncated(RF_UPSTREAM_RESET)
         elif was == UP_HEAD or was == UP_CONNECTING:
-            client.upstream_failed(self, 502,
-                                   b"upstream reset the connection" if isinstance(exc, ConnectionResetError)
-                                   else b"upstream closed the connection",
-                                   not self.got_bytes)
+            ex.upstream_failed(self, 502,
+                               b"upstream reset the connection" if isinstance(exc, ConnectionResetError)
+                               else b"upstream closed the connection",
+                               not self.got_bytes, RF_UPSTREAM_RESET)
 
     def pause_writing(self):
-        if self.client is not None:
-            self.client._pause(PR_UPSTREAM)
+        if self.ex is not None:
+            self.ex.down.pause_reading_for(self.ex, PR_UPSTREAM)
 
     def resume_writing(self):
-        if self.client is not None:
-            self.client._resume(PR_UPSTREAM)
+        if self.ex is not None:
+            self.ex.down.resume_reading_for(self.ex, PR_UPSTREAM)
 
     cdef void pause_reading_for_client(self):
         if not self.paused and self.transport is not None and self.connected:
@@ -285,7 +289,7 @@ cdef class UpstreamConn:
 
     cdef void release(self):
         """The exchange ended: back to the pool if this connection can carry another request."""
-        self.client = None
+        self.ex = None
         if self.reusable and self.connected and self.state == UP_BODY and self.target.max_idle > 0:
             if self.paused:
                 self.paused = False
@@ -298,7 +302,7 @@ cdef class UpstreamConn:
             self.close()
 
     cdef void detach_and_close(self):
-        self.client = None
+        self.ex = None
         self.close()
 
     cpdef close(self):
@@ -314,16 +318,16 @@ cdef class UpstreamConn:
         self.target.forget(self)
 
     cdef void on_deadline(self):
-        cdef ClientConn client = self.client
+        cdef Exchange ex = self.ex
         kind = self.deadline_kind
         self.deadline = 0.0
-        self.client = None
+        self.ex = None
         self.close()
-        if client is None:
+        if ex is None:
             return
         if kind == UDL_BODY:
-            client.up = None
-            client.response_truncated()
+            ex.response_truncated(RF_UPSTREAM_BODY_TIMEOUT)
         else:
-            client.upstream_failed(self, 504, b"upstream connect timeout" if kind == UDL_CONNECT
-                                   else b"upstream response timeout", False)
+            ex.upstream_failed(self, 504, b"upstream connect timeout" if kind == UDL_CONNECT
+                               else b"upstream response timeout", False,
+                               RF_UPSTREAM_CONNECT_FAILURE if kind == UDL_CONNECT else RF_UPSTREAM_TIMEOUT)

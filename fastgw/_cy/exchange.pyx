@@ -1,0 +1,820 @@
+# One request and its response: the phases of docs/architecture.md's phase chart, over state that
+# belongs to the request alone. The connection that carries it (ClientConn today, an HTTP/2 stream
+# later) owns the transport; the Exchange reaches the client only through that connection's
+# methods (send_response_head, send_body, flush, send_answer, send_interim, exchange_ended,
+# truncate, pause_reading_for / resume_reading_for).
+#
+# Phases, in order (each may end the exchange early with an answer):
+#   request           routing, the body limit, then the chain's request policies (may answer, or
+#                     pause for asynchronous work and resume)
+#   upstream_peer     backend (weighted), its filters (a redirect answers here), target; re-entered
+#                     for a retry
+#   upstream_request  the upstream head: hop-by-hop fields dropped, header edits and rewrites,
+#                     X-Forwarded-*, X-Request-Id, framing redone
+#   response          the upstream's status and fields, edited; policies may add fields or answer
+#                     in its place
+#   log               exactly once, whatever became of the exchange (finish())
+
+cimport cython
+
+cdef tuple FLAG_CODES = (
+    (RF_NO_ROUTE, "NR"), (RF_UPSTREAM_CONNECT_FAILURE, "UF"), (RF_UPSTREAM_TIMEOUT, "UT"),
+    (RF_UPSTREAM_RESET, "UR"), (RF_DOWNSTREAM_DISCONNECT, "DC"), (RF_RATE_LIMITED, "RL"),
+    (RF_UNAUTHORIZED, "UAEX"), (RF_NO_HEALTHY_UPSTREAM, "UH"), (RF_BAD_REQUEST, "DPE"),
+    (RF_REQUEST_TIMEOUT, "RT"), (RF_BODY_TOO_LARGE, "BL"), (RF_UPSTREAM_PROTOCOL_ERROR, "UPE"),
+    (RF_POLICY_ANSWER, "PA"), (RF_POLICY_ERROR, "PE"), (RF_POLICY_TIMEOUT, "PT"),
+    (RF_UPSTREAM_BODY_TIMEOUT, "UBT"), (RF_NO_BACKEND, "NB"), (RF_REDIRECT, "RD"),
+)
+cdef tuple OUTCOME_NAMES = ("none", "proxied", "answered", "policy", "refused", "aborted")
+
+
+def flag_codes(int flags):
+    """The short codes of a set of response flags, in a fixed order."""
+    return [code for bit, code in FLAG_CODES if flags & bit]
+
+
+@cython.freelist(32)
+cdef class Exchange:
+    cdef ClientConn down
+    cdef Worker worker
+    cdef Runtime rt
+    cdef MessageHead* h              # the connection's parsed head: valid until exchange_ended
+    cdef bytes raw                   # the bytes the head's offsets point into
+    cdef const char* p
+    cdef Py_ssize_t head_len
+    cdef readonly bytes request_id
+    cdef bint http10
+    cdef bint head_method
+    # routing
+    cdef const char* path            # the path routed and forwarded (normalized), not terminated
+    cdef Py_ssize_t path_len
+    cdef bytes npath                 # owns `path` when normalization changed it
+    cdef Router routes
+    cdef RouteMatch rmatch
+    cdef readonly Route route
+    cdef PolicyChain chain
+    cdef Filters filters
+    cdef UpstreamGroup group
+    cdef Target target
+    cdef const char* refusal
+    # request body
+    cdef int req_framing
+    cdef int64_t req_remaining
+    cdef int64_t req_body_seen
+    cdef int64_t max_body
+    cdef bint req_done
+    cdef ChunkDecoder chunk
+    # upstream
+    cdef UpstreamConn up
+    cdef bytes up_head
+    cdef list up_queue               # bytes waiting for the upstream connection
+    cdef Py_ssize_t up_queued
+    cdef MirrorConn mirror
+    cdef bint retry_ok
+    cdef bint retried
+    # response
+    cdef bint resp_started
+    cdef bint resp_complete
+    cdef readonly int status
+    cdef bytes resp_extra            # field lines policies add to the response
+    cdef tuple resp_drops            # lowercase names policies remove from the response
+    cdef int answer_status
+    cdef bytes answer_headers
+    cdef bytes answer_body
+    # policies
+    cdef Py_ssize_t next_policy      # where a paused request phase resumes
+    cdef object pending              # the paused policy's work (cancelled if the exchange ends)
+    cdef bytes stash                 # bytes after the head, kept while paused
+    cdef bint paused
+    cdef public object view          # the plugins' RequestView, made on first use
+    cdef list upstream_edits         # (lowercase name, line or None) from plugins, for the upstream head
+    # log
+    cdef readonly int flags
+    cdef int outcome
+    cdef int64_t bytes_in
+    cdef int64_t bytes_out_base
+    cdef readonly int64_t bytes_out
+    cdef double t_accept
+    cdef double t_head
+    cdef double t_connected
+    cdef double t_first_byte
+    cdef double t_done
+    cdef bint finished
+
+    cdef void init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h):
+        self.down = down
+        self.worker = down.worker
+        self.rt = down.rt
+        self.h = h
+        self.raw = raw
+        self.p = PyBytes_AS_STRING(raw)
+        self.head_len = head_len
+        self.bytes_in = head_len
+        self.bytes_out_base = down.bytes_written
+        self.t_accept = down.t_accept
+        self.t_head = monotonic()
+        self.chain = self.rt.global_chain
+        self.http10 = h.version_minor == 0
+        self.head_method = h.is_head_method
+
+    # ---- request phase -------------------------------------------------------------------------
+
+    cdef void run(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        """The head is parsed; data[off:n] are the bytes after it (body, or a pipelined request)."""
+        cdef MessageHead* h = self.h
+        cdef int outcome
+        self.req_framing = h.framing
+        self.req_remaining = h.content_length if h.framing == FR_LENGTH else 0
+        self.req_done = h.framing == FR_NONE
+        if h.framing == FR_CHUNKED:
+            chunk_init(&self.chunk, self.rt.head_limits.max_head_bytes)
+        outcome = self._route()
+        if outcome != OUT_PROXY:
+            if outcome == OUT_TOO_LARGE:
+                self.down.keep_alive = False
+            self._answer_before_upstream(data, off, n, outcome)
+            return
+        self.chain = self.route.chain
+        self._request_policies(0, data, off, n)
+
+    cdef void _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        cdef PolicyChain chain = self.chain
+        cdef Policy policy
+        cdef Py_ssize_t i
+        cdef int r
+        for i in range(first, chain.n_request):
+            policy = <Policy>chain.request[i]
+            r = policy.on_request(self)
+            if r == P_ANSWERED:
+                self._answer_before_upstream(data, off, n, OUT_POLICY_ANSWER)
+                return
+            if r == P_PAUSED:
+                self.next_policy = i + 1
+                self.paused = True
+                if off < n:
+                    self.stash = data[off:n] if off else data
+                self.down.pause_reading_for(self, PR_POLICY)
+                return
+        self._upstream_phases(data, off, n)
+
+    cdef void pause_deadline(self, double timeout):
+        """A paused policy's deadline (504 when it passes; see policy_timed_out)."""
+        self.down.set_policy_deadline(timeout)
+
+    cpdef resume(self):
+        """A paused policy finished: the chain goes on from the next policy (or, when the policy
+        called answer(), that answer is sent)."""
+        cdef bytes rest
+        if not self.paused or self.finished:
+            return
+        self.paused = False
+        self.pending = None
+        self.down.clear_policy_deadline()
+        rest = self.down.take_stash(self)
+        self.down.resume_reading_for(self, PR_POLICY)
+        if self.answer_status:
+            self._answer_before_upstream(rest, 0, PyBytes_GET_SIZE(rest), OUT_POLICY_ANSWER)
+        else:
+            self._request_policies(self.next_policy, rest, 0, PyBytes_GET_SIZE(rest))
+
+    cdef void policy_timed_out(self) except *:
+        cdef bytes rest
+        if not self.paused:
+            return
+        self.paused = False
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        rest = self.down.take_stash(self)
+        self.down.resume_reading_for(self, PR_POLICY)
+        self.flags |= RF_POLICY_TIMEOUT
+        self.answer_status = 0
+        self._answer_before_upstream(rest, 0, PyBytes_GET_SIZE(rest), 504)
+
+    cpdef answer(self, int status, bytes header_lines, bytes body, int flag=RF_POLICY_ANSWER):
+        """A policy's answer in place of the upstream's: `header_lines` are whole "Name: value\\r\\n"
+        lines. Takes effect when the policy returns P_ANSWERED (or calls resume() after pausing)."""
+        self.answer_status = status
+        self.answer_headers = header_lines
+        self.answer_body = body
+        self.flags |= flag
+
+    cdef void fail(self, int status, const char* reason, int flag) except *:
+        """A policy failed: the gateway's JSON error answers for it."""
+        self.flags |= flag
+        self.refusal = reason
+        self.answer_status = -status      # _send_policy_answer sends send_error(status) for it
+
+    cdef int _route(self) except -1:
+        """Listener, route, path and body limit. Returns OUT_PROXY or a status (self.refusal says
+        why)."""
+        cdef MessageHead* h = self.h
+        cdef ClientConn down = self.down
+        cdef Runtime rt = self.rt
+        cdef const char* p = self.p
+        cdef object payload
+        cdef int r
+        r = down.route_table(self, p, h)
+        if r != OUT_PROXY:
+            return r
+        r = self._normalize_path()
+        if r != OUT_PROXY:
+            return r
+        if self.routes is None or (h.target_len == 1 and p[h.target] == b'*'):
+            payload = None
+        else:
+            payload = self.routes.match_path(down.hostbuf, down.host_len, self.path, self.path_len, p, h)
+        if payload is None:
+            self.refusal = b"no route"
+            self.flags |= RF_NO_ROUTE
+            return 404
+        self.rmatch = <RouteMatch>payload
+        self.route = self.rmatch.route
+        self.max_body = self.route.max_body if self.route.max_body >= 0 else rt.max_body
+        if self.max_body >= 0 and h.framing == FR_LENGTH and h.content_length > self.max_body:
+            self.refusal = b"request body too large"
+            self.flags |= RF_BODY_TOO_LARGE
+            return OUT_TOO_LARGE
+        return OUT_PROXY
+
+    cdef int _normalize_path(self) except -1:
+        """The path as routed and forwarded (server.path_normalization)."""
+        cdef MessageHead* h = self.h
+        self.path = self.p + h.target
+        self.path_len = h.path_len
+        return OUT_PROXY
+
+    # ---- upstream_peer -------------------------------------------------------------------------
+
+    cdef int _upstream_peer(self) except -1:
+        """Backend, its filters, target. Returns OUT_PROXY, OUT_REDIRECT or a status."""
+        cdef Backend backend = self.route.pick_backend()
+        if backend is None:
+            self.refusal = b"route has no backends"
+            self.flags |= RF_NO_BACKEND
+            return 500
+        self.filters = backend.filters
+        if self.filters is not None and self.filters.redirect is not None:
+            self.flags |= RF_REDIRECT
+            return OUT_REDIRECT
+        self.group = backend.group
+        if self.group is None:
+            self.refusal = b"backend not found"
+            self.flags |= RF_NO_BACKEND
+            return 500
+        self.target = self.group.pick()
+        if self.target is None:
+            self.refusal = b"no upstream target available"
+            self.flags |= RF_NO_HEALTHY_UPSTREAM
+            return 503
+        return OUT_PROXY
+
+    cdef void _upstream_phases(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        cdef ClientConn down = self.down
+        cdef int outcome = self._upstream_peer()
+        if outcome != OUT_PROXY:
+            self._answer_before_upstream(data, off, n, outcome)
+            return
+        self.retry_ok = self.req_framing == FR_NONE and _idempotent(self.p + self.h.method, self.h.method_len)
+        self._build_upstream_head()
+        self.up_head = wb_bytes(&down.uout)
+        self.up_queue = [self.up_head]
+        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
+        down.request_dispatched(self)
+        # Body bytes that came with the head are checked before anything is sent upstream, so a
+        # request malformed anywhere in its first packet reaches the upstream not at all.
+        if off < n:
+            if not self.req_done:
+                self.request_body(data, off)
+                if self.finished or self.up_queue is None:
+                    return
+            else:
+                down.keep_pipelined(data, off)
+        self._dispatch()
+
+    # ---- upstream_request ----------------------------------------------------------------------
+
+    cdef void _build_upstream_head(self) except *:
+        cdef MessageHead* h = self.h
+        cdef const char* p = self.p
+        cdef ClientConn down = self.down
+        cdef WBuf* out = &down.uout
+        cdef HeaderField* f
+        cdef int i, k
+        cdef Filters flt = self.filters
+        cdef HeaderOps ops = flt.request_headers if flt is not None else None
+        cdef Rewrite rw = flt.rewrite if flt is not None else None
+        cdef bytes new_path
+        cdef const char* client_host
+        cdef Py_ssize_t client_host_len
+        cdef const char* query = p + h.target + h.path_len
+        cdef Py_ssize_t query_len = h.target_len - h.path_len
+        out.len = 0
+        wb_put(out, p + h.method, h.method_len)
+        wb_put(out, b" ", 1)
+        if rw is not None and rw.path_full_parts is not None:
+            new_path = expand_captures(rw.path_full_parts, self.rmatch.capture_names, self.routes, self.path)
+            wb_put(out, PyBytes_AS_STRING(new_path), PyBytes_GET_SIZE(new_path))
+        elif rw is not None and (rw.path_full is not None or rw.path_prefix is not None):
+            new_path = replace_path(self.path, self.path_len, self.rmatch.prefix, rw.path_full, rw.path_prefix)
+            wb_put(out, PyBytes_AS_STRING(new_path), PyBytes_GET_SIZE(new_path))
+        elif self.path_len == 0:
+            wb_put(out, b"/", 1)
+        else:
+            wb_put(out, self.path, self.path_len)
+        wb_put(out, query, query_len)
+        wb_put(out, b" HTTP/1.1\r\n", 11)
+        # Host: a rewrite's, else absolute-form's authority, else the client's; an HTTP/1.0 request
+        # without one gets the target's address (HTTP/1.1 upstream requests need a Host)
+        if h.authority >= 0:
+            client_host = p + h.authority
+            client_host_len = h.authority_len
+        elif h.has_host:
+            client_host = p + h.host
+            client_host_len = h.host_len
+        else:
+            client_host = PyBytes_AS_STRING(self.target.address_bytes)
+            client_host_len = PyBytes_GET_SIZE(self.target.address_bytes)
+        if rw is not None and rw.hostname is not None:
+            _put_line(out, b"Host: ", 6, PyBytes_AS_STRING(rw.hostname), PyBytes_GET_SIZE(rw.hostname))
+        else:
+            _put_line(out, b"Host: ", 6, client_host, client_host_len)
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            k = f.kind
+            if k == HK_OTHER or k == HK_EXPECT:
+                if h.nconn_tokens and _named_by_connection(h, p, f):
+                    continue
+                if ops is not None and ops.drops(p + f.name, f.name_len):
+                    continue
+                if self.upstream_edits is not None and _edits_drop(self.upstream_edits, p + f.name, f.name_len):
+                    continue
+                _put_field(out, p, f)
+        wb_put(out, b"X-Forwarded-For: ", 17)
+        if h.n_xff:
+            for i in range(h.nfields):
+                f = &h.fields[i]
+                if f.kind == HK_X_FORWARDED_FOR and f.value_len and not (
+                        h.nconn_tokens and _named_by_connection(h, p, f)):
+                    wb_put(out, p + f.value, f.value_len)
+                    wb_put(out, b", ", 2)
+        wb_put(out, PyBytes_AS_STRING(down.client_ip), PyBytes_GET_SIZE(down.client_ip))
+        wb_put(out, b"\r\nX-Forwarded-Proto: http\r\n", 27)
+        if h.authority >= 0 or h.has_host:
+            _put_line(out, b"X-Forwarded-Host: ", 18, client_host, client_host_len)
+        wb_put(out, b"X-Request-Id: ", 14)
+        wb_put(out, PyBytes_AS_STRING(self.request_id), PyBytes_GET_SIZE(self.request_id))
+        wb_put(out, b"\r\n", 2)
+        if ops is not None:
+            wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
+        if self.upstream_edits is not None:
+            _put_edit_lines(out, self.upstream_edits)
+        if h.framing == FR_CHUNKED:
+            wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
+        elif h.content_length >= 0:
+            wb_put(out, b"Content-Length: ", 16)
+            wb_put_int(out, h.content_length)
+            wb_put(out, b"\r\n", 2)
+        wb_put(out, b"\r\n", 2)
+
+    # ---- request body --------------------------------------------------------------------------
+
+    cdef void request_body(self, bytes data, Py_ssize_t off) except *:
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t take, pos, i
+        cdef WBuf* out
+        if self.req_framing == FR_LENGTH:
+            take = n - off
+            if take > self.req_remaining:
+                take = <Py_ssize_t>self.req_remaining
+            self.req_remaining -= take
+            self.bytes_in += take
+            if take > 0:
+                self._send_up(data if (off == 0 and take == n) else data[off:off + take])
+            if self.req_remaining == 0:
+                self._request_complete(data, off + take, n)
+            return
+        # chunked: decode, count against the limit, re-chunk for the upstream
+        pos = off
+        while pos < n and not self.req_done and not self.finished:
+            i = pos
+            pos = chunk_decode(&self.chunk, p, pos, n)
+            if pos < 0:
+                self.flags |= RF_BAD_REQUEST
+                self.fail_request(self.chunk.error_status, self.chunk.error_reason)
+                return
+            self.bytes_in += pos - i
+            self.req_body_seen += self.chunk.span_bytes
+            if self.max_body >= 0 and self.req_body_seen > self.max_body:
+                self.flags |= RF_BODY_TOO_LARGE
+                self.fail_request(413, b"request body too large")
+                return
+            out = &self.down.uout
+            out.len = 0
+            for i in range(self.chunk.nspans):
+                wb_put_hex(out, self.chunk.span_len[i])
+                wb_put(out, b"\r\n", 2)
+                wb_put(out, p + self.chunk.span_off[i], self.chunk.span_len[i])
+                wb_put(out, b"\r\n", 2)
+            if self.chunk.state == CS_DONE:
+                wb_put(out, b"0\r\n\r\n", 5)
+            if out.len:
+                self._send_up(wb_bytes(out))
+            if self.chunk.state == CS_DONE:
+                self._request_complete(data, pos, n)
+                return
+
+    cdef void _request_complete(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except *:
+        self.req_done = True
+        self.down.request_complete(self, data, pos, n)
+        if self.up is not None and self.up.connected and self.up_queue is None:
+            self.up.expect_response(True)
+
+    cdef void _send_up(self, bytes chunk) except *:
+        if self.mirror is not None:
+            self.mirror.send(chunk)
+        if self.up_queue is None:
+            if self.up is not None:
+                self.up.transport.write(chunk)
+            return
+        self.up_queue.append(chunk)
+        self.up_queued += PyBytes_GET_SIZE(chunk)
+        if self.up_queued > QUEUE_HIGH_WATER:
+            self.down.pause_reading_for(self, PR_CONNECTING)
+
+    cdef void fail_request(self, int status, const char* reason) except *:
+        """A request that turned out bad after its head: nothing more goes upstream."""
+        self.down.keep_alive = False
+        self.drop_upstream()
+        if self.mirror is not None:
+            self.mirror.drop()
+            self.mirror = None
+        self.up_queue = None
+        if self.resp_started:
+            self.down.abort()
+        else:
+            self.send_error(status, reason)
+
+    cdef void drop_upstream(self):
+        if self.up is not None:
+            self.up.detach_and_close()
+            self.up = None
+
+    # ---- upstream connection -------------------------------------------------------------------
+
+    cdef void _dispatch(self) except *:
+        cdef UpstreamConn up = self.target.take_idle()
+        if up is not None:
+            up.attach(self, True)
+            self.up = up
+            self.t_connected = monotonic()
+            self._flush_queue()
+        else:
+            self._connect()
+
+    cdef void _connect(self) except *:
+        cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
+        up.attach(self, False)
+        self.up = up
+        up.start_connect(self.group.connect_timeout)
+
+    cdef void upstream_connected(self) except *:
+        self.t_connected = monotonic()
+        self._flush_queue()
+
+    cdef void _flush_queue(self) except *:
+        cdef list q = self.up_queue
+        self.up_queue = None
+        self.up_queued = 0
+        if len(q) == 1:
+            self.up.transport.write(q[0])
+        else:
+            self.up.transport.writelines(q)
+        self.down.resume_reading_for(self, PR_CONNECTING)
+        if self.down.write_paused:
+            self.up.pause_reading_for_client()
+        self.up.expect_response(self.req_done)
+
+    cdef void upstream_failed(self, UpstreamConn up, int status, const char* reason, bint may_retry,
+                              int flag) except *:
+        """The upstream connection broke before a response byte arrived."""
+        if up is not self.up:
+            return
+        self.up = None
+        if may_retry and up.reused and self.retry_ok and not self.retried and not self.finished:
+            # a pooled connection the upstream had closed: replay once on a fresh connection to
+            # the same target (upstream_peer would pick another; the target did nothing wrong)
+            self.retried = True
+            self.up_queue = [self.up_head]
+            self.up_queued = PyBytes_GET_SIZE(self.up_head)
+            self._connect()
+            return
+        self.flags |= flag
+        self.up_queue = None
+        self.down.resume_reading_for(self, PR_CONNECTING)
+        if self.resp_started:
+            self.down.abort()
+            return
+        if not self.req_done:
+            self.down.keep_alive = False
+        self.send_error(status, reason)
+
+    # ---- response phase ------------------------------------------------------------------------
+
+    cdef void relay_interim(self, const char* p, MessageHead* h) except *:
+        if self.http10:
+            return
+        self.down.send_interim(p, h)
+
+    cdef bint begin_response(self, const char* p, MessageHead* h, int up_framing, bint has_body) except -1:
+        """The upstream's head arrived. Response policies run first; False when one answered in its
+        place (the caller drops the upstream connection)."""
+        cdef PolicyChain chain = self.chain
+        cdef Policy policy
+        cdef Py_ssize_t i
+        self.t_first_byte = monotonic()
+        self.status = h.status
+        for i in range(chain.n_response):
+            policy = <Policy>chain.response[i]
+            if policy.on_response(self) == P_ANSWERED:
+                self.up = None
+                self.up_queue = None
+                if not self.req_done:
+                    self.down.keep_alive = False
+                self._send_policy_answer()
+                return False
+        self.resp_started = True
+        self.outcome = OC_PROXIED
+        self.down.send_response_head(self, p, h, up_framing, has_body)
+        return True
+
+    cdef void add_response_field(self, bytes line):
+        """A whole "Name: value\\r\\n" line for the client's response head (response phase)."""
+        self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
+
+    cdef void drop_response_field(self, bytes lower_name):
+        self.resp_drops = (lower_name,) if self.resp_drops is None else self.resp_drops + (lower_name,)
+
+    cdef void response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+        self.down.send_body(data, off, n)
+
+    cdef void flush_response(self) except *:
+        self.down.flush()
+
+    cdef void response_complete(self) except *:
+        self.resp_complete = True
+        self.down.end_response(self)
+
+    cdef void response_truncated(self, int flag) except *:
+        """The upstream died or stalled mid-body: the client must not see a clean end."""
+        self.flags |= flag
+        self.up = None
+        self.down.truncate()
+
+    # ---- answers the gateway makes -------------------------------------------------------------
+
+    cdef void _answer_before_upstream(self, bytes data, Py_ssize_t off, Py_ssize_t n, int status) except *:
+        """Answers without an upstream. Keep-alive survives only when there is no body to skip."""
+        if self.req_framing != FR_NONE:
+            self.down.keep_alive = False
+        elif off < n:
+            self.down.keep_pipelined(data, off)
+        if status == OUT_REDIRECT:
+            self._send_redirect()
+        elif status == OUT_POLICY_ANSWER:
+            self._send_policy_answer()
+        else:
+            self.send_error(status, self.refusal)
+
+    cdef void _send_policy_answer(self) except *:
+        if self.answer_status < 0:          # fail(): the gateway's error for a broken policy
+            self.send_error(-self.answer_status, self.refusal)
+            return
+        self.outcome = OC_POLICY
+        self.status = self.answer_status
+        self.resp_complete = True
+        self.down.send_answer(self, self.answer_status, self.answer_headers, self.answer_body)
+
+    cdef void send_error(self, int status, const char* reason) except *:
+        cdef bytes rid = self.request_id if self.request_id is not None else b""
+        cdef bytes body = b'{"error":"%s","request_id":"%s"}' % (<bytes>reason, rid)
+        if self.outcome == OC_NONE:
+            self.outcome = OC_ANSWERED
+        self.status = status
+        self.resp_complete = True
+        self.down.send_answer(self, status, b"Content-Type: application/json\r\n", body)
+
+    cdef bytes redirect_location(self):
+        """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,
+        else the well-known port of a given scheme, else the listener's; the scheme's default port is
+        left out."""
+        cdef MessageHead* h = self.h
+        cdef const char* p = self.p
+        cdef Redirect r = self.filters.redirect
+        cdef bytes scheme = r.scheme if r.scheme is not None else b"http"
+        cdef int port
+        cdef bytes host, path, location
+        cdef bytes local_host = self.down.local_host
+        if r.port:
+            port = r.port
+        elif r.scheme is not None:
+            port = 443 if scheme == b"https" else 80
+        else:
+            port = self.down.local_port
+        if r.hostname is not None:
+            host = r.hostname
+        elif h.authority >= 0:
+            host = p[h.authority:h.authority + h.authority_name_len]
+        elif h.has_host:
+            host = p[h.host:h.host + h.host_name_len]
+        else:                           # HTTP/1.0 without Host: the address the client reached
+            host = b"[%s]" % local_host if b":" in local_host else local_host
+        if r.path_full_parts is not None:
+            path = expand_captures(r.path_full_parts, self.rmatch.capture_names, self.routes, self.path)
+        elif r.path_full is not None or r.path_prefix is not None:
+            path = replace_path(self.path, self.path_len, self.rmatch.prefix, r.path_full, r.path_prefix)
+        else:
+            path = self.path[:self.path_len] or b"/"
+        location = scheme + b"://" + host
+        if not ((scheme == b"http" and port == 80) or (scheme == b"https" and port == 443)):
+            location += b":%d" % port
+        return location + path + p[h.target + h.path_len:h.target + h.target_len]
+
+    cdef void _send_redirect(self) except *:
+        cdef Redirect r = self.filters.redirect
+        self.outcome = OC_ANSWERED
+        self.status = r.status
+        self.resp_complete = True
+        self.down.send_answer(self, r.status, b"Location: %s\r\n" % self.redirect_location(), b"")
+
+    # ---- log phase -----------------------------------------------------------------------------
+
+    cdef void finish(self) except *:
+        """The exchange is over, whichever way: the log phase runs, once."""
+        cdef PolicyChain chain = self.chain
+        cdef Policy policy
+        cdef Py_ssize_t i
+        if self.finished:
+            return
+        self.finished = True
+        self.t_done = monotonic()
+        self.bytes_out = self.down.bytes_written - self.bytes_out_base
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        if not self.resp_complete:
+            if self.outcome != OC_REFUSED:
+                self.outcome = OC_ABORTED
+            if not (self.flags & (RF_UPSTREAM_RESET | RF_UPSTREAM_BODY_TIMEOUT | RF_UPSTREAM_PROTOCOL_ERROR
+                                  | RF_BAD_REQUEST | RF_BODY_TOO_LARGE)):
+                self.flags |= RF_DOWNSTREAM_DISCONNECT
+        if chain is not None:
+            for i in range(chain.n_log):
+                policy = <Policy>chain.log[i]
+                try:
+                    policy.on_log(self)
+                except Exception as exc:      # a log policy must never take the connection down
+                    _report_policy_error(policy, "log", exc)
+        self.up = None
+        self.mirror = None
+        self.up_queue = None
+        self.view = None
+        self.stash = None
+
+    # ---- what the log phase and plugins read ---------------------------------------------------
+
+    @property
+    def outcome_name(self):
+        return OUTCOME_NAMES[self.outcome]
+
+    @property
+    def flag_codes(self):
+        return flag_codes(self.flags)
+
+    @property
+    def method(self):
+        if self.h == NULL or self.h.method_len <= 0:
+            return None
+        return self.p[self.h.method:self.h.method + self.h.method_len].decode("latin-1")
+
+    @property
+    def path_bytes(self):
+        if self.path == NULL:
+            return self.p[self.h.target:self.h.target + self.h.path_len] if self.h != NULL else None
+        return self.path[:self.path_len]
+
+    @property
+    def query_bytes(self):
+        cdef MessageHead* h = self.h
+        if h == NULL or h.path_len >= h.target_len:
+            return b""
+        return self.p[h.target + h.path_len + 1:h.target + h.target_len]
+
+    @property
+    def host(self):
+        return self.down.hostbuf[:self.down.host_len].decode("latin-1") if self.down.host_len else None
+
+    @property
+    def client_ip(self):
+        return self.down.client_ip.decode()
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else None
+
+    @property
+    def upstream_name(self):
+        return self.group.name if self.group is not None else None
+
+    @property
+    def target_address(self):
+        return self.target.address if self.target is not None else None
+
+    @property
+    def bytes_received(self):
+        return self.bytes_in
+
+    @property
+    def bytes_sent(self):
+        return self.bytes_out if self.finished else self.down.bytes_written - self.bytes_out_base
+
+    def timings(self):
+        """Seconds since the connection's accept at each point (None where the exchange never
+        got there)."""
+        cdef double t0 = self.t_accept
+        return {
+            "accept": 0.0,
+            "head": self.t_head - t0,
+            "upstream_connected": self.t_connected - t0 if self.t_connected else None,
+            "first_byte": self.t_first_byte - t0 if self.t_first_byte else None,
+            "done": self.t_done - t0 if self.t_done else None,
+        }
+
+    cdef object header_value(self, bytes lower_name):
+        """A request header's value (repeated fields joined with ", "), or None."""
+        cdef MessageHead* h = self.h
+        cdef HeaderField* f
+        cdef int i
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(lower_name)
+        cdef list found = None
+        if h == NULL:
+            return None
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            if f.name_len == n and _ci_eq(self.p + f.name, n, PyBytes_AS_STRING(lower_name), n):
+                if found is None:
+                    found = []
+                found.append(self.p[f.value:f.value + f.value_len])
+        if found is None:
+            return None
+        return found[0] if len(found) == 1 else b", ".join(found)
+
+    cdef list header_items(self):
+        cdef MessageHead* h = self.h
+        cdef HeaderField* f
+        cdef int i
+        out = []
+        if h == NULL:
+            return out
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            if f.kind != HK_DROP:
+                out.append((self.p[f.name:f.name + f.name_len], self.p[f.value:f.value + f.value_len]))
+        return out
+
+
+cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n):
+    cdef bytes lname
+    for lname, _line in edits:
+        if PyBytes_GET_SIZE(lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(lname), n):
+            return True
+    return False
+
+
+cdef int _put_edit_lines(WBuf* out, list edits) except -1:
+    for _lname, line in edits:
+        if line is not None:
+            wb_put(out, PyBytes_AS_STRING(<bytes>line), PyBytes_GET_SIZE(<bytes>line))
+    return 0
+
+
+_policy_errors_seen = set()
+
+
+cdef void _report_policy_error(Policy policy, str phase, exc) except *:
+    """A failing policy is reported with its traceback the first time each kind of failure happens
+    (per policy, phase and exception type); after that with one line, so a hot failure cannot
+    flood the log."""
+    import sys
+    import traceback
+    key = (policy.key, phase, type(exc))
+    if key in _policy_errors_seen:
+        sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}: {exc!r}\n")
+        return
+    _policy_errors_seen.add(key)
+    sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}:\n"
+                     + "".join(traceback.format_exception(exc)))
+    sys.stderr.flush()
