@@ -18,6 +18,7 @@ from . import _core
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
+from .policychain import compile_chains
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ def compile_filters(*layers: Filters | None, groups: dict | None = None) -> _cor
     return _core.Filters(req, resp, redirect, rewrite, groups[mirror.upstream], mirror.percent)
 
 
-def _compile_route(route: Route, cfg: GatewayConfig, groups: dict) -> _core.Route:
+def _compile_route(route: Route, cfg: GatewayConfig, groups: dict, chain: _core.PolicyChain) -> _core.Route:
     redirect_only = route.filters is not None and route.filters.redirect is not None and not any(
         b.weight > 0 for b in route.backends or ())
     if route.upstream is None and (route.backends is None or redirect_only):
@@ -174,7 +175,7 @@ def _compile_route(route: Route, cfg: GatewayConfig, groups: dict) -> _core.Rout
                           compile_filters(route.filters, b.filters, groups=groups), b.weight)
             for b in route.backends
         ]
-    return _core.Route(route.name, backends, cfg.route_max_body_bytes(route))
+    return _core.Route(route.name, backends, cfg.route_max_body_bytes(route), chain)
 
 
 def _matched_prefix(m: Match) -> str | None:
@@ -257,7 +258,8 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
             group.adopt_balancer(old_groups[name])
         groups[name] = group
 
-    routes = {r.name: _compile_route(r, cfg, groups) for r in cfg.routes}
+    global_chain, chains, policies = compile_chains(cfg, previous)
+    routes = {r.name: _compile_route(r, cfg, groups, chains[r.name]) for r in cfg.routes}
     by_address: dict[str, list[Listener]] = {}
     for listener in cfg.listeners:
         by_address.setdefault(listener.address, []).append(listener)
@@ -286,6 +288,8 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         max_requests_per_connection=limits.max_requests_per_connection,
         max_body=limits.max_body_bytes,
         drain_timeout=cfg.server.drain_timeout,
+        global_chain=global_chain,
+        policies=policies,
     )
 
 

@@ -78,6 +78,12 @@ cdef class Exchange:
     cdef readonly int status
     cdef bytes resp_extra            # field lines policies add to the response
     cdef tuple resp_drops            # lowercase names policies remove from the response
+    cdef list resp_edits_py          # plugins' (lowercase name, line or None, drop) for the response
+    cdef const char* resp_p          # the upstream's head while the response phase runs
+    cdef MessageHead* resp_h
+    cdef int resp_framing
+    cdef bint resp_has_body
+    cdef bint paused_response
     cdef int answer_status
     cdef bytes answer_headers
     cdef bytes answer_body
@@ -87,7 +93,7 @@ cdef class Exchange:
     cdef bytes stash                 # bytes after the head, kept while paused
     cdef bint paused
     cdef public object view          # the plugins' RequestView, made on first use
-    cdef list upstream_edits         # (lowercase name, line or None) from plugins, for the upstream head
+    cdef list upstream_edits         # plugins' (lowercase name, line or None, drop) for the upstream head
     # log
     cdef readonly int flags
     cdef int outcome
@@ -529,27 +535,101 @@ cdef class Exchange:
             return
         self.down.send_interim(p, h)
 
-    cdef bint begin_response(self, const char* p, MessageHead* h, int up_framing, bint has_body) except -1:
-        """The upstream's head arrived. Response policies run first; False when one answered in its
-        place (the caller drops the upstream connection)."""
+    cdef int begin_response(self, const char* p, MessageHead* h, int up_framing, bint has_body) except -1:
+        """The upstream's head arrived: the response phase. Returns RESP_RELAY (the head went to the
+        client: relay the body), RESP_ANSWERED (a policy answered instead; the upstream connection
+        was dropped) or RESP_PAUSED (a policy is at work: hold the response until
+        resume_response)."""
+        self.t_first_byte = monotonic()
+        self.status = h.status
+        self.resp_p = p
+        self.resp_h = h
+        self.resp_framing = up_framing
+        self.resp_has_body = has_body
+        return self._response_policies(0)
+
+    cdef int _response_policies(self, Py_ssize_t first) except -1:
         cdef PolicyChain chain = self.chain
         cdef Policy policy
         cdef Py_ssize_t i
-        self.t_first_byte = monotonic()
-        self.status = h.status
-        for i in range(chain.n_response):
+        cdef int r
+        for i in range(first, chain.n_response):
             policy = <Policy>chain.response[i]
-            if policy.on_response(self) == P_ANSWERED:
-                self.up = None
-                self.up_queue = None
-                if not self.req_done:
-                    self.down.keep_alive = False
-                self._send_policy_answer()
-                return False
+            r = policy.on_response(self)
+            if r == P_ANSWERED:
+                self._response_answered()
+                return RESP_ANSWERED
+            if r == P_PAUSED:
+                self.next_policy = i + 1
+                self.paused_response = True
+                return RESP_PAUSED
+        if self.resp_edits_py is not None:
+            self._fold_response_edits()
         self.resp_started = True
         self.outcome = OC_PROXIED
-        self.down.send_response_head(self, p, h, up_framing, has_body)
-        return True
+        self.down.send_response_head(self, self.resp_p, self.resp_h, self.resp_framing, self.resp_has_body)
+        self.resp_p = NULL
+        self.resp_h = NULL
+        return RESP_RELAY
+
+    cdef void _response_answered(self) except *:
+        self.resp_p = NULL
+        self.resp_h = NULL
+        self.drop_upstream()
+        self.up_queue = None
+        if not self.req_done:
+            self.down.keep_alive = False
+        self._send_policy_answer()
+
+    cdef void pause_response_deadline(self, double timeout):
+        if self.up is not None:
+            self.up.set_policy_deadline(timeout)
+
+    cdef void resume_response(self, int r) except *:
+        """A paused response policy finished with `r` (P_CONTINUE or P_ANSWERED)."""
+        cdef UpstreamConn up
+        if not self.paused_response or self.finished:
+            return
+        self.paused_response = False
+        self.pending = None
+        if r == P_ANSWERED:
+            self._response_answered()
+            return
+        if self._response_policies(self.next_policy) == RESP_RELAY:
+            up = self.up
+            if up is not None:
+                up.continue_held()
+
+    cdef void response_policy_timed_out(self) except *:
+        if not self.paused_response:
+            return
+        self.paused_response = False
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        self.flags |= RF_POLICY_TIMEOUT
+        self.answer_status = -504
+        self.refusal = b"policy timed out"
+        self._response_answered()
+
+    cdef void _fold_response_edits(self):
+        cdef list lines = []
+        drops = [] if self.resp_drops is None else list(self.resp_drops)
+        for lname, line, drop in self.resp_edits_py:
+            if drop:
+                drops.append(lname)
+            if line is not None:
+                lines.append(line)
+        self.resp_drops = tuple(drops) if drops else None
+        if lines:
+            self.add_response_field(b"".join(lines))
+
+    cdef object response_header_value(self, bytes lower_name):
+        """An upstream response field's value while the response phase runs, or None."""
+        return _field_value(self.resp_h, self.resp_p, lower_name)
+
+    cdef list response_header_items(self):
+        return _field_items(self.resp_h, self.resp_p)
 
     cdef void add_response_field(self, bytes line):
         """A whole "Name: value\\r\\n" line for the client's response head (response phase)."""
@@ -755,47 +835,53 @@ cdef class Exchange:
 
     cdef object header_value(self, bytes lower_name):
         """A request header's value (repeated fields joined with ", "), or None."""
-        cdef MessageHead* h = self.h
-        cdef HeaderField* f
-        cdef int i
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(lower_name)
-        cdef list found = None
-        if h == NULL:
-            return None
-        for i in range(h.nfields):
-            f = &h.fields[i]
-            if f.name_len == n and _ci_eq(self.p + f.name, n, PyBytes_AS_STRING(lower_name), n):
-                if found is None:
-                    found = []
-                found.append(self.p[f.value:f.value + f.value_len])
-        if found is None:
-            return None
-        return found[0] if len(found) == 1 else b", ".join(found)
+        return _field_value(self.h, self.p, lower_name)
 
     cdef list header_items(self):
-        cdef MessageHead* h = self.h
-        cdef HeaderField* f
-        cdef int i
-        out = []
-        if h == NULL:
-            return out
-        for i in range(h.nfields):
-            f = &h.fields[i]
-            if f.kind != HK_DROP:
-                out.append((self.p[f.name:f.name + f.name_len], self.p[f.value:f.value + f.value_len]))
+        return _field_items(self.h, self.p)
+
+
+cdef object _field_value(MessageHead* h, const char* p, bytes lower_name):
+    cdef HeaderField* f
+    cdef int i
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(lower_name)
+    cdef list found = None
+    if h == NULL:
+        return None
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        if f.kind != HK_DROP and f.name_len == n and _ci_eq(p + f.name, n, PyBytes_AS_STRING(lower_name), n):
+            if found is None:
+                found = []
+            found.append(p[f.value:f.value + f.value_len])
+    if found is None:
+        return None
+    return found[0] if len(found) == 1 else b", ".join(found)
+
+
+cdef list _field_items(MessageHead* h, const char* p):
+    cdef HeaderField* f
+    cdef int i
+    out = []
+    if h == NULL:
         return out
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        if f.kind != HK_DROP:
+            out.append((p[f.name:f.name + f.name_len], p[f.value:f.value + f.value_len]))
+    return out
 
 
 cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n):
     cdef bytes lname
-    for lname, _line in edits:
-        if PyBytes_GET_SIZE(lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(lname), n):
+    for lname, _line, drop in edits:
+        if drop and PyBytes_GET_SIZE(lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(lname), n):
             return True
     return False
 
 
 cdef int _put_edit_lines(WBuf* out, list edits) except -1:
-    for _lname, line in edits:
+    for _lname, line, _drop in edits:
         if line is not None:
             wb_put(out, PyBytes_AS_STRING(<bytes>line), PyBytes_GET_SIZE(<bytes>line))
     return 0

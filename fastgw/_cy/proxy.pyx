@@ -67,6 +67,7 @@ cdef enum:
     UP_IDLE
     UP_HEAD
     UP_BODY
+    UP_HELD               # response head parsed, held while a response policy works
     UP_CLOSED
 
     # upstream deadlines
@@ -75,6 +76,12 @@ cdef enum:
     UDL_HEADER
     UDL_BODY
     UDL_POOL_IDLE
+    UDL_POLICY            # a response policy paused the exchange: 504 when it passes
+
+    # what the response phase decided (Exchange.begin_response)
+    RESP_ANSWERED = 0
+    RESP_RELAY = 1
+    RESP_PAUSED = 2
 
     # how the response body is written to the client
     RM_PASS = 0           # bytes as they are (Content-Length, or close-delimited to HTTP/1.0)

@@ -23,6 +23,10 @@ cdef class UpstreamConn:
     cdef int deadline_kind
     cdef double body_timeout
     cdef double header_timeout
+    cdef bytes held                 # UP_HELD: the bytes the response head was parsed from
+    cdef Py_ssize_t held_off
+    cdef bint lost_while_held
+    cdef object lost_exc
 
     def __cinit__(self):
         head_init(&self.head, 128)
@@ -113,6 +117,9 @@ cdef class UpstreamConn:
             # bytes while no request is outstanding: this connection can no longer be trusted
             self.close()
             return
+        if self.state == UP_HELD:
+            self.held = self.held + data    # read before the pause took effect
+            return
         self.got_bytes = True
         if self.state == UP_HEAD:
             self.buf = data if PyBytes_GET_SIZE(self.buf) == 0 else self.buf + data
@@ -176,10 +183,21 @@ cdef class UpstreamConn:
             self.framing = FR_CLOSE
         self.reusable = (not h.conn_close if h.version_minor == 1 else h.conn_keep_alive) \
             and self.framing != FR_CLOSE
-        if not ex.begin_response(p, h, self.framing, has_body):
-            self.ex = None              # a response policy answered instead: nothing more is relayed
-            self.close()
+        rr = ex.begin_response(p, h, self.framing, has_body)
+        if rr == RESP_ANSWERED:
+            return                      # a response policy answered instead; ex dropped this connection
+        if rr == RESP_PAUSED:
+            # the head's offsets point into `data`: keep it, and read nothing more until the
+            # policy is done
+            self.held = data
+            self.held_off = r
+            self.state = UP_HELD
+            if self.transport is not None:
+                self.transport.pause_reading()
             return
+        self._relay_after_head(data, r, n)
+
+    cdef void _relay_after_head(self, bytes data, Py_ssize_t r, Py_ssize_t n):
         self.state = UP_BODY
         self.deadline_kind = UDL_BODY
         self.deadline = monotonic() + self.body_timeout if self.body_timeout > 0 else 0.0
@@ -192,6 +210,22 @@ cdef class UpstreamConn:
             self._body(data, r, n)
         if self.ex is not None:
             self.ex.flush_response()
+
+    cdef void set_policy_deadline(self, double timeout):
+        self.deadline_kind = UDL_POLICY
+        self.deadline = monotonic() + timeout
+
+    cdef void continue_held(self):
+        """The response phase let the held response through: relay it, and read on."""
+        cdef bytes data = self.held
+        cdef bint lost = self.lost_while_held
+        self.held = None
+        self.lost_while_held = False
+        if self.transport is not None and not lost and not self.paused:
+            self.transport.resume_reading()
+        self._relay_after_head(data, self.held_off, PyBytes_GET_SIZE(data))
+        if lost and self.ex is not None:
+            self._lost(self.lost_exc, UP_BODY)
 
     cdef void _body(self, bytes data, Py_ssize_t off, Py_ssize_t n):
         cdef Exchange ex = self.ex
@@ -240,9 +274,18 @@ cdef class UpstreamConn:
         return False
 
     def connection_lost(self, exc):
-        cdef Exchange ex = self.ex
+        cdef int was = self.state
         self.connected = False
-        was = self.state
+        if was == UP_HELD and self.ex is not None:
+            # the whole response may be in the held bytes: judged once the policy lets it through
+            self.lost_while_held = True
+            self.lost_exc = exc
+            self.transport = None
+            return
+        self._lost(exc, was)
+
+    cdef void _lost(self, exc, int was):
+        cdef Exchange ex = self.ex
         self.state = UP_CLOSED
         self.deadline = 0.0
         self.worker.upstreams.discard(self)
@@ -327,6 +370,8 @@ cdef class UpstreamConn:
             return
         if kind == UDL_BODY:
             ex.response_truncated(RF_UPSTREAM_BODY_TIMEOUT)
+        elif kind == UDL_POLICY:
+            ex.response_policy_timed_out()
         else:
             ex.upstream_failed(self, 504, b"upstream connect timeout" if kind == UDL_CONNECT
                                else b"upstream response timeout", False,

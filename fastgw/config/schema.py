@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .base import Base, Name
+from .policies import Policy
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
@@ -44,15 +46,6 @@ __all__ = [
     "json_schema",
 ]
 
-Name = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
-        description="A name: letters, digits, '_', '.', '-'; not starting with '.' or '-'.",
-    ),
-]
 Address = Annotated[
     str,
     Meta(
@@ -63,22 +56,6 @@ Address = Annotated[
 ]
 PositiveInt = Annotated[int, Meta(ge=1)]
 ByteLimit = Annotated[int, Meta(ge=0)]
-
-
-class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Common policy of every config Struct.
-
-    `forbid_unknown_fields` and `frozen` are inherited; msgspec applies `kw_only` only to the fields of
-    the class that sets it, so every subclass repeats `kw_only=True`.
-    """
-
-    def __post_init__(self) -> None:
-        # Duration fields are decoded to Duration instances (msgspec checks the dec_hook's result
-        # type); hand the runtime plain floats.
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if isinstance(value, Duration):
-                msgspec.structs.force_setattr(self, name, float(value))
 
 
 class Listener(Base, kw_only=True):
@@ -300,6 +277,10 @@ class Route(Base, kw_only=True):
     """Names of the listeners this route serves on; default: the unnamed ones."""
     max_body_bytes: ByteLimit | None = None
     """Request body limit for this route (413 above it); None: use `limits.max_body_bytes`."""
+    policies: list[Policy] | None = None
+    """This route's policies, run in order after the top-level ones (docs/policies.md)."""
+    skip_policies: list[Name] | None = None
+    """Names of top-level policies this route opts out of."""
 
     @property
     def all_matches(self) -> list[Match]:
@@ -339,6 +320,13 @@ class Server(Base, kw_only=True):
     """Process-wide settings."""
 
     drain_timeout: Duration = 30.0
+    path_normalization: Literal["normalize", "reject", "off"] = "normalize"
+    """RFC 3986 normalization of the request path before routing (docs/http.md): `normalize`
+    routes and forwards the normalized path, `reject` answers 400 to a path it would change."""
+    merge_slashes: bool = False
+    """Runs of '/' in the path become one (with path_normalization other than off)."""
+    encoded_slashes: Literal["keep", "reject"] = "keep"
+    """%2F, %5C and %00 in the path: kept encoded (never decoded), or refused with 400."""
 
 
 class GatewayConfig(Base, kw_only=True):
@@ -349,6 +337,8 @@ class GatewayConfig(Base, kw_only=True):
     routes: list[Route] = msgspec.field(default_factory=list)
     limits: Limits = msgspec.field(default_factory=Limits)
     server: Server = msgspec.field(default_factory=Server)
+    policies: list[Policy] = msgspec.field(default_factory=list)
+    """Policies applied to every route, before the route's own (docs/policies.md)."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import re
 
+from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
 from .values import check_host_pattern, check_path, parse_address
@@ -269,4 +270,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     _check_listeners(cfg, out)
     _check_upstreams(cfg, out)
     _check_routes(cfg, out)
+    check_policies(cfg, out)
     return out

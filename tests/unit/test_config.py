@@ -964,7 +964,7 @@ def test_json_schema_shape():
     defs = schema["$defs"]
     assert schema["$ref"] == "#/$defs/GatewayConfig"
     top = defs["GatewayConfig"]
-    assert set(top["properties"]) == {"listeners", "upstreams", "routes", "limits", "server"}
+    assert set(top["properties"]) == {"listeners", "upstreams", "routes", "limits", "server", "policies"}
     assert top["required"] == ["listeners"]
     assert top["additionalProperties"] is False
     assert {"name", "match", "upstream", "max_body_bytes"} <= set(defs["Route"]["properties"])
@@ -984,7 +984,8 @@ def test_json_schema_shape():
         "max_requests_per_connection",
         "underscores_in_headers",
     }
-    assert set(defs["Server"]["properties"]) == {"drain_timeout"}
+    assert set(defs["Server"]["properties"]) == {"drain_timeout", "path_normalization", "merge_slashes",
+                                                "encoded_slashes"}
     for d in defs.values():
         assert d.get("additionalProperties") is False
 

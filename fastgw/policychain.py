@@ -1,0 +1,68 @@
+"""Compiles `policies` (top-level and per route) into one core PolicyChain per route.
+
+Top-level policies are built once and shared by every route's chain (one object, one state); a
+route's chain is the top-level policies it does not skip, then its own, in the order written. Each
+policy has a stable key (`policies/<name>` or `routes/<route>/<name>`): a reload hands the new
+policy the old one of the same key (`adopt`), and a plugin whose module and config did not change
+keeps its instance, so what it holds survives the reload.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .config import GatewayConfig
+from .config.policies import (
+    NoopPolicy,
+    PluginPolicy,
+    Policy,
+    RespondPolicy,
+    load_plugin_class,
+    plugin_config,
+    policy_names,
+)
+
+
+def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
+    if isinstance(entry, NoopPolicy):
+        policy = _core.NoopPolicy(name, key, entry)
+    elif isinstance(entry, RespondPolicy):
+        policy = _core.RespondPolicy(name, key, entry.status, list(entry.headers.items()), entry.body,
+                                     entry.on_upstream_status, entry)
+    elif isinstance(entry, PluginPolicy):
+        previous = old.get(key)
+        if isinstance(previous, _core.PluginPolicy) and previous.config == entry:
+            instance = previous.instance
+        else:
+            cls = load_plugin_class(entry.module)
+            instance = cls(plugin_config(cls, entry.config))
+            carry = getattr(instance, "carry_over", None)
+            if previous is not None and callable(carry) and isinstance(previous, _core.PluginPolicy):
+                carry(previous.instance)
+        policy = _core.PluginPolicy(name, key, entry.module, instance, entry.timeout, entry.budget, entry)
+    else:  # pragma: no cover - the schema's union is closed
+        raise TypeError(f"unknown policy {entry!r}")
+    if key in old:
+        policy.adopt(old[key])
+    return policy
+
+
+def compile_chains(cfg: GatewayConfig, previous: _core.Runtime | None = None
+                   ) -> tuple[_core.PolicyChain, dict[str, _core.PolicyChain], dict[str, _core.Policy]]:
+    """(the chain of exchanges no route took, {route name: chain}, {key: policy})."""
+    old = dict(previous.policies) if previous is not None else {}
+    built: dict[str, _core.Policy] = {}
+    top = []
+    for entry, name in zip(cfg.policies, policy_names(cfg.policies), strict=True):
+        key = f"policies/{name}"
+        built[key] = _build(entry, name, key, old)
+        top.append((name, built[key]))
+    chains = {}
+    for route in cfg.routes:
+        skip = set(route.skip_policies or ())
+        own = []
+        for entry, name in zip(route.policies or (), policy_names(route.policies), strict=True):
+            key = f"routes/{route.name}/{name}"
+            built[key] = _build(entry, name, key, old)
+            own.append(built[key])
+        chains[route.name] = _core.PolicyChain([p for n, p in top if n not in skip] + own)
+    return _core.PolicyChain([p for _, p in top]), chains, built
