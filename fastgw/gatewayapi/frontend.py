@@ -15,10 +15,10 @@ from typing import Any
 
 import msgspec
 
-from ..config import loader as _loader
+from ..config.decode import issue_from_validation
 from ..config.errors import ConfigError, ConfigIssue
 from ..config.positions import Token, format_path, parse_path
-from ..config.schema import GatewayConfig
+from ..config.schema import GatewayConfig, dec_hook
 from ..config.validate import check_config
 from .manifests import Issues, Obj, read_manifests
 
@@ -96,9 +96,9 @@ def _decode(native: dict[str, Any], origins: dict[tuple[Token, ...], Origin], is
         issues.issues.append(ConfigIssue(issues.file, "$", f"{message} (native config: {shown})"))
 
     try:
-        cfg = msgspec.convert(native, GatewayConfig, dec_hook=_loader.dec_hook)
+        cfg = msgspec.convert(native, GatewayConfig, dec_hook=dec_hook)
     except msgspec.ValidationError as e:
-        issue, _ = _loader._issue_from_validation(e, native, None, issues.file)
+        issue = issue_from_validation(e, native, issues.file)
         report(parse_path(issue.path) or [], issue.message)
         raise ConfigError(issues.issues) from None
     for tokens, message in check_config(cfg):
