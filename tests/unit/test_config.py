@@ -1236,3 +1236,47 @@ def test_misspelt_key_gets_did_you_mean(tmp_path):
                     "server)"),
         ("$.xyzzy", "unknown field (expected one of: listeners, upstreams, routes, limits, server)"),
     ]
+
+
+# -- layering: fastgw.sources picks the format, above fastgw.config and fastgw.gatewayapi -----------
+
+
+def _imported_modules(package: str) -> set[str]:
+    """Every fastgw module a package's files import, at module level or inside functions."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "fastgw"
+    found: set[str] = set()
+    for file in (root / package).glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ["fastgw", package][: 3 - node.level]
+                found.add(".".join([*base, *([node.module] if node.module else [])]))
+                if not node.module:
+                    found.update(".".join([*base, alias.name]) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_config_and_gatewayapi_import_in_one_direction_only():
+    assert not {m for m in _imported_modules("config") if m.startswith("fastgw.gatewayapi")}
+    assert not {m for m in _imported_modules("gatewayapi") if m.startswith("fastgw.sources")}
+    # The one direction that remains: the Gateway API front end builds on the native config.
+    assert any(m.startswith("fastgw.config.") for m in _imported_modules("gatewayapi"))
+
+
+@pytest.mark.parametrize("module,absent", [
+    ("fastgw.config", ("fastgw.gatewayapi", "fastgw.sources")),
+    ("fastgw.gatewayapi", ("fastgw.sources",)),
+    ("fastgw.sources", ()),
+])
+def test_each_package_imports_alone(module, absent):
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(sorted(m for m in {list(absent)!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
