@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+import fastgw.config
 from fastgw.cli import main
-from fastgw.config import ConfigError, load_config, loads_config
+from fastgw.config import ConfigError
 from fastgw.gatewayapi import config_to_dict, config_to_yaml, load_manifests, manifests_to_native
+from fastgw.sources import load_config, loads_config
 
 GW = "gateway.networking.k8s.io/v1"
 
@@ -510,7 +512,18 @@ def test_load_config_routes_manifests_to_the_front_end(tmp_path) -> None:
     cfg = load_config(path)
     assert cfg.listeners[0].name == "gw.http"
     assert loads_config(dump(*base(route())), "yaml") == cfg
+    assert loads_config(dump(*base(route())), None) == cfg
+    assert loads_config(dump(*base(route())), "manifests") == cfg
+    # fastgw.server still loads through fastgw.config's names, which hand over to fastgw.sources.
+    assert fastgw.config.load_config(path) == cfg
+    assert fastgw.config.loads_config(dump(*base(route())), "yaml") == cfg
     assert main(["check", str(path)]) == 0
+
+
+def test_yaml_syntax_error_in_manifests_points_at_the_unclosed_opener() -> None:
+    text = "apiVersion: v1\nkind: Service\nmetadata: {name: svc\nspec: {}\n"
+    got = issues(text)
+    assert got == [("$", "invalid YAML: while parsing a flow mapping; expected ',' or '}', but got ':'", 3)]
 
 
 def test_native_yaml_is_not_mistaken_for_manifests() -> None:
