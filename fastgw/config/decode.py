@@ -21,7 +21,7 @@ from .schema import GatewayConfig, dec_hook
 from .validate import check_config
 from .yaml_errors import list_for_string_hint
 
-__all__ = ["decode_document", "issue_from_validation"]
+__all__ = ["convert", "decode_document"]
 
 _MAX_DECODE_ISSUES = 50
 
@@ -191,12 +191,6 @@ def _find(err: msgspec.ValidationError, obj: Any, yaml_hints: bool) -> _Found:
     if ANY_KEY in tokens:
         return _Found(message, None, None, path)
     return _Found(message, tokens, missing, format_path(tokens))
-
-
-def issue_from_validation(err: msgspec.ValidationError, obj: Any, file: str) -> ConfigIssue:
-    """The issue of one msgspec error on plain data `obj`, without lines (Gateway API front end)."""
-    found = _find(err, obj, yaml_hints=False)
-    return ConfigIssue(file, found.shown, found.message)
 
 
 def _is_within(inner: list[Token], outer: list[Token]) -> bool:

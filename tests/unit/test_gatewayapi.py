@@ -566,3 +566,21 @@ def test_config_to_dict_leaves_defaults_out() -> None:
     cfg = loads_config("listeners:\n  - address: 127.0.0.1:0\n", "yaml")
     assert config_to_dict(cfg) == {"listeners": [{"address": "127.0.0.1:0"}]}
     assert yaml.safe_load(config_to_yaml(cfg)) == {"listeners": [{"address": "127.0.0.1:0"}]}
+
+
+def test_native_decode_and_semantic_errors_are_reported_together() -> None:
+    docs = base(route(rules=[
+        {"filters": [{"type": "RequestHeaderModifier",
+                      "requestHeaderModifier": {"set": [{"name": "bad name", "value": "x"}]}}],
+         "backendRefs": [{"name": "svc", "port": 8080}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+         "filters": [{"type": "URLRewrite",
+                      "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/y"}}}],
+         "backendRefs": [{"name": "svc", "port": 8080}]},
+    ]))
+    assert [(path, message.split(" (native config: ")[0]) for path, message, _ in issues(dump(*docs))] == [
+        ("$[3].spec.rules[0].filters[0].requestHeaderModifier.set[0].name",
+         'invalid key: expected `str` matching regex "^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$"'),
+        ("$[3].spec.rules[1].filters[0].urlRewrite",
+         "replacing the matched prefix needs every match of the route to be a path prefix"),
+    ]
