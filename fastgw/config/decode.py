@@ -204,7 +204,10 @@ class _Work:
     def __init__(self, obj: Any):
         self.original_doc = obj
         self.doc = copy.deepcopy(obj)
+        # id(list in doc) -> original indexes of its items; dropped nodes stay referenced in `_gone`
+        # so that no new list can take the id of one with an entry here.
         self.indexes: dict[int, list[int]] = {}
+        self._gone: list[Any] = []
         self.dropped: list[list[Token]] = []
         self.stood_in: list[list[Token]] = []
 
@@ -232,14 +235,15 @@ class _Work:
         if len(tokens) == 1 and last in _STAND_INS and isinstance(parent, dict):
             if orig in self.stood_in:
                 return False
+            self._gone.append(parent.get(last))
             parent[last] = copy.deepcopy(_STAND_INS[last])
             self.stood_in.append(orig)
             return True
         if isinstance(parent, dict) and last in parent:
-            del parent[last]
+            self._gone.append(parent.pop(last))
         elif isinstance(parent, list) and isinstance(last, int) and 0 <= last < len(parent):
             self.indexes.setdefault(id(parent), list(range(len(parent)))).pop(last)
-            del parent[last]
+            self._gone.append(parent.pop(last))
         else:
             return False
         self.dropped.append(orig)
@@ -272,8 +276,12 @@ class _Work:
         """Whether a semantic problem at `orig` may only come from what was dropped."""
         if any(_is_within(orig, s) for s in self.stood_in):
             return True
+        # A problem of a node that lost a part ("exactly one of 'prefix', ... (got none)" once a bad
+        # prefix went) is taken for a follow-on; another real problem of that same node waits for
+        # the next run. Top-level sections are exempt: they lose parts all the time.
         if len(orig) >= 2 and any(len(d) > len(orig) and _is_within(d, orig) for d in self.dropped):
             return True
+        # References by name (validate.py's "unknown upstream 'x' (known: ...)") to what was dropped.
         for what, section in (("unknown upstream ", "upstreams"), ("unknown listener ", "listeners")):
             if message.startswith(what):
                 gone = self._gone_names(section)
