@@ -12,7 +12,7 @@ import os
 import re
 
 from .config.errors import ConfigError, ConfigIssue
-from .config.loader import decode_text, loads_native
+from .config.loader import FORMATS, decode_text, loads_native
 from .config.schema import GatewayConfig
 from .gatewayapi import load_manifests, looks_like_manifests
 
@@ -26,8 +26,6 @@ __all__ = [
     "sniff_format",
 ]
 
-#: File extension -> format name.
-FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 #: Every format `loads_config` (and `fastgw check --format`) accepts.
 FORMAT_NAMES = ("yaml", "json", "toml", "manifests")
 
