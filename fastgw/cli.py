@@ -9,6 +9,9 @@ import orjson
 
 from . import __version__
 
+#: How issues and `fastgw check` name the config read from standard input (`-`).
+STDIN_NAME = "<stdin>"
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .server import run
@@ -20,20 +23,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError
+    from .sources import load_config, loads_config
 
-    try:
-        load_config(args.file)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(f"{args.file}: OK")
-    return 0
+    files = [*args.config, *args.files]
+    if not files:
+        print("fastgw check: give at least one FILE (or -c FILE; '-' reads standard input)", file=sys.stderr)
+        return 2
+    if files.count("-") > 1:
+        print("fastgw check: '-' (standard input) may be given once", file=sys.stderr)
+        return 2
+    failed = False
+    for file in files:
+        name = STDIN_NAME if file == "-" else file
+        try:
+            if file == "-":
+                loads_config(sys.stdin.buffer.read(), args.format, file=name)
+            else:
+                load_config(file, args.format)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+            continue
+        print(f"{name}: OK")
+    return 1 if failed else 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
-    from .gatewayapi import config_to_yaml, load_manifests, looks_like_manifests
+    from .config import ConfigError
+    from .gatewayapi import config_to_yaml, load_manifests
+    from .sources import load_config, looks_like_manifests
 
     port_map: dict[int, int] = {}
     for item in args.port_map:
@@ -71,8 +90,9 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError
     from .explain import ExplainError, explain
+    from .sources import load_config
 
     try:
         cfg = load_config(args.config)
@@ -106,7 +126,10 @@ def _cmd_demo_upstream(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .sources import FORMAT_NAMES
+
     parser = argparse.ArgumentParser(prog="fastgw", description="fastgw API gateway")
+    parser.add_argument("--version", action="version", version=f"fastgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the gateway")
@@ -114,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("check", help="validate a config file; exit 1 listing every error")
-    p.add_argument("file")
+    p = sub.add_parser("check", help="validate config files; exit 1 listing every error")
+    p.add_argument("files", nargs="*", metavar="FILE", help="a config file; '-' reads standard input")
+    p.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
+                   help="a config file, as for `run` (repeatable; same as FILE)")
+    p.add_argument("--format", choices=FORMAT_NAMES,
+                   help="format of every FILE (default: by extension; sniffed for '-')")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("convert", help="print the native config (YAML) of a config file or of Gateway API manifests")

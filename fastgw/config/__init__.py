@@ -1,12 +1,12 @@
 """fastgw configuration: msgspec Structs (the schema) and loading YAML/JSON/TOML with `$.path` errors.
 
-`load_config(path)` returns a frozen `GatewayConfig` or raises `ConfigError` listing every issue (file,
-line, `$.path`, message). Durations are float seconds: `cfg.upstreams["users"].timeouts.connect == 2.0`.
+`loads_native(text, fmt)` returns a frozen `GatewayConfig` or raises `ConfigError` listing every issue
+(file, line, `$.path`, message); `fastgw.sources.load_config(path)` picks the format of a file. Durations are float seconds: `cfg.upstreams["users"].timeouts.connect == 2.0`.
 See docs/config.md.
 """
 
 from .errors import ConfigError, ConfigIssue
-from .loader import FORMATS, load_config, loads_config
+from .loader import FORMATS, load_config, loads_config, loads_native
 from .schema import (
     GatewayConfig,
     Keepalive,
@@ -41,6 +41,7 @@ __all__ = [
     "json_schema",
     "load_config",
     "loads_config",
+    "loads_native",
     "parse_address",
     "parse_duration",
 ]

@@ -130,6 +130,12 @@ def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, 
         raise ValueError("address is empty; expected host:port")
     if any(c.isspace() for c in address):
         raise ValueError(f"address {address!r} must not contain whitespace")
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme.isalpha():
+        # Checked first: the scheme's ':' would otherwise read as an unbracketed IPv6 address.
+        bare = rest.split("/", 1)[0]
+        example = f" ({bare!r})" if bare else ""
+        raise ValueError(f"address {address!r}: write host:port, without a scheme{example}")
     if address.startswith("["):
         end = address.find("]")
         if end < 0:

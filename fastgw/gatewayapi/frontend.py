@@ -13,13 +13,10 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
-
-from ..config import loader as _loader
+from ..config.decode import decode_document
 from ..config.errors import ConfigError, ConfigIssue
 from ..config.positions import Token, format_path, parse_path
 from ..config.schema import GatewayConfig
-from ..config.validate import check_config
 from .manifests import Issues, Obj, read_manifests
 
 __all__ = ["GATEWAY_GROUP", "PortMap", "load_manifests", "manifests_to_native"]
@@ -96,15 +93,12 @@ def _decode(native: dict[str, Any], origins: dict[tuple[Token, ...], Origin], is
         issues.issues.append(ConfigIssue(issues.file, "$", f"{message} (native config: {shown})"))
 
     try:
-        cfg = msgspec.convert(native, GatewayConfig, dec_hook=_loader.dec_hook)
-    except msgspec.ValidationError as e:
-        issue, _ = _loader._issue_from_validation(e, native, None, issues.file)
-        report(parse_path(issue.path) or [], issue.message)
-        raise ConfigError(issues.issues) from None
-    for tokens, message in check_config(cfg):
-        report(tokens, message)
-    issues.raise_if_any()
-    return cfg
+        return decode_document(native, None, [], issues.file)
+    except ConfigError as e:
+        for issue in e.errors:
+            report(parse_path(issue.path) or [], issue.message)
+        issues.raise_if_any()
+        raise
 
 
 # -- the mapping -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import yaml
 
 from ..config.errors import ConfigError, ConfigIssue
 from ..config.positions import Pos, Token, format_path, yaml_positions
+from ..config.yaml_errors import yaml_error_issue
 
 __all__ = ["Issues", "Obj", "looks_like_manifests", "read_manifests"]
 
@@ -125,13 +126,8 @@ def read_manifests(text: str, file: str) -> tuple[list[Obj], Issues]:
                         issues.add_at(doc, pos, ["items", i], "expected a Kubernetes object")
                 continue
             objs.append(Obj(doc, [], body, pos))
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        parts = [p for p in (e.context, e.problem) if p]
-        raise ConfigError([ConfigIssue(file, "$", "invalid YAML: " + "; ".join(parts),
-                                       mark.line + 1 if mark else None)]) from None
     except yaml.YAMLError as e:
-        raise ConfigError([ConfigIssue(file, "$", f"invalid YAML: {e}")]) from None
+        raise ConfigError([yaml_error_issue(e, text, file)]) from None
     finally:
         loader.dispose()
     return objs, issues

@@ -427,7 +427,7 @@ def test_unknown_nested_field(tmp_path):
     issue = only_issue(path)
     # The dict key is named (msgspec itself reports `$.upstreams[...]`).
     assert (issue.path, issue.line) == ("$.upstreams.users.targets[1].wieght", 10)
-    assert issue.message == "unknown field (expected one of: address, weight)"
+    assert issue.message == "unknown field (did you mean 'weight'? expected one of: address, weight)"
 
 
 def test_unknown_field_in_json_has_line(tmp_path):
@@ -444,9 +444,11 @@ def test_unknown_field_in_json_has_line(tmp_path):
         }
         """,
     )
-    issue = only_issue(path)
+    issue, semantic = issues_of(path)
     assert (issue.path, issue.line) == ("$.routes[0].match.path.regexp", 5)
-    assert issue.message.startswith("unknown field")
+    assert issue.message == "unknown field (did you mean 'regex'? expected one of: prefix, exact, template, regex)"
+    # The decode error does not hide the semantic one.
+    assert (semantic.path, semantic.line) == ("$.routes[0].upstream", 4)
 
 
 def test_unknown_field_in_toml(tmp_path):
@@ -799,6 +801,8 @@ def test_listener_address_parsing(address, host, port):
         ("127.0.0.1:-1", "port '-1' is not a number"),
         (":8080", "has no host"),
         ("::1:8080", "write IPv6 addresses in brackets"),
+        ("http://127.0.0.1:9001", "write host:port, without a scheme ('127.0.0.1:9001')"),
+        ("https://api.internal:8443/v1", "write host:port, without a scheme ('api.internal:8443')"),
         ("[::1:8080", "missing ']'"),
         ("[::1]8080", "expected ':port'"),
         ("[nothex::1]:80", "invalid IPv6"),
@@ -878,7 +882,7 @@ def test_yaml_syntax_error_line(tmp_path):
     path = write(tmp_path, "gw.yaml", "listeners:\n  - address: 127.0.0.1:1\nlimits: {max_headers: 5\n")
     issue = only_issue(path)
     assert issue.path == "$"
-    assert issue.line == 4
+    assert issue.line == 3      # the unclosed '{', not the end of the file where PyYAML gave up
     assert issue.message.startswith("invalid YAML")
 
 
@@ -1090,3 +1094,190 @@ def test_dropped_required_field_is_not_reported_twice(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert [i.path for i in e.value.errors] == ["$.routes[0].name"]
+
+
+def test_list_item_dropped_keeps_the_paths_and_lines_of_later_items(tmp_path):
+    path = write(tmp_path, "gw.yaml", """\
+listeners: [{address: 127.0.0.1:1}]
+routes:
+  - {name: 1, upstream: a}
+  - {name: b, upstream: a, bogus: 2}
+  - {name: c, upstream: a, max_body_bytes: x}
+  - {name: d, upstream: a}
+""")
+    assert where(issues_of(path)) == [
+        ("$.routes[0].name", 3),
+        ("$.routes[1].bogus", 4),
+        ("$.routes[2].max_body_bytes", 5),
+        # The semantic checks see routes b, c and d, at their own indexes (route 0 could not decode).
+        ("$.routes[1].upstream", 4),
+        ("$.routes[2].upstream", 5),
+        ("$.routes[3].upstream", 6),
+    ]
+
+
+# -- a decode error does not hide the semantic errors of the rest ---------------------------------
+
+
+def test_semantic_errors_are_reported_with_decode_errors(tmp_path):
+    path = write(tmp_path, "gw.yaml", """\
+listeners: [{address: 127.0.0.1:1}]
+upstreams:
+  echo: {targets: [{address: 127.0.0.1:9}], timeouts: {connect: soon}}
+routes:
+  - name: r
+    upstream: nowhere
+    match: {path: {prefix: "/a", exact: "/b"}}
+  - name: r
+    upstream: echo
+""")
+    got = issues_of(path)
+    assert where(got) == [
+        ("$.upstreams.echo.timeouts.connect", 3),
+        ("$.routes[0].match.path", 7),
+        ("$.routes[0].upstream", 6),
+        ("$.routes[1].name", 8),
+    ]
+    assert got[2].message == "unknown upstream 'nowhere' (known: echo)"
+
+
+def test_dropped_nodes_leave_no_follow_on_errors(tmp_path):
+    # The upstream, the listener and the route's only match go; what refers to them is not reported.
+    path = write(tmp_path, "gw.yaml", """\
+listeners:
+  - {address: 8080, name: public}
+upstreams:
+  echo: {targets: {address: 127.0.0.1:9}}
+routes:
+  - name: r
+    upstream: echo
+    listeners: [public]
+    matches: [{path: {prefix: 5}}]
+  - name: s
+    upstream: gone
+""")
+    got = issues_of(path)
+    assert where(got) == [
+        ("$.listeners[0].address", 2),
+        ("$.upstreams.echo.targets", 4),
+        ("$.routes[0].matches[0].path.prefix", 9),
+        ("$.routes[1].upstream", 11),
+    ]
+    assert got[3].message == "unknown upstream 'gone' (known: none defined)"
+
+
+def test_missing_listeners_do_not_hide_route_errors(tmp_path):
+    path = write(tmp_path, "gw.yaml", "routes:\n  - {name: r, upstream: x}\n")
+    assert [(i.path, i.message) for i in issues_of(path)] == [
+        ("$", "missing required field 'listeners'"),
+        ("$.routes[0].upstream", "unknown upstream 'x' (known: none defined)"),
+    ]
+
+
+# -- YAML pitfalls: where the syntax error is, "quote it", "did you mean" ---------------------------
+
+
+def test_unclosed_flow_mapping_is_reported_at_its_line(tmp_path):
+    path = write(tmp_path, "gw.yaml", """\
+listeners:
+  - address: 127.0.0.1:8080
+upstreams:
+  echo:
+    targets: [{address: 127.0.0.1:9000}]
+    timeouts: {connect: 2s
+routes:
+  - {name: r, upstream: echo}
+""")
+    issue = only_issue(path)
+    assert (issue.path, issue.line) == ("$", 6)
+    assert issue.message == "invalid YAML: while parsing a flow mapping; expected ',' or '}', but got ':'"
+
+
+@pytest.mark.parametrize("text,line", [
+    ("listeners: [{address: 127.0.0.1:1}\nroutes: []\n", 1),
+    ('listeners:\n  - address: "127.0.0.1:1\nroutes: []\n', 2),
+    ("listeners:\n  - address: 127.0.0.1:1\n   name: x\n", 3),
+])
+def test_yaml_syntax_error_lines(tmp_path, text, line):
+    issue = only_issue(write(tmp_path, "gw.yaml", text))
+    assert (issue.path, issue.line) == ("$", line)
+
+
+@pytest.mark.parametrize("text,line,hint", [
+    ("listeners:\n  - address: [::1]:8080\n", 2, "an unquoted '[' starts a YAML list; quote it: '[::1]:8080'"),
+    ("listeners:\n  - address: [fe80::1]:80\n", 2, "an unquoted '[' starts a YAML list; quote it: '[fe80::1]:80'"),
+    ("listeners: [{address: '127.0.0.1:1'}]\nroutes:\n  - name: r\n    match: {hosts: [*.example.com]}\n", 4,
+     "an unquoted '*' starts a YAML alias; quote it: '*.example.com'"),
+    ("listeners:\n  - address: 127.0.0.1:1\n    hostname: *.example.com\n", 3,
+     "an unquoted '*' starts a YAML alias; quote it: '*.example.com'"),
+])
+def test_unquoted_yaml_syntax_gets_a_quote_it_hint(tmp_path, text, line, hint):
+    issue = only_issue(write(tmp_path, "gw.yaml", text))
+    assert (issue.path, issue.line) == ("$", line)
+    assert issue.message.startswith("invalid YAML: ") and issue.message.endswith(f" ({hint})")
+
+
+def test_unquoted_ipv6_read_as_a_list_gets_a_quote_it_hint(tmp_path):
+    issue = only_issue(write(tmp_path, "gw.yaml", "listeners:\n  - address: [2001:db8::1]\n"))
+    assert (issue.path, issue.line) == ("$.listeners[0].address", 2)
+    assert issue.message == (
+        "expected `str`, got `array` (an unquoted '[' starts a YAML list; quote it: '[2001:db8::1]')"
+    )
+
+
+def test_quote_it_hint_only_for_yaml(tmp_path):
+    issue = only_issue(write(tmp_path, "gw.json", '{"listeners": [{"address": ["2001:db8::1"]}]}'))
+    assert issue.message == "expected `str`, got `array`"
+
+
+def test_misspelt_key_gets_did_you_mean(tmp_path):
+    path = write(tmp_path, "gw.yaml", "listeners: [{address: 127.0.0.1:1}]\nrutes: []\nxyzzy: 1\n")
+    assert [(i.path, i.message) for i in issues_of(path)] == [
+        ("$.rutes", "unknown field (did you mean 'routes'? expected one of: listeners, upstreams, routes, limits, "
+                    "server)"),
+        ("$.xyzzy", "unknown field (expected one of: listeners, upstreams, routes, limits, server)"),
+    ]
+
+
+# -- layering: fastgw.sources picks the format, above fastgw.config and fastgw.gatewayapi -----------
+
+
+def _imported_modules(package: str) -> set[str]:
+    """Every fastgw module a package's files import, at module level or inside functions."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "fastgw"
+    found: set[str] = set()
+    for file in (root / package).glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ["fastgw", package][: 3 - node.level]
+                found.add(".".join([*base, *([node.module] if node.module else [])]))
+                if not node.module:
+                    found.update(".".join([*base, alias.name]) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_config_and_gatewayapi_import_in_one_direction_only():
+    assert not {m for m in _imported_modules("config") if m.startswith("fastgw.gatewayapi")}
+    assert not {m for m in _imported_modules("gatewayapi") if m.startswith("fastgw.sources")}
+    # The one direction that remains: the Gateway API front end builds on the native config.
+    assert any(m.startswith("fastgw.config.") for m in _imported_modules("gatewayapi"))
+
+
+@pytest.mark.parametrize("module,absent", [
+    ("fastgw.config", ("fastgw.gatewayapi", "fastgw.sources")),
+    ("fastgw.gatewayapi", ("fastgw.sources",)),
+    ("fastgw.sources", ()),
+])
+def test_each_package_imports_alone(module, absent):
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(sorted(m for m in {list(absent)!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+import fastgw.config
 from fastgw.cli import main
-from fastgw.config import ConfigError, load_config, loads_config
+from fastgw.config import ConfigError
 from fastgw.gatewayapi import config_to_dict, config_to_yaml, load_manifests, manifests_to_native
+from fastgw.sources import load_config, loads_config
 
 GW = "gateway.networking.k8s.io/v1"
 
@@ -510,7 +512,18 @@ def test_load_config_routes_manifests_to_the_front_end(tmp_path) -> None:
     cfg = load_config(path)
     assert cfg.listeners[0].name == "gw.http"
     assert loads_config(dump(*base(route())), "yaml") == cfg
+    assert loads_config(dump(*base(route())), None) == cfg
+    assert loads_config(dump(*base(route())), "manifests") == cfg
+    # fastgw.server still loads through fastgw.config's names, which hand over to fastgw.sources.
+    assert fastgw.config.load_config(path) == cfg
+    assert fastgw.config.loads_config(dump(*base(route())), "yaml") == cfg
     assert main(["check", str(path)]) == 0
+
+
+def test_yaml_syntax_error_in_manifests_points_at_the_unclosed_opener() -> None:
+    text = "apiVersion: v1\nkind: Service\nmetadata: {name: svc\nspec: {}\n"
+    got = issues(text)
+    assert got == [("$", "invalid YAML: while parsing a flow mapping; expected ',' or '}', but got ':'", 3)]
 
 
 def test_native_yaml_is_not_mistaken_for_manifests() -> None:
@@ -553,3 +566,21 @@ def test_config_to_dict_leaves_defaults_out() -> None:
     cfg = loads_config("listeners:\n  - address: 127.0.0.1:0\n", "yaml")
     assert config_to_dict(cfg) == {"listeners": [{"address": "127.0.0.1:0"}]}
     assert yaml.safe_load(config_to_yaml(cfg)) == {"listeners": [{"address": "127.0.0.1:0"}]}
+
+
+def test_native_decode_and_semantic_errors_are_reported_together() -> None:
+    docs = base(route(rules=[
+        {"filters": [{"type": "RequestHeaderModifier",
+                      "requestHeaderModifier": {"set": [{"name": "bad name", "value": "x"}]}}],
+         "backendRefs": [{"name": "svc", "port": 8080}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+         "filters": [{"type": "URLRewrite",
+                      "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/y"}}}],
+         "backendRefs": [{"name": "svc", "port": 8080}]},
+    ]))
+    assert [(path, message.split(" (native config: ")[0]) for path, message, _ in issues(dump(*docs))] == [
+        ("$[3].spec.rules[0].filters[0].requestHeaderModifier.set[0].name",
+         'invalid key: expected `str` matching regex "^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$"'),
+        ("$[3].spec.rules[1].filters[0].urlRewrite",
+         "replacing the matched prefix needs every match of the route to be a path prefix"),
+    ]
