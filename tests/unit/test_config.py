@@ -1234,8 +1234,8 @@ def test_misspelt_key_gets_did_you_mean(tmp_path):
     path = write(tmp_path, "gw.yaml", "listeners: [{address: 127.0.0.1:1}]\nrutes: []\nxyzzy: 1\n")
     assert [(i.path, i.message) for i in issues_of(path)] == [
         ("$.rutes", "unknown field (did you mean 'routes'? expected one of: listeners, upstreams, routes, limits, "
-                    "server)"),
-        ("$.xyzzy", "unknown field (expected one of: listeners, upstreams, routes, limits, server)"),
+                    "server, policies)"),
+        ("$.xyzzy", "unknown field (expected one of: listeners, upstreams, routes, limits, server, policies)"),
     ]
 
 
