@@ -8,14 +8,19 @@ CORE_SRC := fastgw/_core.pyx $(wildcard fastgw/_cy/*.pyx fastgw/_cy/*.pxi fastgw
 
 .PHONY: run test lint annotate build clean bench bench-quick
 
+# .venv: the build requirements read from pyproject.toml, then fastgw installed editable with its runtime and
+# test dependencies but without the core (FASTGW_SKIP_CORE=1, see setup.py). The core is compiled by the
+# stamp rule alone, once per change of its sources; setuptools skips an up-to-date extension, so a rerun
+# after pyproject.toml changes compiles nothing.
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q 'Cython>=3.0.10'
-	$(PIP) install -q -e '.[test]'
+	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' > $(VENV)/build-requires.txt
+	$(PIP) install -q -r $(VENV)/build-requires.txt
+	FASTGW_SKIP_CORE=1 $(PIP) install -q --no-build-isolation -e '.[test]'
 	touch $@
 
-fastgw/_core.stamp: $(VENV)/.installed $(CORE_SRC)
+fastgw/_core.stamp: $(VENV)/.installed setup.py $(CORE_SRC)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
@@ -28,14 +33,14 @@ test: build
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check fastgw tests bench
+	$(VENV)/bin/ruff check fastgw tests bench setup.py
 
 annotate: $(VENV)/.installed
 	FASTGW_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace
 	@echo "annotations: fastgw/_core.html"
 
 clean:
-	rm -rf build fastgw/_core.c fastgw/_core*.so fastgw/_core.stamp fastgw/_core.html
+	rm -rf build dist fastgw.egg-info fastgw/_core.c fastgw/_core*.so fastgw/_core.stamp fastgw/_core.html
 
 # Macro benchmark (bench/README.md): fastgw, nginx, HAProxy and direct-to-upstream under wrk and httperf.
 # `make bench` is the full run and writes its table into bench/README.md; `make bench-quick` takes about a

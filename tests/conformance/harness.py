@@ -44,15 +44,29 @@ def _main_checkout(repo: Path) -> Path | None:
 def data_path() -> Path:
     """`../shared/conformance/gateway-api-cases.json` beside the repository (for a git worktree, also
     beside its main checkout); FASTGW_CONFORMANCE_DATA overrides."""
+    candidates = candidate_paths()
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def candidate_paths() -> list[Path]:
+    """Where data_path() looks, in order."""
     if "FASTGW_CONFORMANCE_DATA" in os.environ:
-        return Path(os.environ["FASTGW_CONFORMANCE_DATA"])
+        return [Path(os.environ["FASTGW_CONFORMANCE_DATA"])]
     main = _main_checkout(REPO)
-    for root in (REPO, main):
-        if root is not None:
-            candidate = root.parent / "shared" / "conformance" / "gateway-api-cases.json"
-            if candidate.is_file():
-                return candidate
-    return DATA
+    roots = [REPO] + ([main] if main is not None and main != REPO else [])
+    return [root.parent / "shared" / "conformance" / "gateway-api-cases.json" for root in roots]
+
+
+def in_ci() -> bool:
+    """CI is set (to anything but empty, 0 or false): missing data fails the suite instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_data_message() -> str:
+    where = " or ".join(str(p) for p in candidate_paths())
+    return (f"Gateway API conformance data not found: expected {where} "
+            "(../shared/conformance/gateway-api-cases.json beside the repository; FASTGW_CONFORMANCE_DATA "
+            "overrides)")
 
 
 def load_data() -> dict[str, Any] | None:
