@@ -93,6 +93,7 @@ def explain(cfg: GatewayConfig, method: str, url: str, headers: list[tuple[str, 
         out.append(f"result:   {result['status']} {result.get('error', '')}")
         return "\n".join(out) + "\n"
     out.append(f"route:    {result['route']}")
+    out += _describe_policies(result.get("policies") or {})
     if result.get("backends") is not None and len(result["backends"]) > 1:
         shares = ", ".join(f"{name or '(none: 500)'} weight {w}" for name, w in result["backends"])
         out.append(f"backends: {shares} (smooth weighted round robin)")
@@ -125,6 +126,17 @@ def explain(cfg: GatewayConfig, method: str, url: str, headers: list[tuple[str, 
     else:
         out.append(f"result:   {result['status']} {result.get('error', '')}")
     return "\n".join(out) + "\n"
+
+
+def _describe_policies(by_phase: dict) -> list[str]:
+    """The route's policies per phase, in the order they run (docs/architecture.md's phase chart)."""
+    out = []
+    for phase in ("request", "response", "log"):
+        policies = by_phase.get(phase) or []
+        if policies:
+            steps = "; ".join(f"{i}. {p.name} ({p.describe()})" for i, p in enumerate(policies, 1))
+            out.append(f"policies: {phase}: {steps}")
+    return out
 
 
 _HOST_TIERS = ("exact host", "wildcard host", "any host")

@@ -83,8 +83,11 @@ cdef class ClientConn:
             self.buf = data if PyBytes_GET_SIZE(self.buf) == 0 else self.buf + data
             self._pause(PR_PIPELINE)
         elif self.state == CL_POLICY:
-            # read before the pause took effect: kept for the exchange to resume with
+            # kept for the exchange to resume with; reading goes on (up to a bound) so that a
+            # client that leaves while a policy works is seen leaving
             self.buf = data if PyBytes_GET_SIZE(self.buf) == 0 else self.buf + data
+            if PyBytes_GET_SIZE(self.buf) > QUEUE_HIGH_WATER:
+                self._pause(PR_POLICY)
 
     def eof_received(self):
         # A half-closed client is done sending; if a request is in flight let it finish and close.
@@ -147,7 +150,8 @@ cdef class ClientConn:
         if ex is not self.ex:
             return
         if reason == PR_POLICY:
-            self.state = CL_POLICY
+            self.state = CL_POLICY    # reading pauses only once QUEUE_HIGH_WATER bytes wait
+            return
         self._pause(reason)
 
     cdef void resume_reading_for(self, Exchange ex, int reason):

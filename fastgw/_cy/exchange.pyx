@@ -195,6 +195,7 @@ cdef class Exchange:
         self.down.resume_reading_for(self, PR_POLICY)
         self.flags |= RF_POLICY_TIMEOUT
         self.answer_status = 0
+        self.refusal = b"policy timed out"
         self._answer_before_upstream(rest, 0, PyBytes_GET_SIZE(rest), 504)
 
     cpdef answer(self, int status, bytes header_lines, bytes body, int flag=RF_POLICY_ANSWER):
@@ -680,6 +681,8 @@ cdef class Exchange:
 
     cdef void send_error(self, int status, const char* reason) except *:
         cdef bytes rid = self.request_id if self.request_id is not None else b""
+        if reason == NULL:
+            reason = b"gateway error"
         cdef bytes body = b'{"error":"%s","request_id":"%s"}' % (<bytes>reason, rid)
         if self.outcome == OC_NONE:
             self.outcome = OC_ANSWERED

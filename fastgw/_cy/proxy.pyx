@@ -7,7 +7,8 @@
 #   BODY  -> the request body is streaming upstream; the response may already be streaming back
 #   WAIT  -> the request is complete; the response is in progress; later bytes are a pipelined
 #            request and reading is paused until the response ends
-#   POLICY -> a request policy paused the exchange (asynchronous work); reading is paused
+#   POLICY -> a request policy paused the exchange (asynchronous work); bytes read meanwhile are
+#            kept (reading pauses past QUEUE_HIGH_WATER), so a client that leaves is seen leaving
 #   CLOSED
 # An exchange ends when both the request body and the response are complete; the upstream
 # connection then goes back to its pool if it can carry another request.
@@ -53,7 +54,7 @@ cdef enum:
     PR_PIPELINE = 1       # a pipelined request waits for the current response
     PR_UPSTREAM = 2       # the upstream's write buffer is over its high-water mark
     PR_CONNECTING = 4     # body bytes are queued while the upstream connection is made
-    PR_POLICY = 8         # a request policy is waiting for asynchronous work
+    PR_POLICY = 8         # a request policy is waiting, and the bytes read meanwhile hit the bound
 
     # client deadlines
     DL_NONE = 0
