@@ -337,9 +337,17 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, lambda: None)   # the supervisor turns Ctrl-C into SIGTERM
-    # a signal that arrived while starting was held pending; it is handled once the loop runs
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
-    os.write(ready_w, READY_RECORD.pack(os.getpid()))
+
+    def ready() -> None:
+        # Unblocked only once the loop runs: uvloop wakes up for a signal only while it runs, so one
+        # held pending since the fork and delivered outside run_* would be recorded but never handled.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        try:
+            os.write(ready_w, READY_RECORD.pack(os.getpid()))
+        except OSError as exc:   # no supervisor to serve under
+            done.set_exception(exc)
+
+    loop.call_soon(ready)
     loop.run_until_complete(done)
     worker.stop()
     loop.run_until_complete(asyncio.sleep(0))
