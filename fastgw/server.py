@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from .config import ConfigError, GatewayConfig, load_config
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
-# A worker keeps these blocked from the fork until its handlers are installed: their default action
-# would kill it mid-start and reset the connections already queued on its socket.
+# A worker keeps these blocked from the fork until its loop runs with its handlers installed: their
+# default action would kill it mid-start and reset the connections already queued on its socket.
 WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 # A worker's ready report is its pid in one write, smaller than PIPE_BUF so that reports from workers
 # starting together never interleave.
@@ -172,7 +172,7 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
-                # WORKER_SIGNALS stay blocked until run_worker has its handlers in place
+                # WORKER_SIGNALS stay blocked: run_worker unblocks them once it can handle them
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 for s in self.placeholders:
                     s.close()
