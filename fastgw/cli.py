@@ -19,7 +19,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("fastgw: --workers must be at least 1", file=sys.stderr)
         return 2
-    return run(args.config, args.workers)
+    return run(args.config, args.workers, reuse_port=args.reuse_port)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the gateway")
     p.add_argument("-c", "--config", required=True, help="config file (.yaml, .json or .toml)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share listener addresses another fastgw already serves (zero-downtime upgrade: "
+                        "start the new one with this, then stop the old one); without it such an "
+                        "address is an error")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("check", help="validate config files; exit 1 listing every error")
