@@ -2,7 +2,9 @@
 checked against a table of tricky cases and against a plain Python reference implementation that
 follows RFC 3986 section 6.2.2 and the section 5.2.4 pseudo-code literally."""
 
+import pathlib
 import random
+import re
 
 import pytest
 from fastgw._core import HTTPParseError, normalize_request_path, parse_request
@@ -315,3 +317,32 @@ def test_idempotence_on_table():
             got = outcome(core, row[0], **kw)
             if got is not None:
                 assert core(got[0], **kw) == (got[0], False), (row[0], mode)
+
+
+def test_docs_table_matches():
+    """The examples table in docs/http.md ("Path normalization") is what the core does."""
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "http.md").read_text()
+    section = doc.split("## Path normalization", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `/")]
+    assert len(rows) >= 20
+
+    def cell(text, path):
+        text = text.strip()
+        if text == "400":
+            return None
+        if text == "as is":
+            return path
+        return re.fullmatch(r"`([^`]*)`", text).group(1).encode()
+
+    for line in rows:
+        cells = line.strip("|").split("|")
+        for path in re.findall(r"`([^`]*)`", cells[0]):
+            path = path.encode()
+            want = [cell(c, path) for c in cells[1:]]
+            got = []
+            for kw in ({}, {"merge_slashes": True}, {"reject_encoded_slash": True}):
+                r = outcome(core, path, **kw)
+                got.append(None if r is None else r[0])
+            r = outcome(core, path)
+            got.append(None if r is None or r[1] else path)  # reject mode
+            assert got == want, line
