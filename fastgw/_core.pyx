@@ -4,6 +4,7 @@
 
 include "_cy/consts.pxi"
 include "_cy/http1.pyx"
+include "_cy/pathnorm.pyx"
 include "_cy/router.pyx"
 include "_cy/balancer.pyx"
 include "_cy/filters.pyx"

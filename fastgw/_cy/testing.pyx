@@ -79,3 +79,22 @@ def build_upstream_head(bytes raw, bytes client_ip, bytes request_id):
                      drain_timeout=1.0)
         _bare_conn = Worker(None, rt)()
     return _bare_conn.serialize_upstream_head(raw, client_ip, request_id)
+
+
+def normalize_request_path(bytes path, bint merge_slashes=False, bint reject_encoded_slash=False,
+                           bint in_place=False):
+    """The path as the gateway normalizes it (`normalize_path` in pathnorm.pyx): returns
+    (normalized path, changed); raises HTTPParseError(400) when the path is refused. `in_place` runs the
+    C function with the source as its destination."""
+    cdef Py_ssize_t n = len(path), r
+    cdef int changed = 0
+    cdef int flags = (PN_MERGE_SLASHES if merge_slashes else 0) | \
+        (PN_REJECT_ENCODED_SLASH if reject_encoded_slash else 0)
+    cdef bytearray buf = bytearray(path) if in_place else bytearray(n)
+    cdef char* dst = buf
+    cdef const char* src = dst if in_place else <const char*>path
+    with nogil:
+        r = normalize_path(src, n, dst, flags, &changed)
+    if r < 0:
+        raise HTTPParseError(400, "invalid path")
+    return bytes(buf[:r]), bool(changed)
