@@ -290,6 +290,9 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         drain_timeout=cfg.server.drain_timeout,
         global_chain=global_chain,
         policies=policies,
+        path_normalization=cfg.server.path_normalization,
+        merge_slashes=cfg.server.merge_slashes,
+        reject_encoded_slashes=cfg.server.encoded_slashes == "reject",
     )
 
 

@@ -24,7 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig
+from .sources import load_config
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 # A worker keeps these blocked from the fork until its loop runs with its handlers installed: their

@@ -278,6 +278,8 @@ cdef class ClientConn:
             return 400
         for i in range(hl):
             self.hostbuf[i] = <char>_LOWER[<uint8_t>host[i]]
+        if hl > 1 and self.hostbuf[hl - 1] == b'.':
+            hl -= 1                    # a fully qualified "example.com." names "example.com"
         self.hostbuf[hl] = 0
         self.host_len = hl
         if self.routes_rt is not rt:

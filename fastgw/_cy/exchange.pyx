@@ -28,6 +28,9 @@ cdef tuple FLAG_CODES = (
 cdef tuple OUTCOME_NAMES = ("none", "proxied", "answered", "policy", "refused", "aborted")
 
 
+cdef bytes _OPTIONS_STAR_ALLOW = b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n"
+
+
 def flag_codes(int flags):
     """The short codes of a set of response flags, in a fixed order."""
     return [code for bit, code in FLAG_CODES if flags & bit]
@@ -227,7 +230,9 @@ cdef class Exchange:
         r = self._normalize_path()
         if r != OUT_PROXY:
             return r
-        if self.routes is None or (h.target_len == 1 and p[h.target] == b'*'):
+        if h.target_len == 1 and p[h.target] == b'*':
+            return OUT_OPTIONS_STAR
+        if self.routes is None:
             payload = None
         else:
             payload = self.routes.match_path(down.hostbuf, down.host_len, self.path, self.path_len, p, h)
@@ -245,10 +250,39 @@ cdef class Exchange:
         return OUT_PROXY
 
     cdef int _normalize_path(self) except -1:
-        """The path as routed and forwarded (server.path_normalization)."""
+        """The path as routed and forwarded (server.path_normalization, docs/http.md): the
+        request's own bytes when normalization leaves them as they are, else a copy."""
         cdef MessageHead* h = self.h
-        self.path = self.p + h.target
-        self.path_len = h.path_len
+        cdef Runtime rt = self.rt
+        cdef const char* src = self.p + h.target
+        cdef Py_ssize_t n = h.path_len, m
+        cdef int changed = 0
+        cdef char stack[2048]
+        cdef char* dst
+        cdef bytes heap = None
+        self.path = src
+        self.path_len = n
+        if rt.path_mode == PATH_OFF or n == 0 or src[0] != b'/':
+            return OUT_PROXY
+        if n <= 2048:
+            dst = stack
+        else:
+            heap = PyBytes_FromStringAndSize(NULL, n)
+            dst = PyBytes_AS_STRING(heap)
+        m = normalize_path(src, n, dst, rt.path_flags, &changed)
+        if m < 0:
+            self.refusal = b"invalid path"
+            self.flags |= RF_BAD_REQUEST
+            return 400
+        if not changed:
+            return OUT_PROXY
+        if rt.path_mode == PATH_REJECT:
+            self.refusal = b"path is not in normal form"
+            self.flags |= RF_BAD_REQUEST
+            return 400
+        self.npath = dst[:m]
+        self.path = PyBytes_AS_STRING(self.npath)
+        self.path_len = m
         return OUT_PROXY
 
     # ---- upstream_peer -------------------------------------------------------------------------
@@ -665,6 +699,13 @@ cdef class Exchange:
             self.down.keep_pipelined(data, off)
         if status == OUT_REDIRECT:
             self._send_redirect()
+        elif status == OUT_OPTIONS_STAR:
+            # `OPTIONS *` asks about the server, not a resource (RFC 9110 9.3.7): the gateway is
+            # the server the client reached, so it answers, as Apache and Envoy's direct responses do
+            self.outcome = OC_ANSWERED
+            self.status = 200
+            self.resp_complete = True
+            self.down.send_answer(self, 200, _OPTIONS_STAR_ALLOW, b"")
         elif status == OUT_POLICY_ANSWER:
             self._send_policy_answer()
         else:

@@ -160,12 +160,18 @@ cdef class Runtime:
     cdef readonly double drain_timeout
     cdef readonly PolicyChain global_chain    # for exchanges no route took: top-level policies
     cdef readonly dict policies               # key -> Policy, for carrying state over a reload
+    cdef readonly int path_mode               # PATH_OFF / PATH_NORMALIZE / PATH_REJECT
+    cdef readonly int path_flags              # PN_* flags of normalize_path
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
                  double keepalive_timeout, double body_timeout=60.0, int max_requests_per_connection, max_body,
-                 double drain_timeout, PolicyChain global_chain=None, dict policies=None):
+                 double drain_timeout, PolicyChain global_chain=None, dict policies=None,
+                 str path_normalization="normalize", bint merge_slashes=False, bint reject_encoded_slashes=False):
+        self.path_mode = {"off": PATH_OFF, "normalize": PATH_NORMALIZE, "reject": PATH_REJECT}[path_normalization]
+        self.path_flags = ((PN_MERGE_SLASHES if merge_slashes else 0)
+                           | (PN_REJECT_ENCODED_SLASH if reject_encoded_slashes else 0))
         self.global_chain = global_chain if global_chain is not None else EMPTY_CHAIN
         self.policies = policies if policies is not None else {}
         self.listener_routers = listener_routers

@@ -96,6 +96,12 @@ cdef enum:
     OUT_REDIRECT = 1
     OUT_TOO_LARGE = 413
     OUT_POLICY_ANSWER = 2
+    OUT_OPTIONS_STAR = 3
+
+    # server.path_normalization
+    PATH_OFF = 0
+    PATH_NORMALIZE
+    PATH_REJECT
 
 
 cdef dict _REASONS = {
