@@ -1,0 +1,1 @@
+"""Examples shipped with fastgw: configs (quickstart.yaml) and example plugins (plugins/)."""
