@@ -33,7 +33,7 @@ test: build
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check fastgw tests bench setup.py
+	$(VENV)/bin/ruff check fastgw tests bench examples setup.py
 
 annotate: $(VENV)/.installed
 	FASTGW_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace

@@ -315,7 +315,12 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
             log(f"reload refused, keeping the running config:\n{exc}")
             return
         old = worker.runtime
-        worker.swap_runtime(compile_runtime(new_cfg, old))
+        try:
+            new = compile_runtime(new_cfg, old)
+        except Exception as exc:  # a plugin's constructor, say: the old config keeps serving
+            log(f"reload refused, keeping the running config: {type(exc).__name__}: {exc}")
+            return
+        worker.swap_runtime(new)
         for target in retired_targets(old, worker.runtime):
             target.retire()
         log(f"worker {os.getpid()}: configuration reloaded")

@@ -82,8 +82,15 @@ cdef class _HeaderEdits:
             raise ValueError(f"{name} is the gateway's to set")
         return lname
 
+    cdef Exchange _live(self):
+        # the head the view reads is the connection's, and the next request reuses it
+        if self.ex.finished or (self.response and self.ex.resp_h == NULL and self.ex.resp_started):
+            raise RuntimeError("the exchange (or its response phase) is over")
+        return self.ex
+
     def get(self, name, default=None):
         """The value (str) of a field, repeated fields joined with ", "; `default` when absent."""
+        self._live()
         cdef bytes lname = self._name(name).lower()
         cdef list edits = self.ex.resp_edits_py if self.response else self.ex.upstream_edits
         cdef object v
@@ -121,9 +128,7 @@ cdef class _HeaderEdits:
         self._edit(self._owned(name), None, True)
 
     cdef void _edit(self, bytes lname, bytes line, bint drop):
-        cdef Exchange ex = self.ex
-        if ex.finished:
-            raise RuntimeError("the exchange is over")
+        cdef Exchange ex = self._live()
         if self.response:
             if ex.resp_edits_py is None:
                 ex.resp_edits_py = []
@@ -139,6 +144,7 @@ cdef class _HeaderEdits:
     def items(self):
         """Every (name, value) as the client sent them (requests) or the upstream did (responses),
         as str, before edits."""
+        self._live()
         if self.response:
             return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.ex.response_header_items()]
         return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.ex.header_items()]
@@ -212,10 +218,14 @@ cdef class ResponseView:
 
     @property
     def status(self):
+        if self.ex.finished:
+            raise RuntimeError("the exchange is over")
         return self.ex.status
 
     @property
     def headers(self):
+        if self.ex.finished:
+            raise RuntimeError("the exchange is over")
         if self._headers is None:
             self._headers = _HeaderEdits(self.ex, True)
         return self._headers
@@ -335,6 +345,7 @@ cdef class PluginPolicy(Policy):
         try:
             status, header_lines, body = _response_parts(result)
         except (TypeError, ValueError) as exc:
+            (<HookStats>self.stats[phase]).errors += 1      # a bad answer is the hook's failure
             return self._failed(ex, phase, exc)
         ex.answer(status, header_lines, body, RF_POLICY_ANSWER)
         return P_ANSWERED
@@ -430,6 +441,7 @@ cdef class PluginPolicy(Policy):
     cdef void log_done(self, double t0, task) except *:
         self.log_tasks.discard(task)
         if task.cancelled():
+            self._timed("log", t0, True)
             return
         exc = task.exception()
         self._timed("log", t0, exc is not None)

@@ -348,9 +348,6 @@ def test_external_auth_times_out_itself_and_the_worker_serves_others_meanwhile(a
     assert fast < result["took"]           # answered while the slow one was still waiting
 
 
-@pytest.mark.xfail(reason="fastgw bug: a request-phase policy timeout sends send_error(504, NULL) "
-                          "(Exchange.policy_timed_out leaves refusal unset) and the worker segfaults",
-                   strict=False)
 def test_policy_timeout_shorter_than_the_plugins_answers_504_pt(auth_gw) -> None:
     n = auth_gw.stderr_line_count()
     resp = get(auth_gw.port, "/tight", [("Authorization", "Bearer slow")])
