@@ -244,6 +244,17 @@ cdef class Worker:
     def active_clients(self):
         return len(self.clients)
 
+    def plugin_stats(self):
+        """{(plugin, phase): HookStats} of the running config's plugins, what the metric
+        fastgw_plugin_duration_seconds{plugin,phase} is built from. `plugin` is a top-level
+        plugin's name, or a route's plugin's key (routes/<route>/<name>), unique either way."""
+        out = {}
+        for key, policy in self.runtime.policies.items():
+            label = policy.name if key.startswith("policies/") else key
+            for phase, st in getattr(policy, "stats", {}).items():
+                out[(label, phase)] = st
+        return out
+
     def close_all(self):
         cdef ClientConn c
         cdef UpstreamConn u
