@@ -367,7 +367,7 @@ cdef class PluginPolicy(Policy):
         task = ex.worker.loop.create_task(result)
         ex.pending = task
         ex.pause_deadline(self.timeout)
-        task.add_done_callback(_RequestDone(self, ex, t0))
+        task.add_done_callback(_HookDone(self, ex, t0, False))
         return P_PAUSED
 
     cdef void request_done(self, Exchange ex, double t0, task) except *:
@@ -401,7 +401,7 @@ cdef class PluginPolicy(Policy):
         task = ex.worker.loop.create_task(result)
         ex.pending = task
         ex.pause_response_deadline(self.timeout)
-        task.add_done_callback(_ResponseDone(self, ex, t0))
+        task.add_done_callback(_HookDone(self, ex, t0, True))
         return P_PAUSED
 
     cdef void response_done(self, Exchange ex, double t0, task) except *:
@@ -451,32 +451,23 @@ cdef class PluginPolicy(Policy):
 
 # Done-callbacks as small cdef objects rather than closures: they keep the exchange and the start
 # time without a Python frame.
-cdef class _RequestDone:
+cdef class _HookDone:
     cdef PluginPolicy policy
     cdef Exchange ex
     cdef double t0
+    cdef bint response
 
-    def __init__(self, PluginPolicy policy, Exchange ex, double t0):
+    def __init__(self, PluginPolicy policy, Exchange ex, double t0, bint response):
         self.policy = policy
         self.ex = ex
         self.t0 = t0
+        self.response = response
 
     def __call__(self, task):
-        self.policy.request_done(self.ex, self.t0, task)
-
-
-cdef class _ResponseDone:
-    cdef PluginPolicy policy
-    cdef Exchange ex
-    cdef double t0
-
-    def __init__(self, PluginPolicy policy, Exchange ex, double t0):
-        self.policy = policy
-        self.ex = ex
-        self.t0 = t0
-
-    def __call__(self, task):
-        self.policy.response_done(self.ex, self.t0, task)
+        if self.response:
+            self.policy.response_done(self.ex, self.t0, task)
+        else:
+            self.policy.request_done(self.ex, self.t0, task)
 
 
 cdef class _LogDone:
