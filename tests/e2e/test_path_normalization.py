@@ -38,6 +38,15 @@ def gws(echo, module_gateway_factory):
     }
 
 
+def refused(gw, echo, target, error=None):
+    """A 400 for `target`, with nothing forwarded upstream."""
+    snap = echo.snapshot()
+    body = assert_gateway_error(send(gw, target), 400)
+    if error is not None:
+        assert body["error"] == error
+    sync_and_assert_nothing_forwarded(gw, echo, snap, f"400 for {target}")
+
+
 def send(gw, target, host="t.test", method="GET"):
     with RawConn(gw.port) as c:
         c.send(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -81,12 +90,7 @@ def test_curl_path_as_is_is_normalized(gws):
 
 @pytest.mark.parametrize("target", ["/p/x/../abc", "/p/%7e", "/p/a%2fb", "/p/./x"])
 def test_reject_mode_refuses_paths_normalization_would_change(gws, echo, target):
-    gw = gws["reject"]
-    snap = echo.snapshot()
-    r = send(gw, target)
-    body = assert_gateway_error(r, 400)
-    assert body["error"] == "path is not in normal form"
-    sync_and_assert_nothing_forwarded(gw, echo, snap, f"reject mode, {target}")
+    refused(gws["reject"], echo, target, "path is not in normal form")
 
 
 def test_reject_mode_serves_normal_paths(gws):
@@ -96,11 +100,7 @@ def test_reject_mode_serves_normal_paths(gws):
 
 @pytest.mark.parametrize("mode", ["normalize", "reject", "strict"])
 def test_malformed_percent_encoding_is_400(gws, echo, mode):
-    gw = gws[mode]
-    snap = echo.snapshot()
-    body = assert_gateway_error(send(gw, "/p/%zz"), 400)
-    assert body["error"] == "invalid path"
-    sync_and_assert_nothing_forwarded(gw, echo, snap, f"{mode}: malformed %")
+    refused(gws[mode], echo, "/p/%zz", "invalid path")
 
 
 def test_off_mode_routes_and_forwards_the_raw_path(gws):
@@ -110,10 +110,7 @@ def test_off_mode_routes_and_forwards_the_raw_path(gws):
 
 @pytest.mark.parametrize("target", ["/p/a%2Fb", "/p/a%5cb", "/p/a%00b"])
 def test_encoded_slashes_rejected_when_configured(gws, echo, target):
-    gw = gws["strict"]
-    snap = echo.snapshot()
-    assert_gateway_error(send(gw, target), 400)
-    sync_and_assert_nothing_forwarded(gw, echo, snap, f"encoded slash {target}")
+    refused(gws["strict"], echo, target, "invalid path")
 
 
 def test_merge_slashes(gws):
