@@ -126,3 +126,31 @@ def test_redirect(config_file):
     assert field(out, "route") == [route_name(front, "old")], out
     assert field(out, "result") == ["301 redirect to https://new.example.com/new/a/b?q=1"], out
     assert "upstream request:" not in out
+
+
+def test_explain_lists_the_routes_policies_per_phase(tmp_path):
+    """Issue 8: the chosen route's policies in the order they run, per phase, top-level ones first
+    and a skipped one left out."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "listeners: [{address: 127.0.0.1:8080}]\n"
+        "upstreams: {a: {targets: [{address: 127.0.0.1:9001}]}}\n"
+        "policies: [{type: noop, name: audit}, {type: noop, name: trace}]\n"
+        "routes:\n"
+        "  - name: r\n"
+        "    match: {path: {prefix: /}}\n"
+        "    upstream: a\n"
+        "    skip_policies: [trace]\n"
+        "    policies:\n"
+        "      - {type: respond, name: maint, status: 503, on_upstream_status: [502]}\n"
+        "      - {type: plugin, name: tenant, module: 'examples.plugins.tenant_router:TenantRouter',\n"
+        "         config: {tenants: {acme: t-1}}}\n")
+    res = subprocess.run([sys.executable, "-m", "fastgw", "explain", "-c", str(path), "GET",
+                          "http://x:8080/a", "-H", "X-Tenant: acme"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("policies:")]
+    assert lines == [
+        "policies: request: 1. audit (noop); 2. tenant (plugin examples.plugins.tenant_router:TenantRouter)",
+        "policies: response: 1. audit (noop); 2. maint (respond 503 instead of upstream [502])",
+        "policies: log: 1. audit (noop)",
+    ], res.stdout
