@@ -179,6 +179,7 @@ def run(a: argparse.Namespace) -> dict:
                 "connections": scen.connections,
                 "request_shapes": len(scen.requests),
                 "routes": len(scen.routes.hosts) if scen.routes else 1,
+                "fastgw_policies": scen.fastgw_policies,
             }
     finally:
         upstream.stop()
@@ -228,7 +229,7 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
     sdir.mkdir()
     try:
         for p in active:
-            cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name])
+            cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies)
             if p.name == "direct":
                 procs[p.name], ports[p.name] = None, upstream.port
                 live.append(p)

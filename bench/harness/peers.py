@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .tools import log
+
+#: The repository root (bench/harness/peers.py is two levels below it).
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 #: The upstream's fixed bodies. The 26-byte one also answers every path not listed (gateway routes, POSTs).
 BODY_26 = "hello from the upstream!!\n"
@@ -57,6 +61,8 @@ class PeerConfig:
     upstream_port: int
     routes: Routes | None = None  # None: one catch-all route
     features: frozenset[str] = frozenset()
+    #: fastgw only: `policies:` on every route (the others have no equivalent and ignore it).
+    policies: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -98,7 +104,9 @@ class Proc:
             pass
 
 
-def _spawn(name: str, cmd: list[str], cpus: str | None, workdir: Path, port: int) -> Proc:
+def _spawn(
+    name: str, cmd: list[str], cpus: str | None, workdir: Path, port: int, env: dict[str, str] | None = None
+) -> Proc:
     logfile = workdir / f"{name}.log"
     full = (["taskset", "-c", cpus] if cpus else []) + cmd
     with open(logfile, "wb") as out:
@@ -108,6 +116,7 @@ def _spawn(name: str, cmd: list[str], cpus: str | None, workdir: Path, port: int
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=workdir,
+            env=env,
             start_new_session=True,
         )
     return Proc(name=name, popen=popen, port=port, workdir=workdir, logfile=logfile)
@@ -422,8 +431,10 @@ class Fastgw(Peer):
             "keepalive: {max_idle: 1024, idle_timeout: 60s}}",
             "routes:",
         ]
+        # Policies (config schema `policies:` on a route), written as JSON: flow-style YAML.
+        pol = f", policies: {json.dumps(cfg.policies)}" if cfg.policies else ""
         if cfg.routes is None:
-            lines.append("  - {name: all, match: {path: {prefix: /}}, upstream: origin}")
+            lines.append(f"  - {{name: all, match: {{path: {{prefix: /}}}}, upstream: origin{pol}}}")
         else:
             for i, (h, p) in enumerate(zip(cfg.routes.hosts, cfg.routes.prefixes, strict=True)):
                 match = [f"path: {{prefix: '{p}'}}"]
@@ -441,7 +452,9 @@ class Fastgw(Peer):
                         f", filters: {{request_headers: {{set: {{{GATEWAY_SET_HEADER[0].lower()}: "
                         f"{GATEWAY_SET_HEADER[1]}}}}}}}"
                     )
-                lines.append(f"  - {{name: r{i}, match: {{{', '.join(match)}}}, upstream: origin{extra}}}")
+                lines.append(
+                    f"  - {{name: r{i}, match: {{{', '.join(match)}}}, upstream: origin{extra}{pol}}}"
+                )
         return "\n".join(lines) + "\n"
 
     def probe(self, workdir: Path) -> frozenset[str]:
@@ -490,7 +503,11 @@ class Fastgw(Peer):
         port = free_port()
         conf = d / "fastgw.yaml"
         conf.write_text(self.config_yaml(cfg, port))
-        return _spawn("fastgw", self.cmd + ["run", "-c", str(conf)] + self._extra_run_args, cpus, d, port)
+        # The repository root on PYTHONPATH: plugins under bench/ (the plugin scenario's) import from there.
+        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONPATH=pythonpath)
+        cmd = self.cmd + ["run", "-c", str(conf)] + self._extra_run_args
+        return _spawn("fastgw", cmd, cpus, d, port, env)
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:

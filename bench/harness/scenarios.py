@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from .load import Request
 from .peers import GATEWAY_MATCH_HEADER, Routes
 
+#: The plugin scenario's plugin (bench/harness/trivial_plugin.py), importable with the repository root on
+#: PYTHONPATH, which is how the harness starts fastgw.
+PLUGIN_MODULE = "bench.harness.trivial_plugin:Trivial"
+
 
 @dataclass
 class Scenario:
@@ -19,6 +23,9 @@ class Scenario:
     open_loop: Request
     routes: Routes | None = None
     notes: list[str] = field(default_factory=list)
+    #: fastgw only: the `policies:` of its route(s), each a dict as in the config (nginx and HAProxy have
+    #: no equivalent and run their plain config).
+    fastgw_policies: list[dict] = field(default_factory=list)
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -82,6 +89,23 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
         ),
         "c1000": lambda: Scenario("c1000", "GET, 26 B response, 1,000 connections", 1000, [get26], get26),
         "gateway": lambda: _gateway(gateway_route_count),
+        # The cost of the policy chain (issue 8): the get26 request, fastgw's route with policies.
+        "policies4": lambda: Scenario(
+            "policies4",
+            "GET, 26 B response, 50 connections; fastgw's route has 4 native noop policies",
+            50,
+            [get26],
+            get26,
+            fastgw_policies=[{"type": "noop"}] * 4,
+        ),
+        "plugin": lambda: Scenario(
+            "plugin",
+            "GET, 26 B response, 50 connections; fastgw's route has 1 Python plugin, a trivial on_request",
+            50,
+            [get26],
+            get26,
+            fastgw_policies=[{"type": "plugin", "module": PLUGIN_MODULE}],
+        ),
     }
     unknown = [n for n in names if n not in all_]
     if unknown:
@@ -102,4 +126,4 @@ def _gateway(n: int) -> Scenario:
     )
 
 
-SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway"]
+SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin"]
