@@ -226,6 +226,7 @@ cdef class ClientConn:
         and logged, and the connection closes."""
         cdef Exchange ex = self._new_exchange(self.buf, 0)
         self.buf = b""
+        self.host_len = 0              # no Host of this request is known
         self.keep_alive = False
         ex.request_id = self.worker.new_request_id()
         ex.head_method = False
@@ -238,6 +239,7 @@ cdef class ClientConn:
         cdef Exchange ex = Exchange.__new__(Exchange)
         ex.init(self, self.buf, 0, NULL)
         self.buf = b""
+        self.host_len = 0
         ex.request_id = self.worker.new_request_id()
         ex.outcome = OC_REFUSED
         ex.finish()
@@ -408,13 +410,15 @@ cdef class ClientConn:
                 wb_put(out, PyBytes_AS_STRING(data) + off, n)
             return
         piece = data if (off == 0 and n == PyBytes_GET_SIZE(data)) else memoryview(data)[off:off + n]
-        self.bytes_written += n + out.len
         if self.resp_mode == RM_CHUNK:
             wb_put_hex(out, n)
             wb_put(out, b"\r\n", 2)
-            self.bytes_written += out.len + 2
+            self.bytes_written += out.len + n + 2
             self.transport.writelines((wb_bytes(out), piece, b"\r\n"))
-        elif out.len:
+            out.len = 0
+            return
+        self.bytes_written += out.len + n
+        if out.len:
             self.transport.writelines((wb_bytes(out), piece))
         else:
             self.transport.write(piece)
@@ -459,7 +463,7 @@ cdef class ClientConn:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, PyBytes_GET_SIZE(body))
             wb_put(out, b"\r\n", 2)
-        self._put_trailer_fields(ex, False)
+        self._put_trailer_fields(ex, ex.http10)
         if not ex.head_method and status != 204 and status != 304:
             wb_put(out, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
         self.flush()
@@ -514,6 +518,8 @@ cdef class ClientConn:
         self._end_exchange()
 
     cpdef abort(self):
+        if self.ex is None and self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf):
+            self._log_unfinished_head()
         if self.ex is not None:
             self.ex.drop_upstream()
         if self.transport is not None and self.state != CL_CLOSED:
@@ -618,6 +624,9 @@ cdef class ClientConn:
         if outcome == OUT_REDIRECT:
             out["status"] = ex.filters.redirect.status
             out["location"] = ex.redirect_location()
+        elif outcome == OUT_OPTIONS_STAR:
+            out["status"] = 200
+            out["error"] = "OPTIONS * is answered by the gateway"
         elif outcome == OUT_PROXY:
             out["status"] = 200
             out["upstream"] = ex.group.name
@@ -625,7 +634,7 @@ cdef class ClientConn:
             ex._build_upstream_head()
             out["upstream_request"] = wb_bytes(&self.uout)
         else:
-            out["error"] = (<bytes>ex.refusal).decode()
+            out["error"] = (<bytes>ex.refusal).decode() if ex.refusal != NULL else "refused"
         ex.finished = True
         return out
 

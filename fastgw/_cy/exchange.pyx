@@ -123,8 +123,9 @@ cdef class Exchange:
         self.t_accept = down.t_accept
         self.t_head = monotonic()
         self.chain = self.rt.global_chain
-        self.http10 = h.version_minor == 0
-        self.head_method = h.is_head_method
+        if h != NULL:                 # NULL: a head that never came whole
+            self.http10 = h.version_minor == 0
+            self.head_method = h.is_head_method
 
     # ---- request phase -------------------------------------------------------------------------
 
@@ -143,7 +144,6 @@ cdef class Exchange:
                 self.down.keep_alive = False
             self._answer_before_upstream(data, off, n, outcome)
             return
-        self.chain = self.route.chain
         self._request_policies(0, data, off, n)
 
     cdef void _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
@@ -242,6 +242,7 @@ cdef class Exchange:
             return 404
         self.rmatch = <RouteMatch>payload
         self.route = self.rmatch.route
+        self.chain = self.route.chain     # from here on, even a 413 is the route's to log
         self.max_body = self.route.max_body if self.route.max_body >= 0 else rt.max_body
         if self.max_body >= 0 and h.framing == FR_LENGTH and h.content_length > self.max_body:
             self.refusal = b"request body too large"
@@ -352,6 +353,7 @@ cdef class Exchange:
         cdef Py_ssize_t client_host_len
         cdef const char* query = p + h.target + h.path_len
         cdef Py_ssize_t query_len = h.target_len - h.path_len
+        cdef list edits = self.upstream_edits       # plugins' edits: None on most routes
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
@@ -390,7 +392,7 @@ cdef class Exchange:
                     continue
                 if ops is not None and ops.drops(p + f.name, f.name_len):
                     continue
-                if self.upstream_edits is not None and _edits_drop(self.upstream_edits, p + f.name, f.name_len):
+                if edits is not None and _edits_drop(edits, p + f.name, f.name_len):
                     continue
                 _put_field(out, p, f)
         wb_put(out, b"X-Forwarded-For: ", 17)
@@ -478,7 +480,7 @@ cdef class Exchange:
         if self.mirror is not None:
             self.mirror.send(chunk)
         if self.up_queue is None:
-            if self.up is not None:
+            if self.up is not None and self.up.transport is not None:
                 self.up.transport.write(chunk)
             return
         self.up_queue.append(chunk)
@@ -793,7 +795,8 @@ cdef class Exchange:
             if self.outcome != OC_REFUSED:
                 self.outcome = OC_ABORTED
             if not (self.flags & (RF_UPSTREAM_RESET | RF_UPSTREAM_BODY_TIMEOUT | RF_UPSTREAM_PROTOCOL_ERROR
-                                  | RF_BAD_REQUEST | RF_BODY_TOO_LARGE)):
+                                  | RF_BAD_REQUEST | RF_BODY_TOO_LARGE | RF_REQUEST_TIMEOUT
+                                  | RF_POLICY_ERROR | RF_POLICY_TIMEOUT)):
                 self.flags |= RF_DOWNSTREAM_DISCONNECT
         if chain is not None:
             for i in range(chain.n_log):

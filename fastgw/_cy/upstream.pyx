@@ -24,6 +24,8 @@ cdef class UpstreamConn:
     cdef double body_timeout
     cdef double header_timeout
     cdef bytes held                 # UP_HELD: the bytes the response head was parsed from
+    cdef list held_tail             # bytes read after it while held
+    cdef bint request_sent          # the whole request is on its way: the header clock may run
     cdef Py_ssize_t held_off
     cdef bint lost_while_held
     cdef object lost_exc
@@ -52,6 +54,7 @@ cdef class UpstreamConn:
             self.header_timeout = ex.group.header_timeout
         self.got_bytes = False
         self.response_complete = False
+        self.request_sent = False
         self.nrequests += 1
         if reused:
             self.state = UP_HEAD
@@ -87,10 +90,12 @@ cdef class UpstreamConn:
                 ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 
     cdef void expect_response(self, bint request_sent):
-        """The response-header clock starts once the whole request is on its way."""
+        """The response-header clock starts once the whole request is on its way (and not while
+        reading is paused for a slow client, which is not the upstream's fault)."""
         if request_sent and self.state == UP_HEAD:
+            self.request_sent = True
             self.deadline_kind = UDL_HEADER
-            self.deadline = monotonic() + self.header_timeout
+            self.deadline = 0.0 if self.paused else monotonic() + self.header_timeout
         self.worker.upstreams.add(self)
 
     cdef void idle_since_pool(self, double until):
@@ -118,7 +123,11 @@ cdef class UpstreamConn:
             self.close()
             return
         if self.state == UP_HELD:
-            self.held = self.held + data    # read before the pause took effect
+            # read before the pause took effect; kept apart, since the exchange's view of the
+            # response head points into `held`
+            if self.held_tail is None:
+                self.held_tail = []
+            self.held_tail.append(data)
             return
         self.got_bytes = True
         if self.state == UP_HEAD:
@@ -218,12 +227,19 @@ cdef class UpstreamConn:
     cdef void continue_held(self):
         """The response phase let the held response through: relay it, and read on."""
         cdef bytes data = self.held
+        cdef list tail = self.held_tail
         cdef bint lost = self.lost_while_held
         self.held = None
+        self.held_tail = None
         self.lost_while_held = False
         if self.transport is not None and not lost and not self.paused:
             self.transport.resume_reading()
         self._relay_after_head(data, self.held_off, PyBytes_GET_SIZE(data))
+        if tail is not None:
+            for piece in tail:
+                if self.ex is None:
+                    break
+                self.data_received(piece)
         if lost and self.ex is not None:
             self._lost(self.lost_exc, UP_BODY)
 
@@ -326,7 +342,11 @@ cdef class UpstreamConn:
             self.paused = False
             if self.state == UP_BODY and self.body_timeout > 0:
                 self.deadline = monotonic() + self.body_timeout
-            self.transport.resume_reading()
+            elif self.state == UP_HEAD and self.request_sent:
+                self.deadline_kind = UDL_HEADER
+                self.deadline = monotonic() + self.header_timeout
+            if self.state != UP_HELD:      # a held response reads nothing until let through
+                self.transport.resume_reading()
 
     # ---- endings -----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -29,6 +30,10 @@ ModuleRef = Annotated[
          description="package.module:Class", examples=["examples.plugins.tenant:TenantRouter"]),
 ]
 Status = Annotated[int, Meta(ge=100, le=599)]
+FinalStatus = Annotated[int, Meta(ge=200, le=599, description="A final status: an interim (1xx) one cannot end an exchange.")]
+_GATEWAY_FIELDS = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+                             "te", "trailer", "upgrade", "x-request-id"))
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class PolicyBase(Base, tag_field="type", kw_only=True):
@@ -47,7 +52,7 @@ class RespondPolicy(PolicyBase, tag="respond", kw_only=True):
     `on_upstream_status`, in the response phase in place of an upstream response with one of those
     statuses (nginx's `error_page`)."""
 
-    status: Status
+    status: FinalStatus
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     body: str = ""
     on_upstream_status: Annotated[list[Status], Meta(min_length=1)] | None = None
@@ -122,9 +127,13 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
             out.append(([*path, "name"], f"duplicate policy name {name!r} (first at index {seen[name]})"))
         seen.setdefault(name, i)
         if isinstance(policy, RespondPolicy):
-            for key in policy.headers:
-                if key.lower() in ("content-length", "transfer-encoding", "connection", "x-request-id"):
+            for key, value in policy.headers.items():
+                if key.lower() in _GATEWAY_FIELDS:
                     out.append(([*path, "headers", key], f"{key} is the gateway's to set"))
+                elif not _TOKEN.match(key):
+                    out.append(([*path, "headers", key], f"not a valid header name: {key!r}"))
+                elif any(c in value for c in "\r\n\0"):
+                    out.append(([*path, "headers", key], "a header value cannot contain CR, LF or NUL"))
         if isinstance(policy, PluginPolicy):
             try:
                 cls = load_plugin_class(policy.module)

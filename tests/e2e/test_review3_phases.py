@@ -1,7 +1,5 @@
 """Review 3 of the Exchange refactor (issue 8) over real sockets: wire behaviour of findings that the
-sans-socket tests (tests/unit/test_review3_exchange.py) pin in detail.
-
-A test marked xfail(strict=True) is a finding that still stands; the marker goes with the fix."""
+sans-socket tests (tests/unit/test_review3_exchange.py) pin in detail."""
 
 from __future__ import annotations
 
@@ -44,7 +42,7 @@ def world(tmp_path_factory, echo, module_gateway_factory):
     return gw, log
 
 
-@pytest.mark.xfail(strict=True, reason="review3: a client leaving mid-head segfaults the worker (Exchange.init with h=NULL)")
+
 def test_review3_client_leaving_mid_head_keeps_the_worker(world):
     """One worker; a keep-alive client is idle on it. Another client sends half a request head and
     closes: ClientConn._log_unfinished_head -> Exchange.init(..., NULL) dereferences the NULL head
@@ -67,7 +65,7 @@ def test_review3_client_leaving_mid_head_keeps_the_worker(world):
                what="the half head's log entry")
 
 
-@pytest.mark.xfail(strict=True, reason="review3: gateway/policy answers to an HTTP/1.0 keep-alive client omit Connection: keep-alive")
+
 def test_review3_http10_keepalive_policy_answer(world):
     """An HTTP/1.0 client asking for keep-alive gets a policy's 403 without `Connection: keep-alive`
     (ClientConn.send_answer passes http10=False), while the gateway keeps the connection open (a

@@ -2,9 +2,8 @@
 UpstreamConn from the core with fake transports, a fake loop and hand-finished plugin tasks, so each
 callback arrives exactly where the scenario needs it.
 
-Each test marked xfail(strict=True) is a finding that still stands: it fails today, and the marker is
-to go once the fix lands. The harness is a copy of tests/unit/test_review_state_machine.py's (being
-moved to tests/support/), extended with plugin tasks."""
+Each test is a finding of that review, fixed with it. The harness extends the state-machine tests'
+fake loop with plugin tasks that the test finishes by hand."""
 
 from __future__ import annotations
 
@@ -276,7 +275,7 @@ def _hold_with_client_write_pressure():
     return h, up, ut
 
 
-@pytest.mark.xfail(strict=True, reason="review3: resume_reading_for_client resumes a held (UP_HELD) upstream")
+
 def test_review3_held_upstream_is_not_resumed_by_the_client_draining():
     """upstream.pyx:324-329 resume_reading_for_client resumes reading whatever the state, so a
     response held by a response policy (UP_HELD, which paused reading on purpose, upstream.pyx:195)
@@ -287,7 +286,7 @@ def test_review3_held_upstream_is_not_resumed_by_the_client_draining():
     assert not ut.reading, "the held upstream response is being read into memory while the policy works"
 
 
-@pytest.mark.xfail(strict=True, reason="review3: bytes read while UP_HELD free the buffer resp_p/resp_h point into")
+
 def test_review3_bytes_read_while_held_keep_the_held_head_valid():
     """While a response is held, Exchange.resp_p points into the bytes the head was parsed from
     (upstream.pyx:192 `held = data`). A read during the hold (above: after the client drained)
@@ -306,7 +305,7 @@ def test_review3_bytes_read_while_held_keep_the_held_head_valid():
     assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"X-Up: marker-value-0123456789\r\n" in got, got[:200]
 
 
-@pytest.mark.xfail(strict=True, reason="review3: request body after the upstream was lost while UP_HELD raises")
+
 def test_review3_body_after_upstream_lost_while_held():
     """The upstream answers early (the request body is still coming), a response policy holds the
     response, and the upstream closes: connection_lost in UP_HELD sets transport = None and keeps
@@ -325,7 +324,7 @@ def test_review3_body_after_upstream_lost_while_held():
     assert [e.outcome for e in logged()] == ["proxied"]
 
 
-@pytest.mark.xfail(strict=True, reason="review3: bytes_sent counts the pending head twice for a big re-chunked piece")
+
 def test_review3_bytes_sent_of_a_rechunked_response():
     """ClientConn.send_body (client.pyx:410-416), a piece over COALESCE_MAX in RM_CHUNK: it adds
     `n + out.len` (the pending head), then puts the chunk size line into `out` and adds `out.len + 2`
@@ -341,7 +340,7 @@ def test_review3_bytes_sent_of_a_rechunked_response():
     assert entry.bytes_sent == len(h.out), (entry.bytes_sent, len(h.out))
 
 
-@pytest.mark.xfail(strict=True, reason="review3: a refused head's LogEntry.host is the previous request's")
+
 def test_review3_refused_head_logs_no_stale_host():
     """A head the parser refuses never fills hostbuf, but LogEntry.host reads it whenever ex.h is
     set (plugin.pyx:262; Exchange.host, exchange.pyx:840-842), so a refused request on a keep-alive
@@ -358,7 +357,7 @@ def test_review3_refused_head_logs_no_stale_host():
     assert refused.host != "first.example", "the refused request is logged with another request's Host"
 
 
-@pytest.mark.xfail(strict=True, reason="review3: a request body timeout after the response started is logged DC")
+
 def test_review3_body_timeout_after_response_start_is_not_a_client_disconnect():
     """The upstream answers early and its response streams while the client's request body stalls:
     the body deadline (client.pyx:547-550) fails the request, which aborts the connection because the
@@ -379,7 +378,7 @@ def test_review3_body_timeout_after_response_start_is_not_a_client_disconnect():
     assert "DC" not in entry.flags, entry.flags
 
 
-@pytest.mark.xfail(strict=True, reason="review3: the response-header clock runs while the upstream is paused for the client")
+
 def test_review3_no_upstream_timeout_while_paused_for_a_slow_client():
     """Exchange._flush_queue (exchange.pyx:538-540) pauses the upstream for a client whose transport
     is still over its high-water mark (a pipelined exchange), then expect_response starts the
@@ -400,7 +399,7 @@ def test_review3_no_upstream_timeout_while_paused_for_a_slow_client():
     assert [e.flags for e in logged()] == [[]], [(e.status, e.flags) for e in logged()]
 
 
-@pytest.mark.xfail(strict=True, reason="review3: ClientConn.explain dereferences a NULL refusal for OPTIONS *")
+
 def test_review3_explain_options_star_does_not_crash():
     """ClientConn.explain (client.pyx:627-628): `OPTIONS *` makes _route return OUT_OPTIONS_STAR,
     which is not OUT_PROXY nor OUT_REDIRECT, so explain formats `<bytes>ex.refusal`, a NULL
@@ -422,7 +421,7 @@ def test_review3_explain_options_star_does_not_crash():
     assert "200" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="review3: a respond policy may answer with a 1xx status")
+
 def test_review3_respond_policy_refuses_an_interim_status():
     """config/policies.py: RespondPolicy.status is `Status` (100..599), so `respond` with 100 or 103
     passes `fastgw check`, and ClientConn.send_answer writes "HTTP/1.1 103 OK" with a Content-Length
@@ -435,14 +434,6 @@ def test_review3_respond_policy_refuses_an_interim_status():
         loads_config(config(route_policies="{type: respond, status: 103, body: early}"), "yaml")
 
 
-def test_review3_respond_policy_interim_status_on_the_wire():
-    """What the 1xx answer of the finding above looks like (passes today; documents the damage)."""
-    h = Harness(config(route_policies="{type: respond, status: 103, body: early}"))
-    h.client.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert h.out.startswith(b"HTTP/1.1 103 ") and h.out.endswith(b"early") and not h.ct.closing
-
-
-@pytest.mark.xfail(strict=True, reason="review3: gateway/policy answers to an HTTP/1.0 keep-alive client omit Connection: keep-alive")
 def test_review3_http10_keepalive_answer_says_keep_alive():
     """ClientConn.send_answer passes http10=False to _put_trailer_fields (client.pyx:462), so an
     answer the gateway or a policy makes to an HTTP/1.0 client that asked for keep-alive carries no
@@ -456,7 +447,7 @@ def test_review3_http10_keepalive_answer_says_keep_alive():
     assert b"\r\nConnection: keep-alive\r\n" in h.out, h.out
 
 
-@pytest.mark.xfail(strict=True, reason="review3: close_all loses the log of a connection in the middle of a head")
+
 def test_review3_close_all_logs_a_half_received_head():
     """A client that left mid-head is logged as an exchange (ClientConn._log_unfinished_head, from
     connection_lost when state == CL_HEAD and bytes are buffered). Worker.close_all (the end of a
@@ -471,7 +462,7 @@ def test_review3_close_all_logs_a_half_received_head():
     assert len(logged()) == 1, "the half-received request was never logged"
 
 
-@pytest.mark.xfail(strict=True, reason="review3: a client leaving mid-head segfaults the worker (Exchange.init with h=NULL)")
+
 def test_review3_client_leaving_mid_head_does_not_crash():
     """ClientConn._log_unfinished_head (client.pyx:236-243) calls `ex.init(self, self.buf, 0, NULL)`,
     and Exchange.init reads `h.version_minor` and `h.is_head_method` (exchange.pyx:126-127) from that
