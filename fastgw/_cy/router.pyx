@@ -1326,54 +1326,5 @@ cdef class Router:
             return f"{desc}: missing"
         return f"{desc}: got {got!r}"
 
-    def _lookup_raw(self, bytes host, bytes raw, bint drop_underscores=True):
-        """Tests: parses a raw request head with the real parser and routes it with match_request.
-        Returns (payload, {capture name: bytes})."""
-        cdef MessageHead h
-        cdef HeadLimits lim
-        cdef Py_ssize_t r, i
-        cdef Py_ssize_t starts[_RT_MAX_CAPS]
-        cdef Py_ssize_t lens[_RT_MAX_CAPS]
-        cdef const char* p = raw
-        lim.max_request_line = 8192
-        lim.max_head_bytes = 65536
-        lim.max_headers = 100
-        lim.drop_underscores = drop_underscores
-        head_init(&h, 100)
-        try:
-            r = parse_request_head(&h, p, len(raw), &lim)
-            if r < 0:
-                raise ValueError(f"unparsable head ({r})")
-            payload = self.match_request(host, len(host), p, &h)
-            n = self.last_captures(starts, lens, _RT_MAX_CAPS)
-            caps = {}
-            for i in range(n):
-                s = h.target + starts[i]
-                caps[self._tpl_names[self._cap_tpl][i]] = raw[s:s + lens[i]]
-            return payload, caps
-        finally:
-            head_free(&h)
-
-    def _bench_match(self, bytes host, bytes path, Py_ssize_t n):
-        """Calls match() n times from C (for per-match timing without Python-call overhead)."""
-        cdef const char* hp = host
-        cdef const char* pp = path
-        cdef Py_ssize_t hl = len(host), pl = len(path), i
-        cdef object r = None
-        for i in range(n):
-            r = self.match(hp, hl, pp, pl)
-        return r
-
-    def _bench_match_request(self, bytes host, bytes path, method, headers, query, Py_ssize_t n):
-        """Calls match_request() n times from C on one request head."""
-        cdef _RtRequest rq = _RtRequest(method, path, headers, query)
-        cdef const char* hp = host
-        cdef const char* bp = rq.buf
-        cdef Py_ssize_t hl = len(host), i
-        cdef object r = None
-        for i in range(n):
-            r = self.match_request(hp, hl, bp, &rq.h)
-        return r
-
     def __len__(self):
         return self.n_routes

@@ -5,7 +5,7 @@ import random
 
 import httptools
 import pytest
-from fastgw._core import HTTPParseError, decode_chunked, parse_request
+from support.core_testing import HTTPParseError, decode_chunked, parse_request
 
 
 def test_simple_get():
