@@ -825,7 +825,7 @@ cdef class Router:
     def _build_conds(self, list paths, list rconds, list special):
         """Lays out the conditions of every spec that has some, the templates and the regexes.
         Returns (per-route first condition, per-route template/regex index)."""
-        cdef Py_ssize_t n_conds = 0, n_meths = 0, n_tpls = 0, n_pieces = 0, i, k
+        cdef Py_ssize_t n_conds = 0, n_meths = 0, n_tpls = 0, n_pieces = 0, k
         cdef _rt_Cond* d
         blob = bytearray()
         self._regexes = []
@@ -835,7 +835,7 @@ cdef class Router:
             if cd is not None:
                 n_conds += (len(cd[0]) > 0) + len(cd[1]) + len(cd[2])
                 n_meths += len(cd[0])
-            kind, key, score = paths[ri]
+            kind, key, _ = paths[ri]
             if kind == _RT_PATH_TEMPLATE:
                 n_tpls += 1
                 n_pieces += len(key[0])
@@ -888,9 +888,9 @@ cdef class Router:
                         d.val_len = len(value)
                         blob += value
         for ri in special:
-            kind, key, score = paths[ri]
+            kind, key, _ = paths[ri]
             if kind == _RT_PATH_TEMPLATE:
-                pieces, names, lit, minlen, slashes = key
+                pieces, names, _, minlen, slashes = key
                 if slashes >= self._max_tpl_slash:
                     self._max_tpl_slash = slashes
                 elif -1 - slashes > self._max_tpl_slash:
@@ -1105,7 +1105,6 @@ cdef class Router:
         cdef Py_ssize_t i, k, limit, lo, n_marks = 0, n_h = 0, ei, c, wpos = 0
         cdef Py_ssize_t maxp = self._max_prefix
         cdef bint full_ok
-        cdef int32_t ns
         self._n_caps = 0
         # ---- path: one forward pass; remember hashes at candidate prefix boundaries ----
         if maxp >= 0 and self._has_plen[0]:
@@ -1279,7 +1278,7 @@ cdef class Router:
                 for c in range(start, start + count):
                     cand = &self._cands[c]
                     ri = cand.route_index
-                    pkind, pkey, score = self._paths[ri]
+                    pkind, _, score = self._paths[ri]
                     prank = {_RT_PATH_EXACT: 0, _RT_PATH_TEMPLATE: 1, _RT_PATH_REGEX: 2}.get(pkind, 3)
                     key = (hk, hl, prank, -score) + _rt_rkey(self._rconds, self._orders, ri)
                     if not self._path_ok(cand, pp, n):

@@ -17,7 +17,6 @@ def parse_request(bytes data, int max_request_line=8192, int max_head_bytes=6553
     cdef MessageHead h
     cdef HeadLimits lim
     cdef Py_ssize_t r
-    cdef int i
     lim.max_request_line = max_request_line
     lim.max_head_bytes = max_head_bytes
     lim.max_headers = max_headers
@@ -151,10 +150,11 @@ def bench_match(Router router, bytes host, bytes path, Py_ssize_t n):
     the last result."""
     cdef const char* hp = host
     cdef const char* pp = path
-    cdef Py_ssize_t hl = len(host), pl = len(path), i
+    cdef Py_ssize_t hl = len(host), pl = len(path)
     cdef object r = None
-    for i in range(n):
+    while n > 0:
         r = router.match(hp, hl, pp, pl)
+        n -= 1
     return r
 
 
@@ -163,16 +163,18 @@ def bench_match_request(Router router, bytes host, bytes path, method, headers, 
     cdef _RtRequest rq = _RtRequest(method, path, headers, query)
     cdef const char* hp = host
     cdef const char* bp = rq.buf
-    cdef Py_ssize_t hl = len(host), i
+    cdef Py_ssize_t hl = len(host)
     cdef object r = None
-    for i in range(n):
+    while n > 0:
         r = router.match_request(hp, hl, bp, &rq.h)
+        n -= 1
     return r
 
 
 def bench_pick(SmoothWeightedRR balancer, Py_ssize_t n):
     """Calls `balancer.pick()` n times from C; returns the last index."""
-    cdef Py_ssize_t i, r = -1
-    for i in range(n):
+    cdef Py_ssize_t r = -1
+    while n > 0:
         r = balancer.pick()
+        n -= 1
     return r
