@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml setup.py
 	FASTGW_SKIP_CORE=1 $(PIP) install -q --no-build-isolation -e '.[test]'
 	touch $@
 
+# The in-place core always has the test and bench entry points (FASTGW_TESTING=1, see setup.py), so the
+# stamp never stands for a build without them; a build that turned them off rewrote fastgw/_cy/features.pxi,
+# one of CORE_SRC, which makes the stamp stale.
 fastgw/_core.stamp: $(VENV)/.installed setup.py $(CORE_SRC)
-	$(PY) setup.py -q build_ext --inplace
+	FASTGW_TESTING=1 $(PY) setup.py -q build_ext --inplace
 	touch $@
 
 build: fastgw/_core.stamp
@@ -36,11 +39,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check fastgw tests bench examples setup.py
 
 annotate: $(VENV)/.installed
-	FASTGW_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace
+	FASTGW_TESTING=1 FASTGW_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace
 	@echo "annotations: fastgw/_core.html"
 
 clean:
-	rm -rf build dist fastgw.egg-info fastgw/_core.c fastgw/_core*.so fastgw/_core.stamp fastgw/_core.html
+	rm -rf build dist fastgw.egg-info fastgw/_core.c fastgw/_core*.so fastgw/_core.stamp fastgw/_core.html \
+		fastgw/_cy/features.pxi
 
 # Macro benchmark (bench/README.md): fastgw, nginx, HAProxy and direct-to-upstream under wrk and httperf.
 # `make bench` is the full run and writes its table into bench/README.md; `make bench-quick` takes about a

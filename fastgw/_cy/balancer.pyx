@@ -86,12 +86,5 @@ cdef class SmoothWeightedRR:
         """Python entry for tests: index of the next target, -1 if none is available."""
         return self.pick()
 
-    def _bench_pick(self, Py_ssize_t n):
-        """Calls pick() n times from C; returns the last index."""
-        cdef Py_ssize_t i, r = -1
-        for i in range(n):
-            r = self.pick()
-        return r
-
     def __len__(self):
         return self.n

@@ -562,21 +562,6 @@ cdef class ClientConn:
 
     # ---- Python entries: sans-socket tools -----------------------------------------------------
 
-    def serialize_upstream_head(self, bytes raw, bytes client_ip, bytes request_id):
-        """The upstream head for a request head, no routing or filters: for benchmarks and tests."""
-        cdef const char* p = raw
-        cdef Py_ssize_t r = parse_request_head(&self.head, p, len(raw), &self.rt.head_limits)
-        cdef Exchange ex
-        if r < 0:
-            raise ValueError("not a complete, valid request head")
-        self.client_ip = client_ip
-        ex = Exchange.__new__(Exchange)
-        ex.init(self, raw, r, &self.head)
-        ex.request_id = request_id
-        ex._normalize_path()
-        ex._build_upstream_head()
-        return wb_bytes(&self.uout)
-
     def explain(self, bytes raw, int local_port, str listen_address=None, bytes client_ip=b"192.0.2.1"):
         """What the request phases decide for `raw` (a request head), with no socket and without
         running policies: for `fastgw explain` and tests. `listen_address` defaults to the

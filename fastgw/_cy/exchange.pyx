@@ -921,14 +921,14 @@ cdef list _field_items(MessageHead* h, const char* p):
 
 cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n):
     cdef bytes lname
-    for lname, _line, drop in edits:
+    for lname, _, drop in edits:
         if drop and PyBytes_GET_SIZE(lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(lname), n):
             return True
     return False
 
 
 cdef int _put_edit_lines(WBuf* out, list edits) except -1:
-    for _lname, line, _drop in edits:
+    for _, line, _ in edits:
         if line is not None:
             wb_put(out, PyBytes_AS_STRING(<bytes>line), PyBytes_GET_SIZE(<bytes>line))
     return 0

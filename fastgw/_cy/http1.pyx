@@ -245,7 +245,7 @@ cdef int _parse_fields(MessageHead* h, const char* buf, Py_ssize_t pos, Py_ssize
                        HeadLimits* lim, bint is_request) noexcept nogil:
     """Parses header fields from `pos` up to and including the blank line. Returns the head length,
     PARSE_INCOMPLETE, or PARSE_ERROR."""
-    cdef Py_ssize_t name, name_end, vstart, vend, i
+    cdef Py_ssize_t name, name_end, vstart, vend
     cdef uint8_t c
     cdef int kind
     cdef int bad = 400 if is_request else 502

@@ -95,8 +95,8 @@ cdef class _HeaderEdits:
         cdef list edits = self.ex.resp_edits_py if self.response else self.ex.upstream_edits
         cdef object v
         if edits is not None:
-            values = [line[len(lname) + 2:len(line) - 2] for n, line, _drop in edits if n == lname and line is not None]
-            if any(n == lname and drop for n, _line, drop in edits):
+            values = [line[len(lname) + 2:len(line) - 2] for n, line, _ in edits if n == lname and line is not None]
+            if any(n == lname and drop for n, _, drop in edits):
                 return b", ".join(values).decode("latin-1") if values else default
         else:
             values = []
@@ -484,7 +484,6 @@ cdef class _LogDone:
 
 cdef tuple _response_parts(result):
     """A hook's answer: fastgw.plugin.Response, or (status, headers, body)."""
-    cdef bytes lines
     status = getattr(result, "status", None)
     if status is not None:
         headers = result.headers

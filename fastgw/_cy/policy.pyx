@@ -74,7 +74,6 @@ cdef class PolicyChain:
     cdef Py_ssize_t n_log
 
     def __init__(self, policies=()):
-        cdef Policy p
         self.policies = tuple(policies)
         self.request = tuple(p for p in self.policies if p.phases & PH_REQUEST)
         self.response = tuple(p for p in self.policies if p.phases & PH_RESPONSE)

@@ -825,7 +825,7 @@ cdef class Router:
     def _build_conds(self, list paths, list rconds, list special):
         """Lays out the conditions of every spec that has some, the templates and the regexes.
         Returns (per-route first condition, per-route template/regex index)."""
-        cdef Py_ssize_t n_conds = 0, n_meths = 0, n_tpls = 0, n_pieces = 0, i, k
+        cdef Py_ssize_t n_conds = 0, n_meths = 0, n_tpls = 0, n_pieces = 0, k
         cdef _rt_Cond* d
         blob = bytearray()
         self._regexes = []
@@ -835,7 +835,7 @@ cdef class Router:
             if cd is not None:
                 n_conds += (len(cd[0]) > 0) + len(cd[1]) + len(cd[2])
                 n_meths += len(cd[0])
-            kind, key, score = paths[ri]
+            kind, key, _ = paths[ri]
             if kind == _RT_PATH_TEMPLATE:
                 n_tpls += 1
                 n_pieces += len(key[0])
@@ -888,9 +888,9 @@ cdef class Router:
                         d.val_len = len(value)
                         blob += value
         for ri in special:
-            kind, key, score = paths[ri]
+            kind, key, _ = paths[ri]
             if kind == _RT_PATH_TEMPLATE:
-                pieces, names, lit, minlen, slashes = key
+                pieces, names, _, minlen, slashes = key
                 if slashes >= self._max_tpl_slash:
                     self._max_tpl_slash = slashes
                 elif -1 - slashes > self._max_tpl_slash:
@@ -1105,7 +1105,6 @@ cdef class Router:
         cdef Py_ssize_t i, k, limit, lo, n_marks = 0, n_h = 0, ei, c, wpos = 0
         cdef Py_ssize_t maxp = self._max_prefix
         cdef bint full_ok
-        cdef int32_t ns
         self._n_caps = 0
         # ---- path: one forward pass; remember hashes at candidate prefix boundaries ----
         if maxp >= 0 and self._has_plen[0]:
@@ -1279,7 +1278,7 @@ cdef class Router:
                 for c in range(start, start + count):
                     cand = &self._cands[c]
                     ri = cand.route_index
-                    pkind, pkey, score = self._paths[ri]
+                    pkind, _, score = self._paths[ri]
                     prank = {_RT_PATH_EXACT: 0, _RT_PATH_TEMPLATE: 1, _RT_PATH_REGEX: 2}.get(pkind, 3)
                     key = (hk, hl, prank, -score) + _rt_rkey(self._rconds, self._orders, ri)
                     if not self._path_ok(cand, pp, n):
@@ -1325,55 +1324,6 @@ cdef class Router:
         if got is None:
             return f"{desc}: missing"
         return f"{desc}: got {got!r}"
-
-    def _lookup_raw(self, bytes host, bytes raw, bint drop_underscores=True):
-        """Tests: parses a raw request head with the real parser and routes it with match_request.
-        Returns (payload, {capture name: bytes})."""
-        cdef MessageHead h
-        cdef HeadLimits lim
-        cdef Py_ssize_t r, i
-        cdef Py_ssize_t starts[_RT_MAX_CAPS]
-        cdef Py_ssize_t lens[_RT_MAX_CAPS]
-        cdef const char* p = raw
-        lim.max_request_line = 8192
-        lim.max_head_bytes = 65536
-        lim.max_headers = 100
-        lim.drop_underscores = drop_underscores
-        head_init(&h, 100)
-        try:
-            r = parse_request_head(&h, p, len(raw), &lim)
-            if r < 0:
-                raise ValueError(f"unparsable head ({r})")
-            payload = self.match_request(host, len(host), p, &h)
-            n = self.last_captures(starts, lens, _RT_MAX_CAPS)
-            caps = {}
-            for i in range(n):
-                s = h.target + starts[i]
-                caps[self._tpl_names[self._cap_tpl][i]] = raw[s:s + lens[i]]
-            return payload, caps
-        finally:
-            head_free(&h)
-
-    def _bench_match(self, bytes host, bytes path, Py_ssize_t n):
-        """Calls match() n times from C (for per-match timing without Python-call overhead)."""
-        cdef const char* hp = host
-        cdef const char* pp = path
-        cdef Py_ssize_t hl = len(host), pl = len(path), i
-        cdef object r = None
-        for i in range(n):
-            r = self.match(hp, hl, pp, pl)
-        return r
-
-    def _bench_match_request(self, bytes host, bytes path, method, headers, query, Py_ssize_t n):
-        """Calls match_request() n times from C on one request head."""
-        cdef _RtRequest rq = _RtRequest(method, path, headers, query)
-        cdef const char* hp = host
-        cdef const char* bp = rq.buf
-        cdef Py_ssize_t hl = len(host), i
-        cdef object r = None
-        for i in range(n):
-            r = self.match_request(hp, hl, bp, &rq.h)
-        return r
 
     def __len__(self):
         return self.n_routes

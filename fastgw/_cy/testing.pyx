@@ -1,4 +1,7 @@
-# Python entry points into the C parsers, for sans-socket tests.
+# Test and bench entry points: the C parsers, the upstream head serializer, the router on a raw head and
+# loops of the router and balancer run from C. Compiled into fastgw._core only when the core is built with
+# FASTGW_TESTING=1 (`make build` does; a wheel does not): setup.py writes fastgw/_cy/features.pxi, which
+# _core.pyx includes, to include this file or nothing.
 
 class HTTPParseError(ValueError):
     def __init__(self, status, reason):
@@ -14,7 +17,6 @@ def parse_request(bytes data, int max_request_line=8192, int max_head_bytes=6553
     cdef MessageHead h
     cdef HeadLimits lim
     cdef Py_ssize_t r
-    cdef int i
     lim.max_request_line = max_request_line
     lim.max_head_bytes = max_head_bytes
     lim.max_headers = max_headers
@@ -72,13 +74,27 @@ def build_upstream_head(bytes raw, bytes client_ip, bytes request_id):
     """The head fastgw would send upstream for request head `raw` (hop-by-hop fields dropped,
     X-Forwarded-* and X-Request-Id added, framing redone); no routing, no filters."""
     global _bare_conn
+    cdef ClientConn conn
+    cdef const char* p = raw
+    cdef Py_ssize_t r
+    cdef Exchange ex
     if _bare_conn is None:
         rt = Runtime({}, {}, host_independent=frozenset(), max_request_line=8192,
                      max_head_bytes=65536, max_headers=100, drop_underscores=False, header_timeout=10.0,
                      keepalive_timeout=60.0, max_requests_per_connection=1000, max_body=None,
                      drain_timeout=1.0)
         _bare_conn = Worker(None, rt)()
-    return _bare_conn.serialize_upstream_head(raw, client_ip, request_id)
+    conn = _bare_conn
+    r = parse_request_head(&conn.head, p, len(raw), &conn.rt.head_limits)
+    if r < 0:
+        raise ValueError("not a complete, valid request head")
+    conn.client_ip = client_ip
+    ex = Exchange.__new__(Exchange)
+    ex.init(conn, raw, r, &conn.head)
+    ex.request_id = request_id
+    ex._normalize_path()
+    ex._build_upstream_head()
+    return wb_bytes(&conn.uout)
 
 
 def normalize_request_path(bytes path, bint merge_slashes=False, bint reject_encoded_slash=False,
@@ -98,3 +114,67 @@ def normalize_request_path(bytes path, bint merge_slashes=False, bint reject_enc
     if r < 0:
         raise HTTPParseError(400, "invalid path")
     return bytes(buf[:r]), bool(changed)
+
+
+def route_raw_head(Router router, bytes host, bytes raw, bint drop_underscores=True):
+    """Parses a raw request head with the real parser and routes it with `router.match_request`.
+    Returns (payload, {capture name: bytes})."""
+    cdef MessageHead h
+    cdef HeadLimits lim
+    cdef Py_ssize_t r, i, n
+    cdef Py_ssize_t starts[_RT_MAX_CAPS]
+    cdef Py_ssize_t lens[_RT_MAX_CAPS]
+    cdef const char* p = raw
+    lim.max_request_line = 8192
+    lim.max_head_bytes = 65536
+    lim.max_headers = 100
+    lim.drop_underscores = drop_underscores
+    head_init(&h, 100)
+    try:
+        r = parse_request_head(&h, p, len(raw), &lim)
+        if r < 0:
+            raise ValueError(f"unparsable head ({r})")
+        payload = router.match_request(host, len(host), p, &h)
+        n = router.last_captures(starts, lens, _RT_MAX_CAPS)
+        caps = {}
+        for i in range(n):
+            s = h.target + starts[i]
+            caps[router._tpl_names[router._cap_tpl][i]] = raw[s:s + lens[i]]
+        return payload, caps
+    finally:
+        head_free(&h)
+
+
+def bench_match(Router router, bytes host, bytes path, Py_ssize_t n):
+    """Calls `router.match()` n times from C (per-match timing without Python-call overhead); returns
+    the last result."""
+    cdef const char* hp = host
+    cdef const char* pp = path
+    cdef Py_ssize_t hl = len(host), pl = len(path)
+    cdef object r = None
+    while n > 0:
+        r = router.match(hp, hl, pp, pl)
+        n -= 1
+    return r
+
+
+def bench_match_request(Router router, bytes host, bytes path, method, headers, query, Py_ssize_t n):
+    """Calls `router.match_request()` n times from C on one request head; returns the last result."""
+    cdef _RtRequest rq = _RtRequest(method, path, headers, query)
+    cdef const char* hp = host
+    cdef const char* bp = rq.buf
+    cdef Py_ssize_t hl = len(host)
+    cdef object r = None
+    while n > 0:
+        r = router.match_request(hp, hl, bp, &rq.h)
+        n -= 1
+    return r
+
+
+def bench_pick(SmoothWeightedRR balancer, Py_ssize_t n):
+    """Calls `balancer.pick()` n times from C; returns the last index."""
+    cdef Py_ssize_t r = -1
+    while n > 0:
+        r = balancer.pick()
+        n -= 1
+    return r

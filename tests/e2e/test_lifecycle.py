@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import yaml
 from support.client import RawConn, wait_until
-from support.gateway import REPO_ROOT, descendants, simple_config, socket_owner_pids
+from support.gateway import REPO_ROOT, descendants, only_worker_pid, serves, simple_config, socket_owner_pids
 from support.upstreams import EchoServer
 
 
@@ -190,6 +191,31 @@ def test_two_workers_both_serve_and_a_killed_worker_is_replaced(echo, gateway_fa
     for i in range(10):
         assert status_of(gw, f"/after-kill/{i}") == 200
     assert gw.stop(30) == 0, gw.describe()
+
+
+def test_killed_single_worker_is_replaced_and_serves(echo, gateway_factory):
+    """`Supervisor.run` closes `ready_r` once the first workers are up (server.py:95), but `_reap`
+    respawns a dead worker with `self.ready_w` (server.py:161). The new worker's
+    `os.write(ready_w, b"r")` (server.py:230) raises BrokenPipeError, so it exits 1, is respawned,
+    fails again... forever: a restart storm, and that worker slot never serves again. With one
+    worker the gateway is down for good after any worker death (OOM kill, or the crash of
+    test_absolute_form_long_authority_does_not_crash_worker in tests/e2e/test_limits.py).
+    (From review 1: a restarted worker could not report ready, so a single-worker gateway never
+    served again.)"""
+    gw = gateway_factory(simple_config(echo.address), workers=1)
+    assert serves(gw)
+    victim = only_worker_pid(gw)
+    lines_before = gw.stderr_line_count()
+    os.kill(victim, signal.SIGKILL)
+    try:
+        wait_until(lambda: serves(gw), timeout=10, interval=0.2, what="a replacement worker to serve")
+    except AssertionError:
+        log = gw.stderr_since(lines_before)
+        raise AssertionError("no working replacement worker; supervisor log (first 15 lines):\n"
+                             + "\n".join(log.splitlines()[:15])) from None
+    time.sleep(1.0)
+    restarts = gw.stderr_since(lines_before).count("restarting")
+    assert restarts == 1, f"{restarts} restarts after one kill:\n{gw.stderr_since(lines_before)[:2000]}"
 
 
 def test_connection_busy_at_reload_is_closed_when_its_target_was_retired(gateway_factory):

@@ -1,6 +1,9 @@
-"""Routing by host and path, 404 JSON errors, smooth weighted round robin across named upstreams."""
+"""Routing by host and path, 404 JSON errors, smooth weighted round robin across named upstreams, listeners
+sharing a port on different addresses."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 from support.client import RawConn, assert_gateway_error
@@ -71,3 +74,48 @@ def test_smooth_weighted_round_robin(named, gateway_factory):
     with RawConn(gw.port) as c:
         seq = [c.request("GET", f"/w{i}").json()["name"] for i in range(14)]
     assert "".join(seq) == "aabacaa" * 2
+
+
+def _free_port_on(*hosts: str) -> int:
+    """A port that is free on every host given (tried a few times)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        ok = True
+        for h in hosts[1:]:
+            with socket.socket() as s:
+                try:
+                    s.bind((h, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no common free port")
+
+
+def test_listeners_sharing_a_port_on_different_addresses_keep_their_routes(echo, gateway_factory):
+    """(From review 2: listeners on one port and different addresses keep their own routes.)"""
+    # runtime.py compile_runtime groups listeners by PORT only (by_port) and ClientConn keys the
+    # listener table by local_port alone (Runtime.routes_for(port, host)), so two listeners on
+    # 127.0.0.1:P and 127.0.0.2:P (or 0.0.0.0:P and [::]:P, or two Gateways with different
+    # spec.addresses, which docs/gateway-api.md recommends) collapse into one host-less tie and the
+    # first listener's routes serve both addresses.
+    port = _free_port_on("127.0.0.1", "127.0.0.2")
+    cfg = {
+        "listeners": [{"name": "la", "address": f"127.0.0.1:{port}"},
+                      {"name": "lb", "address": f"127.0.0.2:{port}"}],
+        "upstreams": {"echo": upstream_config(echo.address)},
+        "routes": [
+            {"name": "ra", "match": {"path": {"prefix": "/a"}}, "upstream": "echo", "listeners": ["la"]},
+            {"name": "rb", "match": {"path": {"prefix": "/b"}}, "upstream": "echo", "listeners": ["lb"]},
+        ],
+    }
+    gw = gateway_factory(cfg)
+    with RawConn(port, host="127.0.0.2") as c:
+        r_b = c.request("GET", "/b")
+        r_a = c.request("GET", "/a")
+    with RawConn(port, host="127.0.0.1") as c:
+        r_a1 = c.request("GET", "/a")
+    assert r_a1.status == 200
+    assert (r_b.status, r_a.status) == (200, 404), (r_b.status, r_a.status, gw.stderr[-2000:])

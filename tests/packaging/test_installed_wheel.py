@@ -301,6 +301,21 @@ def test_the_installed_package_is_the_one_imported(venv: Path, outside: Path) ->
         assert not Path(path).is_relative_to(REPO), path
 
 
+def test_the_installed_core_has_no_test_entry_points(venv: Path, outside: Path) -> None:
+    """fastgw/_cy/testing.pyx is compiled in only with FASTGW_TESTING=1 (setup.py), which a wheel build
+    leaves off."""
+    proc = _run([str(venv / "python"), "-c",
+                 "import json, fastgw._core as c; print(json.dumps(["
+                 "n for n in ('parse_request', 'decode_chunked', 'build_upstream_head', 'normalize_request_path',"
+                 " 'route_raw_head', 'bench_match', 'bench_match_request', 'bench_pick', 'HTTPParseError')"
+                 " if hasattr(c, n)] + [f'Router.{n}' for n in ('_bench_match', '_bench_match_request',"
+                 " '_lookup_raw') if hasattr(c.Router, n)] + [f'SmoothWeightedRR.{n}' for n in ('_bench_pick',)"
+                 " if hasattr(c.SmoothWeightedRR, n)] + [f'ClientConn.{n}' for n in ('serialize_upstream_head',)"
+                 " if hasattr(c.ClientConn, n)] + ([] if hasattr(c, 'Router') else ['no Router?'])))"],
+                cwd=outside, env=_clean_env(venv))
+    assert json.loads(proc.stdout) == []
+
+
 def test_version(fastgw) -> None:
     assert fastgw("version").stdout.strip() == f"fastgw {VERSION}"
 

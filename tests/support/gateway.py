@@ -332,3 +332,21 @@ def socket_owner_pids(local_port: int, remote_port: int, candidates: list[int]) 
                 owners.append(pid)
                 break
     return owners
+
+
+def only_worker_pid(gw) -> int:
+    """The pid of the one live worker of a gateway started with workers=1."""
+    kids = [p for p in descendants(gw.pid) if os.path.exists(f"/proc/{p}")]
+    assert len(kids) == 1, f"expected one worker, got {kids}"
+    return kids[0]
+
+
+def serves(gw) -> bool:
+    """Whether the gateway answers 200 to GET /ping on a fresh connection."""
+    from .client import RawConn
+
+    try:
+        with RawConn(gw.port, timeout=5) as c:
+            return c.request("GET", "/ping", [("Connection", "close")]).status == 200
+    except OSError:
+        return False

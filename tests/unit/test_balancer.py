@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 from fastgw._core import SmoothWeightedRR
+from support.core_testing import bench_pick
 
 
 def picks(b, n):
@@ -100,5 +101,5 @@ def test_bad_weights(weights):
 
 def test_bench_helper():
     b = SmoothWeightedRR([5, 1, 1])
-    assert b._bench_pick(7) == 0
+    assert bench_pick(b, 7) == 0
     assert b.next_index() == 0

@@ -18,6 +18,7 @@ from fastgw.config import (
     Target,
     json_schema,
     load_config,
+    loads_config,
     parse_duration,
 )
 
@@ -1281,3 +1282,47 @@ def test_each_package_imports_alone(module, absent):
     code = f"import sys, {module}; print(sorted(m for m in {list(absent)!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+# -- header edits of the fields the gateway writes itself (review 2) ---------------------------------
+
+EDITS_BASE = """listeners: [{address: 127.0.0.1:8080}]
+
+upstreams:
+  a: {targets: [{address: 127.0.0.1:9001}]}
+  b: {targets: [{address: 127.0.0.1:9002}]}
+"""
+
+
+@pytest.mark.parametrize("direction,edit,name", [
+    ("request_headers", "set", "Content-Length"),
+    ("request_headers", "add", "Content-Length"),
+    ("request_headers", "set", "Transfer-Encoding"),
+    ("request_headers", "add", "Host"),
+    ("request_headers", "set", "X-Forwarded-For"),
+    ("response_headers", "set", "Content-Length"),
+    ("response_headers", "set", "Transfer-Encoding"),
+    ("response_headers", "add", "Connection"),
+])
+def test_framing_headers_cannot_be_edited(direction, edit, name):
+    """(From review 2: header edits of the framing and connection fields are refused at load time.)"""
+    # Framing and connection fields are the gateway's: a configured edit would put a second
+    # Content-Length or a Transfer-Encoding next to the real framing (request smuggling, or a
+    # desynchronised client). Refused at load time, with the path of the field.
+    with pytest.raises(ConfigError) as e:
+        loads_config(EDITS_BASE + f"""
+routes:
+  - {{name: r, upstream: a, filters: {{{direction}: {{{edit}: {{{name}: "0"}}}}}}}}
+""", "yaml")
+    assert [i.path for i in e.value.errors] == [f"$.routes[0].filters.{direction}.{edit}.{name}"]
+    assert "managed by the gateway" in e.value.errors[0].message
+
+
+def test_framing_header_remove_refused_with_index():
+    """(From review 2: removing a framing field is refused, at the index of the list item.)"""
+    with pytest.raises(ConfigError) as e:
+        loads_config(EDITS_BASE + """
+routes:
+  - {name: r, upstream: a, filters: {request_headers: {remove: [X-A, content-length]}}}
+""", "yaml")
+    assert [i.path for i in e.value.errors] == ["$.routes[0].filters.request_headers.remove[1]"]

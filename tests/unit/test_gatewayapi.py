@@ -584,3 +584,19 @@ def test_native_decode_and_semantic_errors_are_reported_together() -> None:
         ("$[3].spec.rules[1].filters[0].urlRewrite",
          "replacing the matched prefix needs every match of the route to be a path prefix"),
     ]
+
+
+def test_bad_hostname_reported_at_its_list_item_once():
+    """(From review 2: a bad spec.hostnames item is reported once, at the item.)"""
+    # A bad spec.hostnames[1] is reported at `$[3].spec.hostnames` (not the item), and once per
+    # rule and match, since the hostnames are copied into every native match.
+    text = dump(*base(route(hostnames=["ok.example.com", "bad host"], rules=[
+        {"matches": [{"path": {"value": "/a"}}, {"path": {"value": "/b"}}],
+         "backendRefs": [{"name": "svc", "port": 8080}]},
+        {"backendRefs": [{"name": "svc", "port": 8080}]},
+    ])))
+    with pytest.raises(ConfigError) as exc:
+        load_manifests(text, "m.yaml")
+    got = [(i.path, i.line) for i in exc.value.errors]
+    assert len(got) == 1, got
+    assert got[0][0] == "$[3].spec.hostnames[1]", got

@@ -7,7 +7,7 @@ import random
 import re
 
 import pytest
-from fastgw._core import HTTPParseError, normalize_request_path, parse_request
+from support.core_testing import HTTPParseError, normalize_request_path, parse_request
 
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 HEX = frozenset(b"0123456789abcdefABCDEF")

@@ -1,10 +1,14 @@
 """Sans-socket tests of the request phase (routing decisions, filters, the upstream head) through
-ClientConn.explain, the same code a live connection runs. The e2e tests check the same over sockets."""
+ClientConn.explain, the same code a live connection runs. The e2e tests check the same over sockets. Also
+`fastgw explain` (fastgw/explain.py) naming what the request phase decides."""
+
+from typing import Any
 
 import pytest
 
 from fastgw import _core
 from fastgw.config import loads_config
+from fastgw.explain import explain
 from fastgw.runtime import compile_runtime
 
 BASE = """
@@ -146,3 +150,138 @@ routes:
         r = conn.explain(get("/"), 8080)
         seen.setdefault(r["upstream"], set()).add(b"X-Canary: 1" in r["upstream_request"])
     assert seen == {"a": {False}, "b": {True}}
+
+
+
+# -- from review 2: whole configs (phase_of), fields of a serialized head ----------------------------
+
+ONE_LISTENER = "listeners: [{address: 127.0.0.1:8080}]\n"
+UPSTREAMS = """
+upstreams:
+  a: {targets: [{address: 127.0.0.1:9001}]}
+  b: {targets: [{address: 127.0.0.1:9002}]}
+"""
+
+
+def phase_of(config_yaml: str, request: bytes, port: int = 8080) -> dict[str, Any]:
+    """Like phase(), for a whole config."""
+    cfg = loads_config(config_yaml, "yaml")
+    conn = _core.Worker(None, compile_runtime(cfg))()
+    return conn.explain(request, port)
+
+
+def fields(head: bytes, name: bytes) -> list[bytes]:
+    """Values of every field called `name` (case-insensitive) in a serialized head."""
+    out = []
+    for line in head.split(b"\r\n")[1:]:
+        n, sep, v = line.partition(b":")
+        if sep and n.strip().lower() == name.lower():
+            out.append(v.strip())
+    return out
+
+
+# -- absolute-form with an IPv6 authority (review 2) -----------------------------------------------
+
+V6_ROUTES = ONE_LISTENER + UPSTREAMS + """
+routes:
+  - {name: v6, match: {hosts: ["[::1]"]}, upstream: a}
+  - {name: other, upstream: b}
+"""
+
+
+def test_absolute_form_ipv6_authority_routes_like_its_host_header():
+    """(From review 2: an absolute-form IPv6 authority routes as its Host field does.)"""
+    # client.pyx _route: the port is cut off the authority only when host[0] != '[', so the
+    # routing host of `http://[::1]:8080/x` is "[::1]:8080" and the `[::1]` route never matches.
+    origin = phase_of(V6_ROUTES, b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+    absolute = phase_of(V6_ROUTES, b"GET http://[::1]:8080/x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+    assert origin["route"] == "v6"
+    assert absolute["route"] == "v6", absolute
+
+
+def test_redirect_location_absolute_form_ipv6_authority():
+    """(From review 2: a redirect keeps an absolute-form IPv6 authority whole.)"""
+    # client.pyx _redirect_location: `authority.split(b":")[0]` turns "[::1]:8080" into "[".
+    r = phase_of(ONE_LISTENER + UPSTREAMS + """
+routes:
+  - {name: red, filters: {redirect: {path: {full: /new}}}}
+""", b"GET http://[::1]:8080/x?q=1 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+    assert r["location"] == b"http://[::1]:8080/new?q=1"
+
+
+def test_redirect_location_http10_without_host_has_a_host():
+    """(From review 2: a redirect of a Host-less HTTP/1.0 request names a host.)"""
+    # An HTTP/1.0 request may come without Host; the redirect then says "http://:8080/new",
+    # an invalid URI (empty host with a port). Any non-empty host would do (the listener address).
+    r = phase_of(ONE_LISTENER + UPSTREAMS + """
+routes:
+  - {name: red, filters: {redirect: {path: {full: /new}}}}
+""", b"GET /x HTTP/1.0\r\n\r\n")
+    assert not r["location"].startswith(b"http://:"), r["location"]
+
+
+# -- a header edit of Host, a field the gateway writes itself (review 2) --------------------------
+
+
+def test_request_set_host_does_not_duplicate_host():
+    """(From review 2: `set: {Host: ...}` replaces Host upstream instead of adding a second one.)"""
+    # client.pyx _build_upstream_head: ops.drops() is only consulted for HK_OTHER/HK_EXPECT fields,
+    # and the Host line is written before the loop; `set: {Host: x}` is appended again from
+    # ops.appended. The upstream sees two Host fields (RFC 9112 3.2: must answer 400).
+    r = phase_of(ONE_LISTENER + UPSTREAMS + """
+routes:
+  - {name: r, upstream: a, filters: {request_headers: {set: {Host: internal.svc}}}}
+""", b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert fields(r["upstream_request"], b"host") == [b"internal.svc"], r["upstream_request"]
+
+
+# -- route + backend filter layering (review 2) -----------------------------------------------------
+
+LAYERED = ONE_LISTENER + UPSTREAMS + """
+routes:
+  - name: r
+    filters: {request_headers: {add: {X-A: route}, set: {X-B: route}}}
+    backends:
+      - upstream: a
+        filters: {request_headers: {set: {X-A: backend}, remove: [X-B]}}
+"""
+
+
+def test_backend_set_replaces_a_route_add():
+    """(From review 2: a backend's `set` replaces a field the route's `add` added.)"""
+    # runtime.py _header_ops merges layers into one (sets, adds, removes): the route's `add X-A`
+    # survives the backend's `set X-A` ("set replaces every field of that name"; "later layers
+    # win"), so the upstream gets X-A: backend AND X-A: route.
+    r = phase_of(LAYERED, b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert fields(r["upstream_request"], b"x-a") == [b"backend"], r["upstream_request"]
+
+
+def test_backend_remove_removes_a_route_set():
+    """(From review 2: a backend's `remove` removes a field the route's `set` set.)"""
+    # Same merge: the backend's `remove X-B` only drops request fields; the route's `set X-B` is
+    # still appended.
+    r = phase_of(LAYERED, b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert fields(r["upstream_request"], b"x-b") == [], r["upstream_request"]
+
+
+# -- fastgw explain agrees with the request phase (review 2) ------------------------------------------
+
+
+def test_explain_ipv6_host_names_the_listener_and_route_the_core_uses():
+    """(From review 2: `fastgw explain` on an IPv6 host names the listener and route the core uses.)"""
+    # explain.py uses urlsplit().hostname, which strips the brackets ("::1"), for _listener_for and
+    # the candidate table, while the core routes on "[::1]": the report says listener `any` and
+    # "chosen: anyroute" but "route: v6route".
+    cfg = loads_config("""
+listeners:
+  - {name: any, address: 127.0.0.1:8080}
+  - {name: v6, address: 127.0.0.1:8080, hostname: "[::1]"}
+""" + UPSTREAMS + """
+routes:
+  - {name: v6route, match: {hosts: ["[::1]"]}, upstream: a, listeners: [v6]}
+  - {name: anyroute, upstream: b, listeners: [any]}
+""", "yaml")
+    text = explain(cfg, "GET", "http://[::1]:8080/x", [])
+    assert "route:    v6route" in text
+    assert "listener: v6 " in text, text
+    assert "chosen:   v6route" in text, text

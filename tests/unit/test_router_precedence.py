@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from fastgw._core import Router
+from support.core_testing import bench_match, bench_match_request, route_raw_head
 
 
 @dataclass
@@ -449,10 +450,10 @@ def test_match_without_head_skips_conditioned_specs():
     and regex paths still do."""
     specs = [S("cond", path_prefix="/a", methods=["GET"]), S("tpl", path_template="/a/{x}"), S("root")]
     r = Router(specs)
-    assert r._bench_match(b"", b"/a/1", 1) == "tpl"
-    assert r._bench_match(b"", b"/a", 1) == "root"
+    assert bench_match(r, b"", b"/a/1", 1) == "tpl"
+    assert bench_match(r, b"", b"/a", 1) == "root"
     assert r.lookup(b"", b"/a") == "cond"
-    assert r._bench_match_request(b"", b"/a", b"GET", [], b"", 3) == "cond"
+    assert bench_match_request(r, b"", b"/a", b"GET", [], b"", 3) == "cond"
 
 
 def test_old_specs_without_new_attributes():
@@ -601,4 +602,4 @@ RAW_SPECS = [
     ],
 )
 def test_match_request_on_parsed_heads(raw, want, caps):
-    assert Router(RAW_SPECS)._lookup_raw(b"h", raw) == (want, caps)
+    assert route_raw_head(Router(RAW_SPECS), b"h", raw) == (want, caps)
