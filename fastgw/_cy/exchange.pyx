@@ -265,6 +265,8 @@ cdef class Exchange:
         self.path_len = n
         if rt.path_mode == PATH_OFF or n == 0 or src[0] != b'/':
             return OUT_PROXY
+        if _plainly_normal(src, n, rt.path_flags & PN_MERGE_SLASHES):
+            return OUT_PROXY
         if n <= 2048:
             dst = stack
         else:
@@ -886,6 +888,18 @@ cdef class Exchange:
 
     cdef list header_items(self):
         return _field_items(self.h, self.p)
+
+
+cdef inline bint _plainly_normal(const char* path, Py_ssize_t n, bint merge) noexcept nogil:
+    """No `%`, no `/.` (every dot segment starts so) and, when merging, no `//`: normalization would
+    leave the path as it is. Most paths are so, and this scan is cheaper than normalizing."""
+    cdef Py_ssize_t i
+    cdef char c
+    for i in range(1, n):
+        c = path[i]
+        if c == b'%' or (path[i - 1] == b'/' and (c == b'.' or (merge and c == b'/'))):
+            return False
+    return path[0] != b'%'
 
 
 cdef object _field_value(MessageHead* h, const char* p, bytes lower_name):

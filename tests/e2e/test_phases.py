@@ -374,3 +374,37 @@ def test_concurrent_paused_exchanges_complete(world):
     for t in threads:
         t.join(30)
     assert results == [200] * 20
+
+
+def test_client_leaving_mid_head_is_logged_and_the_worker_lives_on(world):
+    """(From review 3: a half head made Exchange.init read a NULL head and killed the worker, and
+    the worker's other connections with it.) The half head is logged as refused; the idle keep-alive
+    client on the same worker keeps its connection."""
+    gw, log, _, _ = world
+    pids_before = gw.descendants()
+    def half_heads():
+        return [e for e in read_log(log) if e["outcome"] == "refused" and e["status"] == 0]
+
+    before = len(half_heads())
+    with RawConn(gw.port) as idle:
+        assert idle.request("GET", "/first").status == 200
+        half = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        half.sendall(b"GET /half-a-head HTTP/1.1\r\nHost: a\r\n")
+        time.sleep(0.2)
+        half.close()
+        time.sleep(0.5)
+        assert idle.request("GET", "/second").status == 200    # the same connection, same worker
+    assert gw.descendants() == pids_before, "the worker was replaced"
+    wait_until(lambda: len(half_heads()) == before + 1, what="the half head's log entry")
+    assert half_heads()[-1]["flags"] == ["DC"]
+
+
+def test_http10_keepalive_policy_answer_says_keep_alive(world):
+    """(From review 3: answers to HTTP/1.0 keep-alive clients left out `Connection: keep-alive`.)"""
+    gw, _, _, _ = world
+    with RawConn(gw.port) as c:
+        c.send(b"GET /respond/x HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+        r = c.response()
+        assert r.status == 403
+        assert not c.is_closed_by_peer(timeout=0.5), "the gateway keeps the connection"
+        assert any(k.lower() == "connection" and v.lower() == "keep-alive" for k, v in r.headers), r.headers

@@ -28,27 +28,62 @@ LOW_WATER = HIGH_WATER // 4
 
 
 class FakeTask:
-    def __init__(self):
+    """A connection attempt, or a plugin's task: its coroutine never runs, the test decides how and
+    when it ends (`finish`, `fail`, or `complete` now and `run_callbacks` later, as asyncio runs done
+    callbacks from the loop)."""
+
+    def __init__(self, coro=None):
         self.callbacks = []
         self._exc = None
+        self._result = None
         self._cancelled = False
+        self._done = False
+        if coro is not None:
+            coro.close()
 
     def add_done_callback(self, cb):
         self.callbacks.append(cb)
 
     def cancel(self):
+        if self._done:
+            return False
         self._cancelled = True
+        self._done = True
+        return True
 
     def cancelled(self):
         return self._cancelled
 
+    def done(self):
+        return self._done
+
     def exception(self):
         return self._exc
 
-    def fail(self, exc):
-        self._exc = exc
+    def result(self):
+        return self._result
+
+    def complete(self, result=None):
+        self._result = result
+        self._done = True
+
+    def run_callbacks(self):
         for cb in self.callbacks:
             cb(self)
+
+    def finish(self, result=None):
+        self.complete(result)
+        self.run_callbacks()
+
+    def fail(self, exc):
+        self._exc = exc
+        self._done = True
+        self.run_callbacks()
+
+
+class _Connect:
+    def __init__(self, factory, host, port):
+        self.factory, self.host, self.port = factory, host, port
 
 
 class FakeHandle:
@@ -57,20 +92,23 @@ class FakeHandle:
 
 
 class FakeLoop:
-    """Records connection attempts: create_connection's protocol factory is the UpstreamConn."""
+    """Records connection attempts (create_connection's protocol factory is the UpstreamConn) and
+    plugin tasks."""
 
     def __init__(self):
         self.connects = []      # [(protocol, host, port, task)]
-        self._pending = None
+        self.tasks = []         # plugin tasks, in creation order
 
     def create_connection(self, factory, host, port):
-        self._pending = (factory, host, port)
-        return None
+        return _Connect(factory, host, port)
 
-    def create_task(self, _coro):
-        task = FakeTask()
-        factory, host, port = self._pending
-        self.connects.append((factory, host, port, task))
+    def create_task(self, coro):
+        if isinstance(coro, _Connect):
+            task = FakeTask()
+            self.connects.append((coro.factory, coro.host, coro.port, task))
+            return task
+        task = FakeTask(coro)
+        self.tasks.append(task)
         return task
 
     def call_later(self, _delay, _cb):
@@ -147,6 +185,14 @@ class Harness:
         up.connection_made(ut)
         return up, ut
 
+    def client_lost(self, exc=None):
+        self.client.connection_lost(exc)
 
-def ok_head(length: int) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+    @property
+    def out(self) -> bytes:
+        """Everything written to the client so far."""
+        return bytes(self.ct.written)
+
+
+def ok_head(length: int, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (length, extra)

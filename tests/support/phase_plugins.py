@@ -1,7 +1,8 @@
-"""Plugins the phase tests load into a real gateway (on PYTHONPATH as `support.phase_plugins`).
+"""Plugins the phase tests load (on PYTHONPATH as `support.phase_plugins`).
 
-They report what they see by appending JSON lines to files named in their config, so a test reads
-what happened inside the worker without any hook into it."""
+In a real gateway (tests/e2e/test_phases.py) they report what they see by appending JSON lines to
+files named in their config, so a test reads what happened inside the worker without any hook into
+it; sans-socket (tests/unit/test_phase_machine.py) the in-process ones record into ENTRIES and SEEN."""
 
 from __future__ import annotations
 
@@ -137,3 +138,74 @@ class Counter:
     def on_request(self, req):
         self.count += 1
         req.headers.set("X-Count", f"{self.label}:{self.count}")
+
+
+# ---- in-process recorders and probes (tests/unit/test_phase_machine.py) ----------------------------
+
+ENTRIES: list = []          # LogEntry objects MemLog saw (sans-socket tests clear it)
+SEEN: list = []             # what the view-probing plugins read
+
+
+class MemLog:
+    """on_log: keeps every LogEntry in ENTRIES."""
+
+    def __init__(self, config):
+        pass
+
+    def on_log(self, entry) -> None:
+        ENTRIES.append(entry)
+
+
+class AsyncGo:
+    """async on_request: the sans-socket tests finish its task by hand (FakeTask.finish)."""
+
+    def __init__(self, config):
+        pass
+
+    async def on_request(self, req):
+        return None
+
+
+class AsyncHoldResponse:
+    """async on_response: the sans-socket tests finish its task by hand."""
+
+    def __init__(self, config):
+        pass
+
+    async def on_response(self, resp):
+        return None
+
+
+class ResponseHeaderProbe:
+    """sync on_response: records what the response view reads while the phase runs."""
+
+    def __init__(self, config):
+        pass
+
+    def on_response(self, resp):
+        SEEN.append(("status", resp.status))
+        SEEN.append(("x-up", resp.headers.get("X-Up")))
+        return None
+
+
+class SetRequestHeader:
+    """sync on_request: sets X-Plugin and removes X-Remove-Me."""
+
+    def __init__(self, config):
+        pass
+
+    def on_request(self, req):
+        req.headers.set("X-Plugin", "p1")
+        req.headers.remove("X-Remove-Me")
+        SEEN.append(("get-after-set", req.headers.get("x-plugin")))
+        return None
+
+
+class AnswerHead:
+    """sync on_request: answers 200 with a body (e.g. to a HEAD request)."""
+
+    def __init__(self, config):
+        pass
+
+    def on_request(self, req):
+        return Response(200, {"Content-Type": "text/plain"}, "answered by a plugin")

@@ -1,9 +1,8 @@
-"""Review 3 of the Exchange refactor (issue 8), driven sans-socket: a real ClientConn, Exchange and
-UpstreamConn from the core with fake transports, a fake loop and hand-finished plugin tasks, so each
-callback arrives exactly where the scenario needs it.
-
-Each test is a finding of that review, fixed with it. The harness extends the state-machine tests'
-fake loop with plugin tasks that the test finishes by hand."""
+"""The phase machine (issue 8), sans-socket: a real ClientConn, Exchange and UpstreamConn from the core
+with fake transports, a fake loop and plugin tasks the test finishes by hand (tests/support/fakeloop.py),
+so each callback arrives exactly where the scenario needs it: the log phase once, request and response
+pauses and their races, held responses, answers and keep-alive. Most tests come from a review of the
+refactor (review 3); each was a finding, and its docstring says what went wrong before the fix."""
 
 from __future__ import annotations
 
@@ -13,19 +12,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import review_plugins
+from support import fakeloop, phase_plugins
+from support.fakeloop import HIGH_WATER, ok_head
 
-from fastgw import _core
 from fastgw.config import loads_config
-from fastgw.runtime import compile_runtime
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
-HIGH_WATER = 64 * 1024      # asyncio's default write high-water mark
 
 
 def plugin(cls: str, **extra) -> str:
     more = "".join(f", {k}: {v}" for k, v in extra.items())
-    return f"{{type: plugin, module: 'support.review_plugins:{cls}'{more}}}"
+    return f"{{type: plugin, module: 'support.phase_plugins:{cls}'{more}}}"
 
 
 def config(route_policies: str = "", top_policies: str = "", extra_routes: str = "",
@@ -44,176 +41,22 @@ routes:
 """
 
 
-class FakeTask:
-    def __init__(self, coro=None):
-        self.callbacks = []
-        self._exc = None
-        self._result = None
-        self._cancelled = False
-        self._done = False
-        if coro is not None:
-            coro.close()          # never run: the test decides how it ends
+class Harness(fakeloop.Harness):
+    """fakeloop's Harness with this file's config and a clean plugin record."""
 
-    def add_done_callback(self, cb):
-        self.callbacks.append(cb)
-
-    def cancel(self):
-        if self._done:
-            return False
-        self._cancelled = True
-        self._done = True
-        return True
-
-    def cancelled(self):
-        return self._cancelled
-
-    def done(self):
-        return self._done
-
-    def exception(self):
-        return self._exc
-
-    def result(self):
-        return self._result
-
-    def complete(self, result=None):
-        """The task ends now; its done callbacks are left for run_callbacks (asyncio runs them
-        from the loop, later)."""
-        self._result = result
-        self._done = True
-
-    def run_callbacks(self):
-        for cb in self.callbacks:
-            cb(self)
-
-    def finish(self, result=None):
-        self.complete(result)
-        self.run_callbacks()
-
-    def fail(self, exc):
-        self._exc = exc
-        self._done = True
-        self.run_callbacks()
-
-
-class _Connect:
-    def __init__(self, factory, host, port):
-        self.factory, self.host, self.port = factory, host, port
-
-
-class FakeHandle:
-    def cancel(self):
-        pass
-
-
-class FakeLoop:
-    def __init__(self):
-        self.connects = []      # [(protocol, host, port, task)]
-        self.tasks = []         # plugin tasks
-
-    def create_connection(self, factory, host, port):
-        return _Connect(factory, host, port)
-
-    def create_task(self, coro):
-        if isinstance(coro, _Connect):
-            task = FakeTask()
-            self.connects.append((coro.factory, coro.host, coro.port, task))
-            return task
-        task = FakeTask(coro)
-        self.tasks.append(task)
-        return task
-
-    def call_later(self, _delay, _cb):
-        return FakeHandle()
-
-
-class FakeTransport:
-    def __init__(self, protocol, sockname=("127.0.0.1", 8080), peername=("192.0.2.7", 40000)):
-        self.protocol = protocol
-        self.extra = {"sockname": sockname, "peername": peername}
-        self.reading = True
-        self.closing = False
-        self.aborted = False
-        self.buffered = 0
-        self.written = bytearray()
-        self.protocol_paused = False
-
-    def get_extra_info(self, name, default=None):
-        return self.extra.get(name, default)
-
-    def pause_reading(self):
-        self.reading = False
-
-    def resume_reading(self):
-        self.reading = True
-
-    def write(self, data):
-        data = bytes(data)
-        self.written += data
-        self.buffered += len(data)
-        if not self.protocol_paused and self.buffered > HIGH_WATER:
-            self.protocol_paused = True
-            self.protocol.pause_writing()
-
-    def writelines(self, items):
-        self.write(b"".join(bytes(x) for x in items))
-
-    def drain(self):
-        self.buffered = 0
-        if self.protocol_paused:
-            self.protocol_paused = False
-            self.protocol.resume_writing()
-
-    def get_write_buffer_size(self):
-        return self.buffered
-
-    def is_closing(self):
-        return self.closing
-
-    def close(self):
-        self.closing = True
-
-    def abort(self):
-        self.closing = True
-        self.aborted = True
-
-
-class Harness:
     def __init__(self, cfg: str | None = None):
-        review_plugins.ENTRIES.clear()
-        review_plugins.SEEN.clear()
-        self.loop = FakeLoop()
-        self.worker = _core.Worker(self.loop, compile_runtime(loads_config(cfg or config(), "yaml")))
-        self.client = self.worker()
-        self.ct = FakeTransport(self.client)
-        self.client.connection_made(self.ct)
-
-    def upstream(self, index: int):
-        """Completes connection attempt `index`: returns (UpstreamConn, its transport)."""
-        up, _host, _port, _task = self.loop.connects[index]
-        ut = FakeTransport(up, sockname=("127.0.0.1", 50000 + index), peername=("127.0.0.1", 9001))
-        up.connection_made(ut)
-        return up, ut
-
-    def client_lost(self, exc=None):
-        self.client.connection_lost(exc)
-
-    @property
-    def out(self) -> bytes:
-        return bytes(self.ct.written)
-
-
-def ok_head(length: int, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (length, extra)
+        phase_plugins.ENTRIES.clear()
+        phase_plugins.SEEN.clear()
+        super().__init__(cfg or config())
 
 
 def logged() -> list:
-    return list(review_plugins.ENTRIES)
+    return list(phase_plugins.ENTRIES)
 
 
 def run_isolated(body: str) -> subprocess.CompletedProcess:
     """Runs `body` (with this module's names) in a child process: for findings that crash."""
-    code = f"import sys; sys.path.insert(0, {TESTS_DIR!r})\nfrom unit.test_review3_exchange import *\n"
+    code = f"import sys; sys.path.insert(0, {TESTS_DIR!r})\nfrom unit.test_phase_machine import *\n"
     code += textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
@@ -276,7 +119,7 @@ def _hold_with_client_write_pressure():
 
 
 
-def test_review3_held_upstream_is_not_resumed_by_the_client_draining():
+def test_held_upstream_is_not_resumed_by_the_client_draining():
     """upstream.pyx:324-329 resume_reading_for_client resumes reading whatever the state, so a
     response held by a response policy (UP_HELD, which paused reading on purpose, upstream.pyx:195)
     is read on as soon as the client drains: the whole upstream body piles up in `held` (unbounded:
@@ -287,7 +130,7 @@ def test_review3_held_upstream_is_not_resumed_by_the_client_draining():
 
 
 
-def test_review3_bytes_read_while_held_keep_the_held_head_valid():
+def test_bytes_read_while_held_keep_the_held_head_valid():
     """While a response is held, Exchange.resp_p points into the bytes the head was parsed from
     (upstream.pyx:192 `held = data`). A read during the hold (above: after the client drained)
     does `self.held = self.held + data` (upstream.pyx:121): a new object, and the old one, the only
@@ -306,7 +149,7 @@ def test_review3_bytes_read_while_held_keep_the_held_head_valid():
 
 
 
-def test_review3_body_after_upstream_lost_while_held():
+def test_body_after_upstream_lost_while_held():
     """The upstream answers early (the request body is still coming), a response policy holds the
     response, and the upstream closes: connection_lost in UP_HELD sets transport = None and keeps
     ex.up (upstream.pyx:279-284). The client's next body bytes go to Exchange._send_up, which writes
@@ -325,7 +168,7 @@ def test_review3_body_after_upstream_lost_while_held():
 
 
 
-def test_review3_bytes_sent_of_a_rechunked_response():
+def test_bytes_sent_of_a_rechunked_response():
     """ClientConn.send_body (client.pyx:410-416), a piece over COALESCE_MAX in RM_CHUNK: it adds
     `n + out.len` (the pending head), then puts the chunk size line into `out` and adds `out.len + 2`
     again, so the head is counted twice in bytes_written, and the log phase's bytes_sent is too big
@@ -341,7 +184,7 @@ def test_review3_bytes_sent_of_a_rechunked_response():
 
 
 
-def test_review3_refused_head_logs_no_stale_host():
+def test_refused_head_logs_no_stale_host():
     """A head the parser refuses never fills hostbuf, but LogEntry.host reads it whenever ex.h is
     set (plugin.pyx:262; Exchange.host, exchange.pyx:840-842), so a refused request on a keep-alive
     connection is logged with the previous request's Host."""
@@ -358,7 +201,7 @@ def test_review3_refused_head_logs_no_stale_host():
 
 
 
-def test_review3_body_timeout_after_response_start_is_not_a_client_disconnect():
+def test_body_timeout_after_response_start_is_not_a_client_disconnect():
     """The upstream answers early and its response streams while the client's request body stalls:
     the body deadline (client.pyx:547-550) fails the request, which aborts the connection because the
     response had started. Exchange.finish (exchange.pyx:795-797) adds DC unless one of a few upstream
@@ -379,7 +222,7 @@ def test_review3_body_timeout_after_response_start_is_not_a_client_disconnect():
 
 
 
-def test_review3_no_upstream_timeout_while_paused_for_a_slow_client():
+def test_no_upstream_timeout_while_paused_for_a_slow_client():
     """Exchange._flush_queue (exchange.pyx:538-540) pauses the upstream for a client whose transport
     is still over its high-water mark (a pipelined exchange), then expect_response starts the
     response-header deadline anyway (upstream.pyx:89-94). The upstream cannot be read, so a client that
@@ -400,7 +243,7 @@ def test_review3_no_upstream_timeout_while_paused_for_a_slow_client():
 
 
 
-def test_review3_explain_options_star_does_not_crash():
+def test_explain_options_star_does_not_crash():
     """ClientConn.explain (client.pyx:627-628): `OPTIONS *` makes _route return OUT_OPTIONS_STAR,
     which is not OUT_PROXY nor OUT_REDIRECT, so explain formats `<bytes>ex.refusal`, a NULL
     const char*: the process dies with SIGSEGV. Run in a child process."""
@@ -422,7 +265,7 @@ def test_review3_explain_options_star_does_not_crash():
 
 
 
-def test_review3_respond_policy_refuses_an_interim_status():
+def test_respond_policy_refuses_an_interim_status():
     """config/policies.py: RespondPolicy.status is `Status` (100..599), so `respond` with 100 or 103
     passes `fastgw check`, and ClientConn.send_answer writes "HTTP/1.1 103 OK" with a Content-Length
     and body and ends the exchange (keep-alive kept): the client takes it as an interim response
@@ -434,7 +277,7 @@ def test_review3_respond_policy_refuses_an_interim_status():
         loads_config(config(route_policies="{type: respond, status: 103, body: early}"), "yaml")
 
 
-def test_review3_http10_keepalive_answer_says_keep_alive():
+def test_http10_keepalive_answer_says_keep_alive():
     """ClientConn.send_answer passes http10=False to _put_trailer_fields (client.pyx:462), so an
     answer the gateway or a policy makes to an HTTP/1.0 client that asked for keep-alive carries no
     `Connection: keep-alive` while the gateway keeps the connection open (send_response_head passes
@@ -448,7 +291,7 @@ def test_review3_http10_keepalive_answer_says_keep_alive():
 
 
 
-def test_review3_close_all_logs_a_half_received_head():
+def test_close_all_logs_a_half_received_head():
     """A client that left mid-head is logged as an exchange (ClientConn._log_unfinished_head, from
     connection_lost when state == CL_HEAD and bytes are buffered). Worker.close_all (the end of a
     drain) aborts such a connection instead: abort() sets CL_CLOSED first (client.pyx:519-522), so
@@ -463,7 +306,7 @@ def test_review3_close_all_logs_a_half_received_head():
 
 
 
-def test_review3_client_leaving_mid_head_does_not_crash():
+def test_client_leaving_mid_head_does_not_crash():
     """ClientConn._log_unfinished_head (client.pyx:236-243) calls `ex.init(self, self.buf, 0, NULL)`,
     and Exchange.init reads `h.version_minor` and `h.is_head_method` (exchange.pyx:126-127) from that
     NULL MessageHead*: SIGSEGV. Any client that closes (FIN or reset) after part of a request head
@@ -477,3 +320,28 @@ def test_review3_client_leaving_mid_head_does_not_crash():
     """)
     assert r.returncode == 0, f"the worker died: rc={r.returncode} {r.stderr[-800:]}"
     assert r.stdout.strip() == "['refused']", r.stdout
+
+
+def test_plugin_stats_count_calls_and_failures_per_hook():
+    """Per plugin and phase, kept in the worker: calls, errors and a cumulative duration histogram
+    (what fastgw_plugin_duration_seconds{plugin,phase} will be exported from)."""
+    h = Harness(config(top_policies=plugin("MemLog"), route_policies=plugin("AsyncGo")))
+    for i in range(3):
+        client = h.worker()
+        ct = fakeloop.FakeTransport(client)
+        client.connection_made(ct)
+        client.data_received(b"GET /s%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+    tasks = h.loop.tasks
+    assert len(tasks) == 3
+    tasks[0].finish(None)
+    tasks[1].fail(RuntimeError("auth service said no"))
+    tasks[2].finish(None)
+    stats = h.worker.plugin_stats()
+    assert set(stats) == {("plugin-0", "log"), ("routes/all/plugin-0", "request")}
+    req = stats[("routes/all/plugin-0", "request")]
+    assert (req.calls, req.errors) == (3, 1)
+    buckets = req.buckets()
+    assert buckets[-1] == (float("inf"), 3)
+    assert [c for _, c in buckets] == sorted(c for _, c in buckets), "cumulative"
+    log = stats[("plugin-0", "log")]
+    assert log.calls == 1 and log.errors == 0, "only the failed exchange has ended (a 500)"
