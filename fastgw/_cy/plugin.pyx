@@ -353,70 +353,54 @@ cdef class PluginPolicy(Policy):
     # ---- request -------------------------------------------------------------------------------
 
     cdef int on_request(self, Exchange ex) except -1:
-        cdef double t0 = monotonic()
         if ex.view is None:
             ex.view = RequestView(ex)
-        try:
-            result = self.hook_request(ex.view)
-        except Exception as exc:
-            self._timed("request", t0, True)
-            return self._failed(ex, "request", exc)
-        if not self.async_request:
-            self._timed("request", t0, False)
-            return self._result(ex, "request", result)
-        task = ex.worker.loop.create_task(result)
-        ex.pending = task
-        ex.pause_deadline(self.timeout)
-        task.add_done_callback(_HookDone(self, ex, t0, False))
-        return P_PAUSED
-
-    cdef void request_done(self, Exchange ex, double t0, task) except *:
-        if task.cancelled():
-            self._timed("request", t0, True)
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._timed("request", t0, True)
-            self._failed(ex, "request", exc)
-        else:
-            self._timed("request", t0, False)
-            self._result(ex, "request", task.result())
-        ex.resume()
-
-    # ---- response ------------------------------------------------------------------------------
+        return self._call(ex, False, self.hook_request, ex.view, self.async_request)
 
     cdef int on_response(self, Exchange ex) except -1:
-        cdef double t0 = monotonic()
         if ex.view is None:
             ex.view = RequestView(ex)
-        view = ResponseView(ex, ex.view)
+        return self._call(ex, True, self.hook_response, ResponseView(ex, ex.view), self.async_response)
+
+    cdef int _call(self, Exchange ex, bint response, hook, view, bint is_async) except -1:
+        """One hook of the request or response phase: its answer now, or (async) a pause that
+        hook_done ends."""
+        cdef double t0 = monotonic()
+        cdef str phase = "response" if response else "request"
         try:
-            result = self.hook_response(view)
+            result = hook(view)
         except Exception as exc:
-            self._timed("response", t0, True)
-            return self._failed(ex, "response", exc)
-        if not self.async_response:
-            self._timed("response", t0, False)
-            return self._result(ex, "response", result)
+            self._timed(phase, t0, True)
+            return self._failed(ex, phase, exc)
+        if not is_async:
+            self._timed(phase, t0, False)
+            return self._result(ex, phase, result)
         task = ex.worker.loop.create_task(result)
         ex.pending = task
-        ex.pause_response_deadline(self.timeout)
-        task.add_done_callback(_HookDone(self, ex, t0, True))
+        if response:
+            ex.pause_response_deadline(self.timeout)
+        else:
+            ex.pause_deadline(self.timeout)
+        task.add_done_callback(_HookDone(self, ex, t0, response))
         return P_PAUSED
 
-    cdef void response_done(self, Exchange ex, double t0, task) except *:
+    cdef void hook_done(self, Exchange ex, double t0, bint response, task) except *:
+        cdef str phase = "response" if response else "request"
         cdef int r
-        if task.cancelled():
-            self._timed("response", t0, True)
+        if task.cancelled():          # the exchange ended or timed out first: nothing to resume
+            self._timed(phase, t0, True)
             return
         exc = task.exception()
         if exc is not None:
-            self._timed("response", t0, True)
-            r = self._failed(ex, "response", exc)
+            self._timed(phase, t0, True)
+            r = self._failed(ex, phase, exc)
         else:
-            self._timed("response", t0, False)
-            r = self._result(ex, "response", task.result())
-        ex.resume_response(r)
+            self._timed(phase, t0, False)
+            r = self._result(ex, phase, task.result())
+        if response:
+            ex.resume_response(r)
+        else:
+            ex.resume()
 
     # ---- log -----------------------------------------------------------------------------------
 
@@ -464,10 +448,7 @@ cdef class _HookDone:
         self.response = response
 
     def __call__(self, task):
-        if self.response:
-            self.policy.response_done(self.ex, self.t0, task)
-        else:
-            self.policy.request_done(self.ex, self.t0, task)
+        self.policy.hook_done(self.ex, self.t0, self.response, task)
 
 
 cdef class _LogDone:
