@@ -493,9 +493,12 @@ cdef class ClientConn:
     cdef void _exchange_done(self) except *:
         cdef Exchange ex = self.ex
         cdef UpstreamConn up = ex.up if ex is not None else None
+        cdef double now = monotonic()   # one reading for the pool, the log and the idle clock
         if up is not None:
             ex.up = None
-            up.release()
+            up.release(now)
+        if ex is not None:
+            ex.t_done = now
         self._end_exchange()
         if not self.keep_alive or self.state == CL_CLOSED:
             self._close()
@@ -506,7 +509,8 @@ cdef class ClientConn:
             if not self.processing:
                 self._process_buffer()
         else:
-            self._set_deadline(DL_IDLE, self.rt.keepalive_timeout)
+            self.deadline_kind = DL_IDLE
+            self.deadline = now + self.rt.keepalive_timeout
 
     cdef void _close(self) except *:
         if self.state == CL_CLOSED:

@@ -476,7 +476,7 @@ cdef class Exchange:
         self.req_done = True
         self.down.request_complete(self, data, pos, n)
         if self.up is not None and self.up.connected and self.up_queue is None:
-            self.up.expect_response(True)
+            self.up.expect_response(True, monotonic())
 
     cdef void _send_up(self, bytes chunk) except *:
         if self.mirror is not None:
@@ -541,7 +541,7 @@ cdef class Exchange:
         self.down.resume_reading_for(self, PR_CONNECTING)
         if self.down.write_paused:
             self.up.pause_reading_for_client()
-        self.up.expect_response(self.req_done)
+        self.up.expect_response(self.req_done, self.t_connected)
 
     cdef void upstream_failed(self, UpstreamConn up, int status, const char* reason, bint may_retry,
                               int flag) except *:
@@ -788,7 +788,8 @@ cdef class Exchange:
         if self.finished:
             return
         self.finished = True
-        self.t_done = monotonic()
+        if self.t_done == 0.0:          # the connection may have read the clock already
+            self.t_done = monotonic()
         self.bytes_out = self.down.bytes_written - self.bytes_out_base
         if self.pending is not None:
             self.pending.cancel()

@@ -89,13 +89,13 @@ cdef class UpstreamConn:
             else:
                 ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 
-    cdef void expect_response(self, bint request_sent):
+    cdef void expect_response(self, bint request_sent, double now):
         """The response-header clock starts once the whole request is on its way (and not while
         reading is paused for a slow client, which is not the upstream's fault)."""
         if request_sent and self.state == UP_HEAD:
             self.request_sent = True
             self.deadline_kind = UDL_HEADER
-            self.deadline = 0.0 if self.paused else monotonic() + self.header_timeout
+            self.deadline = 0.0 if self.paused else now + self.header_timeout
         self.worker.upstreams.add(self)
 
     cdef void idle_since_pool(self, double until):
@@ -204,12 +204,12 @@ cdef class UpstreamConn:
             if self.transport is not None:
                 self.transport.pause_reading()
             return
-        self._relay_after_head(data, r, n)
+        self._relay_after_head(data, r, n, ex.t_first_byte)
 
-    cdef void _relay_after_head(self, bytes data, Py_ssize_t r, Py_ssize_t n):
+    cdef void _relay_after_head(self, bytes data, Py_ssize_t r, Py_ssize_t n, double now):
         self.state = UP_BODY
         self.deadline_kind = UDL_BODY
-        self.deadline = monotonic() + self.body_timeout if self.body_timeout > 0 else 0.0
+        self.deadline = now + self.body_timeout if self.body_timeout > 0 else 0.0
         if self.framing == FR_NONE:
             if r < n:
                 self.reusable = False
@@ -234,7 +234,7 @@ cdef class UpstreamConn:
         self.lost_while_held = False
         if self.transport is not None and not lost and not self.paused:
             self.transport.resume_reading()
-        self._relay_after_head(data, self.held_off, PyBytes_GET_SIZE(data))
+        self._relay_after_head(data, self.held_off, PyBytes_GET_SIZE(data), monotonic())
         if tail is not None:
             for piece in tail:
                 if self.ex is None:
@@ -350,7 +350,7 @@ cdef class UpstreamConn:
 
     # ---- endings -----------------------------------------------------------------------------
 
-    cdef void release(self):
+    cdef void release(self, double now):
         """The exchange ended: back to the pool if this connection can carry another request."""
         self.ex = None
         if self.reusable and self.connected and self.state == UP_BODY and self.target.max_idle > 0:
@@ -358,7 +358,7 @@ cdef class UpstreamConn:
                 self.paused = False
                 self.transport.resume_reading()
             self.state = UP_IDLE
-            self.target.give_back(self, monotonic())
+            self.target.give_back(self, now)
             if self.state == UP_IDLE:
                 self.worker.upstreams.add(self)
         else:
