@@ -221,28 +221,30 @@ cdef class ClientConn:
         self.ex = ex
         return ex
 
-    cdef void _refuse_head(self, int status, const char* reason, int flag) except *:
-        """The parser refused the head (or it never came whole): an exchange of its own, answered
-        and logged, and the connection closes."""
-        cdef Exchange ex = self._new_exchange(self.buf, 0)
+    cdef Exchange _refused_exchange(self, MessageHead* h):
+        """An exchange for bytes that never became a request (h: what the parser made of them, or
+        NULL): a fresh id, no Host, outcome refused."""
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        ex.init(self, self.buf, 0, h)
         self.buf = b""
-        self.host_len = 0              # no Host of this request is known
-        self.keep_alive = False
+        self.host_len = 0
         ex.request_id = self.worker.new_request_id()
         ex.head_method = False
         ex.outcome = OC_REFUSED
+        return ex
+
+    cdef void _refuse_head(self, int status, const char* reason, int flag) except *:
+        """The parser refused the head (or it never came whole in time): answered and logged, and
+        the connection closes."""
+        cdef Exchange ex = self._refused_exchange(&self.head)
+        self.ex = ex
+        self.keep_alive = False
         ex.flags |= flag
         ex.send_error(status, reason)
 
     cdef void _log_unfinished_head(self) except *:
         """The client left in the middle of a head: logged as an exchange nobody answered."""
-        cdef Exchange ex = Exchange.__new__(Exchange)
-        ex.init(self, self.buf, 0, NULL)
-        self.buf = b""
-        self.host_len = 0
-        ex.request_id = self.worker.new_request_id()
-        ex.outcome = OC_REFUSED
-        ex.finish()
+        self._refused_exchange(NULL).finish()
 
     cdef void _start_request(self, Py_ssize_t head_len, Py_ssize_t n) except *:
         cdef MessageHead* h = &self.head
@@ -311,8 +313,7 @@ cdef class ClientConn:
         self.deadline = 0.0
         self.deadline_kind = DL_NONE
         if pos < n:
-            self.buf = data[pos:]
-            self._pause(PR_PIPELINE)
+            self.keep_pipelined(data, pos)
 
     # ---- writing the response ------------------------------------------------------------------
 
@@ -379,9 +380,9 @@ cdef class ClientConn:
             wb_put(out, b"\r\n", 2)
         elif self.resp_mode == RM_CHUNK:
             wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
-        self._put_trailer_fields(ex, ex.http10)
+        self._end_head(ex, ex.http10)
 
-    cdef void _put_trailer_fields(self, Exchange ex, bint http10) except *:
+    cdef void _end_head(self, Exchange ex, bint http10) except *:
         """X-Request-Id and connection management, then the blank line."""
         cdef WBuf* out = &self.out
         wb_put(out, b"X-Request-Id: ", 14)
@@ -463,7 +464,7 @@ cdef class ClientConn:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, PyBytes_GET_SIZE(body))
             wb_put(out, b"\r\n", 2)
-        self._put_trailer_fields(ex, ex.http10)
+        self._end_head(ex, ex.http10)
         if not ex.head_method and status != 204 and status != 304:
             wb_put(out, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
         self.flush()

@@ -79,15 +79,16 @@ cdef class Exchange:
     cdef bint resp_started
     cdef bint resp_complete
     cdef readonly int status
-    cdef bytes resp_extra            # field lines policies add to the response
-    cdef tuple resp_drops            # lowercase names policies remove from the response
     cdef list resp_edits_py          # plugins' (lowercase name, line or None, drop) for the response
+    cdef bytes resp_extra            # ... folded: the lines to add to the client's head
+    cdef tuple resp_drops            # ... folded: the lowercase names to leave out
     cdef const char* resp_p          # the upstream's head while the response phase runs
     cdef MessageHead* resp_h
     cdef int resp_framing
     cdef bint resp_has_body
     cdef bint paused_response
     cdef int answer_status
+    cdef bint answer_error           # fail(): the gateway's JSON error for a failed policy
     cdef bytes answer_headers
     cdef bytes answer_body
     # policies
@@ -176,11 +177,9 @@ cdef class Exchange:
         cdef bytes rest
         if not self.paused or self.finished:
             return
-        self.paused = False
         self.pending = None
         self.down.clear_policy_deadline()
-        rest = self.down.take_stash(self)
-        self.down.resume_reading_for(self, PR_POLICY)
+        rest = self._unpause()
         if self.answer_status:
             self._answer_before_upstream(rest, 0, PyBytes_GET_SIZE(rest), OUT_POLICY_ANSWER)
         else:
@@ -190,21 +189,29 @@ cdef class Exchange:
         cdef bytes rest
         if not self.paused:
             return
+        self._cancel_pending()
+        rest = self._unpause()
+        self.fail(504, b"policy timed out", RF_POLICY_TIMEOUT)
+        self._answer_before_upstream(rest, 0, PyBytes_GET_SIZE(rest), OUT_POLICY_ANSWER)
+
+    cdef bytes _unpause(self):
+        """The request phase goes on: the bytes kept while paused, and reading again."""
+        cdef bytes rest
         self.paused = False
+        rest = self.down.take_stash(self)
+        self.down.resume_reading_for(self, PR_POLICY)
+        return rest
+
+    cdef void _cancel_pending(self) except *:
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        rest = self.down.take_stash(self)
-        self.down.resume_reading_for(self, PR_POLICY)
-        self.flags |= RF_POLICY_TIMEOUT
-        self.answer_status = 0
-        self.refusal = b"policy timed out"
-        self._answer_before_upstream(rest, 0, PyBytes_GET_SIZE(rest), 504)
 
     cpdef answer(self, int status, bytes header_lines, bytes body, int flag=RF_POLICY_ANSWER):
         """A policy's answer in place of the upstream's: `header_lines` are whole "Name: value\\r\\n"
         lines. Takes effect when the policy returns P_ANSWERED (or calls resume() after pausing)."""
         self.answer_status = status
+        self.answer_error = False
         self.answer_headers = header_lines
         self.answer_body = body
         self.flags |= flag
@@ -213,7 +220,8 @@ cdef class Exchange:
         """A policy failed: the gateway's JSON error answers for it."""
         self.flags |= flag
         self.refusal = reason
-        self.answer_status = -status      # _send_policy_answer sends send_error(status) for it
+        self.answer_status = status
+        self.answer_error = True
 
     cdef int _route(self) except -1:
         """Listener, route, path and body limit. Returns OUT_PROXY or a status (self.refusal says
@@ -643,25 +651,17 @@ cdef class Exchange:
         if not self.paused_response:
             return
         self.paused_response = False
-        if self.pending is not None:
-            self.pending.cancel()
-            self.pending = None
-        self.flags |= RF_POLICY_TIMEOUT
-        self.answer_status = -504
-        self.refusal = b"policy timed out"
+        self._cancel_pending()
+        self.fail(504, b"policy timed out", RF_POLICY_TIMEOUT)
         self._response_answered()
 
     cdef void _fold_response_edits(self):
-        cdef list lines = []
-        drops = [] if self.resp_drops is None else list(self.resp_drops)
-        for lname, line, drop in self.resp_edits_py:
-            if drop:
-                drops.append(lname)
-            if line is not None:
-                lines.append(line)
+        """Plugins' response edits as the client's head is written with them: names to leave out,
+        lines to add."""
+        drops = [lname for lname, _, drop in self.resp_edits_py if drop]
+        lines = [line for _, line, _ in self.resp_edits_py if line is not None]
         self.resp_drops = tuple(drops) if drops else None
-        if lines:
-            self.add_response_field(b"".join(lines))
+        self.resp_extra = b"".join(lines) if lines else None
 
     cdef object response_header_value(self, bytes lower_name):
         """An upstream response field's value while the response phase runs, or None."""
@@ -669,13 +669,6 @@ cdef class Exchange:
 
     cdef list response_header_items(self):
         return _field_items(self.resp_h, self.resp_p)
-
-    cdef void add_response_field(self, bytes line):
-        """A whole "Name: value\\r\\n" line for the client's response head (response phase)."""
-        self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
-
-    cdef void drop_response_field(self, bytes lower_name):
-        self.resp_drops = (lower_name,) if self.resp_drops is None else self.resp_drops + (lower_name,)
 
     cdef void response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
         self.down.send_body(data, off, n)
@@ -716,8 +709,8 @@ cdef class Exchange:
             self.send_error(status, self.refusal)
 
     cdef void _send_policy_answer(self) except *:
-        if self.answer_status < 0:          # fail(): the gateway's error for a broken policy
-            self.send_error(-self.answer_status, self.refusal)
+        if self.answer_error:
+            self.send_error(self.answer_status, self.refusal)
             return
         self.outcome = OC_POLICY
         self.status = self.answer_status
@@ -791,9 +784,7 @@ cdef class Exchange:
         if self.t_done == 0.0:          # the connection may have read the clock already
             self.t_done = monotonic()
         self.bytes_out = self.down.bytes_written - self.bytes_out_base
-        if self.pending is not None:
-            self.pending.cancel()
-            self.pending = None
+        self._cancel_pending()
         if not self.resp_complete:
             if self.outcome != OC_REFUSED:
                 self.outcome = OC_ABORTED

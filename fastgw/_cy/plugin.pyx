@@ -18,7 +18,37 @@ cdef frozenset _OWNED_FIELDS = frozenset((
 # Upper bounds (seconds) of the duration histogram's buckets, Prometheus style (cumulative on export).
 DURATION_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-cdef int _NBUCKETS = len(DURATION_BUCKETS)
+cdef enum:
+    _NBUCKETS = 18
+assert len(DURATION_BUCKETS) == _NBUCKETS     # HookStats.counts is sized by it
+
+
+cdef bytes _field_name(name):
+    """A field name a plugin gave, as bytes; ValueError unless it is a token."""
+    cdef bytes b = name.encode("latin-1") if isinstance(name, str) else bytes(name)
+    cdef Py_ssize_t i
+    if not b:
+        raise ValueError("empty header name")
+    for i in range(len(b)):
+        if not _TCHAR[b[i]]:
+            raise ValueError(f"invalid header name {name!r}")
+    return b
+
+
+cdef bytes _editable_name(name):
+    """The lowercase name of a field a plugin may set or remove (not one the gateway owns)."""
+    cdef bytes lname = _field_name(name).lower()
+    if lname in _OWNED_FIELDS:
+        raise ValueError(f"{name} is the gateway's to set")
+    return lname
+
+
+cdef bytes _field_line(bytes name, value):
+    """The field line `name: value` with its CRLF; ValueError for a value with CR, LF or NUL."""
+    cdef bytes v = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+    if b"\r" in v or b"\n" in v or b"\0" in v:
+        raise ValueError(f"invalid value for header {name.decode()!r}")
+    return name + b": " + v + b"\r\n"
 
 
 cdef class HookStats:
@@ -27,7 +57,7 @@ cdef class HookStats:
     cdef readonly int64_t errors
     cdef readonly int64_t over_budget
     cdef readonly double total_seconds
-    cdef int64_t counts[19]              # one per bucket, the last for +Inf
+    cdef int64_t counts[_NBUCKETS + 1]   # one per bucket, the last for +Inf
     cdef double last_warned
 
     cdef void record(self, double seconds, bint failed):
@@ -60,28 +90,6 @@ cdef class _HeaderEdits:
         self.ex = ex
         self.response = response
 
-    cdef bytes _name(self, name):
-        cdef bytes b = name.encode("latin-1") if isinstance(name, str) else bytes(name)
-        cdef Py_ssize_t i
-        if not b:
-            raise ValueError("empty header name")
-        for i in range(len(b)):
-            if not _TCHAR[b[i]]:
-                raise ValueError(f"invalid header name {name!r}")
-        return b
-
-    cdef bytes _line(self, bytes name, value):
-        cdef bytes v = value.encode("latin-1") if isinstance(value, str) else bytes(value)
-        if b"\r" in v or b"\n" in v or b"\0" in v:
-            raise ValueError(f"invalid value for header {name.decode()!r}")
-        return name + b": " + v + b"\r\n"
-
-    cdef bytes _owned(self, name):
-        cdef bytes lname = self._name(name).lower()
-        if lname in _OWNED_FIELDS:
-            raise ValueError(f"{name} is the gateway's to set")
-        return lname
-
     cdef Exchange _live(self):
         # the head the view reads is the connection's, and the next request reuses it
         if self.ex.finished or (self.response and self.ex.resp_h == NULL and self.ex.resp_started):
@@ -91,7 +99,7 @@ cdef class _HeaderEdits:
     def get(self, name, default=None):
         """The value (str) of a field, repeated fields joined with ", "; `default` when absent."""
         self._live()
-        cdef bytes lname = self._name(name).lower()
+        cdef bytes lname = _field_name(name).lower()
         cdef list edits = self.ex.resp_edits_py if self.response else self.ex.upstream_edits
         cdef object v
         if edits is not None:
@@ -116,16 +124,14 @@ cdef class _HeaderEdits:
 
     def set(self, name, value):
         """Replaces every field of that name with one."""
-        cdef bytes lname = self._owned(name)
-        self._edit(lname, self._line(self._name(name), value), True)
+        self._edit(_editable_name(name), _field_line(_field_name(name), value), True)
 
     def add(self, name, value):
         """One more field, after those already there."""
-        cdef bytes lname = self._owned(name)
-        self._edit(lname, self._line(self._name(name), value), False)
+        self._edit(_editable_name(name), _field_line(_field_name(name), value), False)
 
     def remove(self, name):
-        self._edit(self._owned(name), None, True)
+        self._edit(_editable_name(name), None, True)
 
     cdef void _edit(self, bytes lname, bytes line, bint drop):
         cdef Exchange ex = self._live()
@@ -484,14 +490,6 @@ cdef tuple _response_parts(result):
         body = bytes(body)
     parts = []
     for name, value in (headers.items() if hasattr(headers, "items") else headers or ()):
-        n = name.encode("latin-1") if isinstance(name, str) else bytes(name)
-        v = value.encode("latin-1") if isinstance(value, str) else bytes(value)
-        if n.lower() in _OWNED_FIELDS:
-            raise ValueError(f"{name} is the gateway's to set")
-        for i in range(len(n)):
-            if not _TCHAR[n[i]]:
-                raise ValueError(f"invalid header name {name!r}")
-        if b"\r" in v or b"\n" in v or b"\0" in v:
-            raise ValueError(f"invalid value for header {name!r}")
-        parts.append(n + b": " + v + b"\r\n")
+        _editable_name(name)
+        parts.append(_field_line(_field_name(name), value))
     return status, b"".join(parts), body
