@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from .base import Base, Name
+from .metrics import Metrics
 from .policies import Policy
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
@@ -339,6 +340,8 @@ class GatewayConfig(Base, kw_only=True):
     server: Server = msgspec.field(default_factory=Server)
     policies: list[Policy] = msgspec.field(default_factory=list)
     """Policies applied to every route, before the route's own (docs/policies.md)."""
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    """Prometheus counters (docs/metrics.md)."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""
