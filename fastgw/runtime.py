@@ -18,6 +18,7 @@ from . import _core
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
+from .counters import compile_counters
 from .policychain import compile_chains
 
 
@@ -274,7 +275,7 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
             host_independent.add(address)
 
     limits = cfg.limits
-    return _core.Runtime(
+    runtime = _core.Runtime(
         listener_routers,
         groups,
         host_independent=frozenset(host_independent),
@@ -294,6 +295,8 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         merge_slashes=cfg.server.merge_slashes,
         reject_encoded_slashes=cfg.server.encoded_slashes == "reject",
     )
+    runtime.metrics = compile_counters(cfg, routes, groups, previous)
+    return runtime
 
 
 def retired_targets(old: _core.Runtime, new: _core.Runtime) -> list[_core.Target]:

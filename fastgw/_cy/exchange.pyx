@@ -520,6 +520,7 @@ cdef class Exchange:
 
     cdef void _dispatch(self) except *:
         cdef UpstreamConn up = self.target.take_idle()
+        count_pool(self.group, up is not None)
         if up is not None:
             up.attach(self, True)
             self.up = up
@@ -792,6 +793,7 @@ cdef class Exchange:
                                   | RF_BAD_REQUEST | RF_BODY_TOO_LARGE | RF_REQUEST_TIMEOUT
                                   | RF_POLICY_ERROR | RF_POLICY_TIMEOUT)):
                 self.flags |= RF_DOWNSTREAM_DISCONNECT
+        record_exchange(self)
         if chain is not None:
             for i in range(chain.n_log):
                 policy = <Policy>chain.log[i]

@@ -6,6 +6,9 @@ cdef class UpstreamConn
 cdef class ClientConn
 cdef class Exchange
 cdef class PolicyChain
+cdef class RouteMetrics
+cdef class UpstreamStats
+cdef class RuntimeMetrics
 
 
 cdef class Target:
@@ -70,6 +73,7 @@ cdef class UpstreamGroup:
     cdef readonly double header_timeout
     cdef readonly double body_timeout
     cdef readonly tuple key           # what must be equal for balancer state to carry over a reload
+    cdef public UpstreamStats stats   # None: metrics are off
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):
@@ -114,6 +118,7 @@ cdef class Route:
     cdef readonly list backends       # those with a positive weight
     cdef SmoothWeightedRR balancer
     cdef readonly PolicyChain chain
+    cdef public RouteMetrics metrics  # None: metrics are off
 
     def __init__(self, str name, list backends, max_body, PolicyChain chain=None):
         self.name = name
@@ -162,6 +167,7 @@ cdef class Runtime:
     cdef readonly dict policies               # key -> Policy, for carrying state over a reload
     cdef readonly int path_mode               # PATH_OFF / PATH_NORMALIZE / PATH_REJECT
     cdef readonly int path_flags              # PN_* flags of normalize_path
+    cdef public RuntimeMetrics metrics        # None: metrics are off (set by fastgw/counters.py)
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,
