@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 
 from . import _core
 
-__all__ = ["CONTENT_TYPE", "Collector", "register", "render", "worker_snapshot"]
+__all__ = ["CONTENT_TYPE", "Collector", "counter", "gauge", "histogram", "register", "render", "worker_snapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
