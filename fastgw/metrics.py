@@ -118,16 +118,19 @@ def _connection_families(worker) -> list[Family]:
 
 
 def _plugin_families(worker) -> list[Family]:
-    durations, errors = [], []
+    durations, errors, over_budget = [], [], []
     for (plugin, phase), st in sorted(worker.plugin_stats().items()):
         buckets = st.buckets()
         durations.append([[plugin, phase], [n for _, n in buckets], st.total_seconds])
         errors.append([[plugin, phase], st.errors])
+        over_budget.append([[plugin, phase], st.over_budget])
     labels = ["plugin", "phase"]
     return [
         histogram("fastgw_plugin_duration_seconds", "Time spent in one plugin hook per call (its _count is "
                   "the calls).", labels, list(_core.DURATION_BUCKETS), durations),
         counter("fastgw_plugin_errors_total", "Plugin hook calls that raised or answered wrongly.", labels, errors),
+        counter("fastgw_plugin_over_budget_total", "Plugin hook calls that took longer than the plugin's "
+                "budget.", labels, over_budget),
     ]
 
 

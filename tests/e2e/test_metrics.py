@@ -207,6 +207,7 @@ def test_plugin_hooks_are_exported(echo, tmp_path):
         snap = settle(w, 3)
     check_histogram(samples(snap, "fastgw_plugin_duration_seconds")[("recorder", "log")], 3)
     assert samples(snap, "fastgw_plugin_errors_total") == {("recorder", "log"): 0}
+    assert samples(snap, "fastgw_plugin_over_budget_total") == {("recorder", "log"): 0}
     text = render([snap], PROCESS)
     assert 'fastgw_plugin_duration_seconds_count{plugin="recorder",phase="log"} 3' in text
 
