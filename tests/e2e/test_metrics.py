@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import httpx
+import msgspec
 import pytest
 from support.client import RawConn, wait_until
 from support.gateway import simple_config, upstream_config
@@ -229,6 +230,9 @@ def test_exposition_passes_promtool(echo, tmp_path):
         client.get("/nowhere")
         snap = settle(w, 4)
     closed.close()
+    # what crosses the control channel: msgpack, and JSON for the admin API, both without loss
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(snap)) == snap
+    assert msgspec.json.decode(msgspec.json.encode(snap)) == snap
     text = render([snap, snap], PROCESS)
     assert re.search(r'^fastgw_requests_total\{route="a",upstream="echo",code="2xx"\} 2$', text, re.M), \
         "two workers' counts are summed"
