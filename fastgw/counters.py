@@ -18,15 +18,12 @@ __all__ = ["compile_counters"]
 
 def compile_counters(cfg: GatewayConfig, routes: dict[str, _core.Route], groups: dict[str, _core.UpstreamGroup],
                      previous: _core.Runtime | None) -> _core.RuntimeMetrics | None:
-    """Attaches the counters to the routes and groups (None everywhere when metrics are off)."""
+    """Attaches the counters to the routes and groups; None when metrics are off (new routes and
+    groups have none then)."""
     settings = cfg.metrics
-    old = previous.metrics if previous is not None else None
     if not settings.enabled:
-        for route in routes.values():
-            route.metrics = None
-        for group in groups.values():
-            group.stats = None
         return None
+    old = previous.metrics if previous is not None else None
     bounds = tuple(settings.duration_buckets)
     by_code = settings.status_label == "code"
     requests: dict[tuple[str, str], _core.RequestStats] = {}
