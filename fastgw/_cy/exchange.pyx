@@ -566,6 +566,7 @@ cdef class Exchange:
             self._connect()
             return
         self.flags |= flag
+        _upstream_failure_event(self, status, reason, flag)
         self.up_queue = None
         self.down.resume_reading_for(self, PR_CONNECTING)
         if self.resp_started:
@@ -683,6 +684,7 @@ cdef class Exchange:
     cdef void response_truncated(self, int flag) except *:
         """The upstream died or stalled mid-body: the client must not see a clean end."""
         self.flags |= flag
+        _upstream_failure_event(self, 0, b"upstream response cut short", flag)
         self.up = None
         self.down.truncate()
 
