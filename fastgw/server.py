@@ -316,13 +316,14 @@ class Supervisor:
 def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListener], ready_w: int) -> int:
     import uvloop
 
-    from . import _core
+    from . import _core, accesslog
     from .runtime import compile_runtime, retired_targets
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     events.open_worker_sink(loop)
     worker = _core.Worker(loop, compile_runtime(cfg))
+    accesslog.apply(worker, loop, cfg)
     servers = []
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
@@ -340,12 +341,14 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
             return
         old = worker.runtime
         try:
+            accesslog.check_sink(new_cfg)
             new = compile_runtime(new_cfg, old)
         except Exception as exc:  # a plugin's constructor, say: the old config keeps serving
             log("reload refused, keeping the running config", "reload_rejected", "error", source="SIGHUP",
                 errors=[f"{type(exc).__name__}: {exc}"])
             return
         events.configure(new_cfg.logging)
+        accesslog.apply(worker, loop, new_cfg)
         worker.swap_runtime(new)
         for target in retired_targets(old, worker.runtime):
             target.retire()
@@ -367,6 +370,8 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         loop.create_task(drain())
 
     def reopen_logs() -> None:
+        if worker.access_log is not None:
+            worker.access_log.reopen()
         events.reopen()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -387,6 +392,8 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
     loop.run_until_complete(done)
     worker.stop()
     loop.run_until_complete(asyncio.sleep(0))
+    if worker.access_log is not None:
+        worker.access_log.close()
     events.flush_sink()
     return 0
 
