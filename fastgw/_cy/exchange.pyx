@@ -968,13 +968,11 @@ cdef void _report_policy_error(Policy policy, str phase, exc) except *:
     """A failing policy is reported with its traceback the first time each kind of failure happens
     (per policy, phase and exception type); after that with one line, so a hot failure cannot
     flood the log."""
-    import sys
     import traceback
+    from fastgw import events
     key = (policy.key, phase, type(exc))
-    if key in _policy_errors_seen:
-        sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}: {exc!r}\n")
-        return
-    _policy_errors_seen.add(key)
-    sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}:\n"
-                     + "".join(traceback.format_exception(exc)))
-    sys.stderr.flush()
+    fields = {"policy": policy.name, "type": policy.type, "phase": phase, "error": repr(exc)}
+    if key not in _policy_errors_seen:
+        _policy_errors_seen.add(key)
+        fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
+    events.emit("error", "policy_error", msg=f"policy {policy.name} ({policy.type}) failed in {phase}", **fields)

@@ -201,3 +201,21 @@ def test_text_format_to_stdout(echo, gateway_factory):
     # the event log follows the same switch
     assert "info fastgw: listening on" in gw.stderr
     assert not any(line.startswith("{") for line in gw.stderr.splitlines())
+
+
+def test_lines_are_written_on_stop_and_a_reload_moves_the_file(echo, gateway_factory, tmp_path):
+    """flush_interval is an hour and the buffer far from full: the lines reach the files only because a
+    reload hands the old file its lines before the new one opens, and the stop writes the rest."""
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    cfg = simple_config(echo.address)
+    cfg["access_log"] = {"path": str(first), "flush_interval": "1h"}
+    gw = gateway_factory(cfg)
+    assert send(gw, "/one", "al-first").status == 200
+    mark = gw.stderr_line_count()
+    cfg["access_log"] = {"path": str(second), "flush_interval": "1h"}
+    gw.reload(cfg)
+    wait_event(gw, "reload_applied", since=mark)
+    assert send(gw, "/two", "al-second").status == 200
+    assert gw.stop() == 0
+    assert [orjson.loads(x)["request_id"] for x in first.read_bytes().splitlines()] == ["al-first"]
+    assert [orjson.loads(x)["request_id"] for x in second.read_bytes().splitlines()] == ["al-second"]
