@@ -226,6 +226,27 @@ cdef int _ms(WBuf* b, double seconds) except -1:
     return wb_put(b, frac, 3)
 
 
+cdef int _flags(WBuf* b, int flags, bint json) except -1:
+    """JSON: ["UF","DC"]; text: UF,DC, or - for none."""
+    cdef int i
+    cdef bint first = True
+    if json:
+        wb_put(b, b"[", 1)
+    for i in range(_n_flags):
+        if flags & _flag_bit[i]:
+            if not first:
+                wb_put(b, b",", 1)
+            if json:
+                wb_put(b, b'"', 1)
+            wb_put(b, _flag_code[i], strlen(_flag_code[i]))
+            if json:
+                wb_put(b, b'"', 1)
+            first = False
+    if json:
+        return wb_put(b, b"]", 1)
+    return wb_put(b, b"-", 1) if first else 0
+
+
 # RFC 3339 UTC with milliseconds: the part up to the seconds is formatted once a second.
 cdef time_t _time_sec = -1
 cdef char _time_prefix[32]
@@ -236,7 +257,7 @@ cdef int _time(WBuf* b, bint json) except -1:
     global _time_sec, _time_prefix_len
     cdef timespec ts
     cdef tm t
-    cdef char frac[6]
+    cdef char frac[4]
     cdef int ms
     clock_gettime(CLOCK_REALTIME, &ts)
     if ts.tv_sec != _time_sec:
@@ -330,9 +351,7 @@ cdef class AccessLogPolicy(Policy):
         cdef MessageHead* h = ex.h
         cdef const char* p = ex.p
         cdef bint has_request = h != NULL and ex.outcome != OC_REFUSED
-        cdef Py_ssize_t n
         cdef int i
-        cdef bint first
         if f == AF_TIME:
             return _time(b, json)
         if f == AF_REQUEST_ID:
@@ -364,22 +383,7 @@ cdef class AccessLogPolicy(Policy):
         if f == AF_ATTEMPTS:
             return wb_put_int(b, (2 if ex.retried else 1) if ex.up_head is not None else 0)
         if f == AF_FLAGS:
-            first = True
-            if json:
-                wb_put(b, b"[", 1)
-            for i in range(_n_flags):
-                if ex.flags & _flag_bit[i]:
-                    if json:
-                        wb_put(b, b',"' if not first else b'"', 1 if first else 2)
-                    elif not first:
-                        wb_put(b, b",", 1)
-                    wb_put(b, _flag_code[i], strlen(_flag_code[i]))
-                    if json:
-                        wb_put(b, b'"', 1)
-                    first = False
-            if json:
-                return wb_put(b, b"]", 1)
-            return wb_put(b, b"-", 1) if first else 0
+            return _flags(b, ex.flags, json)
         if f == AF_OUTCOME:
             return _unicode_field(b, <str>OUTCOME_NAMES[ex.outcome], json)
         if f == AF_CONSUMER:
@@ -415,8 +419,7 @@ cdef class AccessLogPolicy(Policy):
                 self._query(b, p + h.target + h.path_len + 1, h.target_len - h.path_len - 1, json)
             return wb_put(b, b'"', 1) if json else 0
         if f == AF_PROTOCOL:
-            return wb_put(b, b'"HTTP/1.0"' if h.version_minor == 0 else b'"HTTP/1.1"', 10) if json else \
-                wb_put(b, b"HTTP/1.0" if h.version_minor == 0 else b"HTTP/1.1", 8)
+            return _str_field(b, b"HTTP/1.0" if h.version_minor == 0 else b"HTTP/1.1", 8, json)
         if f == AF_USER_AGENT:
             for i in range(h.nfields):
                 if h.fields[i].name_len == 10 and _ci_eq(p + h.fields[i].name, 10, b"user-agent", 10):
