@@ -17,5 +17,8 @@ include "_cy/client.pyx"
 include "_cy/upstream.pyx"
 include "_cy/mirror.pyx"
 include "_cy/plugin.pyx"
+include "_cy/linesink.pyx"
+include "_cy/accesslog.pyx"
+include "_cy/upstream_events.pyx"
 # The test and bench entry points (_cy/testing.pyx), or nothing: written by setup.py from FASTGW_TESTING.
 include "_cy/features.pxi"

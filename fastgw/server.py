@@ -20,25 +20,33 @@ import select
 import signal
 import socket
 import struct
-import sys
 import time
 from dataclasses import dataclass
 
+from . import events
 from .config import ConfigError, GatewayConfig
 from .sources import load_config
 
-HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1)
 # A worker keeps these blocked from the fork until its loop runs with its handlers installed: their
 # default action would kill it mid-start and reset the connections already queued on its socket.
-WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+WORKER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # A worker's ready report is its pid in one write, smaller than PIPE_BUF so that reports from workers
 # starting together never interleave.
 READY_RECORD = struct.Struct("=I")
 
 
-def log(message: str) -> None:
-    sys.stderr.write(f"fastgw: {message}\n")
-    sys.stderr.flush()
+def log(message: str, event: str = "message", level: str = "info", **fields) -> None:
+    events.emit(level, event, msg=message, **fields)
+
+
+def _errors(exc: ConfigError) -> list[str]:
+    return [str(issue) for issue in exc.errors]
+
+
+def _summary(cfg: GatewayConfig) -> dict:
+    return {"listeners": len(cfg.listeners), "routes": len(cfg.routes), "upstreams": len(cfg.upstreams),
+            "policies": len(cfg.policies)}
 
 
 @dataclass(frozen=True)
@@ -151,10 +159,10 @@ class Supervisor:
         try:
             self.placeholders, self.bound = bind_placeholders(self.cfg, self.reuse_port)
         except AddressInUse as exc:
-            log(str(exc))
+            log(str(exc), "listener_failed", "error")
             return 1
         except OSError as exc:
-            log(f"cannot bind listener: {exc}")
+            log(f"cannot bind listener: {exc}", "listener_failed", "error")
             return 1
         # the pipe stays open: a restarted worker reports ready on it too
         self.ready_r, self.ready_w = os.pipe()
@@ -165,7 +173,7 @@ class Supervisor:
             self._stop_children(signal.SIGKILL)
             return 1
         for b in self.bound.values():
-            log(f"listening on {b.url}")
+            log(f"listening on {b.url}", "listening", url=b.url)
         return self._loop()
 
     def _spawn(self, index: int) -> None:
@@ -180,11 +188,12 @@ class Supervisor:
                 os.close(self.ready_r)
                 code = run_worker(self.config_path, self.cfg, self.bound, self.ready_w)
             except BaseException as exc:  # a worker must never unwind into the supervisor's code
-                log(f"worker {index} failed: {exc!r}")
+                events.flush_sink()
+                log(f"worker {index} failed: {exc!r}", "worker_failed", "error", worker=index)
             finally:
                 os._exit(code)
         self.children[pid] = Child(index)
-        log(f"worker {index} started (pid {pid})")
+        log(f"worker {index} started (pid {pid})", "worker_started", worker=index, worker_pid=pid)
 
     def _wait_ready(self, timeout: float = 30.0) -> bool:
         """The first workers: all ready, or False once one of them exits or the timeout passes."""
@@ -192,7 +201,7 @@ class Supervisor:
         while not all(c.ready for c in self.children.values()):
             left = deadline - time.monotonic()
             if left <= 0:
-                log("workers did not start")
+                log("workers did not start", "workers_not_started", "error")
                 return False
             select.select([self.ready_r], [], [], min(left, 0.5))
             self._drain_ready()
@@ -200,8 +209,9 @@ class Supervisor:
             if pid:
                 child = self.children.pop(pid, None)
                 name = f"worker {child.index}" if child else "a worker"
-                log(f"{name} (pid {pid}) exited with status {os.waitstatus_to_exitcode(status)} "
-                    f"before it was ready; workers did not start")
+                code = os.waitstatus_to_exitcode(status)
+                log(f"{name} (pid {pid}) exited with status {code} before it was ready; workers did not start",
+                    "worker_exited", "error", worker_pid=pid, status=code)
                 return False
         return True
 
@@ -215,6 +225,11 @@ class Supervisor:
             if info is not None:
                 if info.si_signo == signal.SIGHUP and not self.stopping:
                     self._reload()
+                elif info.si_signo == signal.SIGUSR1:
+                    # logrotate: every process reopens its log files by name
+                    events.reopen()
+                    for pid in list(self.children):
+                        self._signal(pid, signal.SIGUSR1)
                 elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                     self.stopping = True
                     stop_deadline = time.monotonic() + self.cfg.server.drain_timeout + 5
@@ -223,7 +238,7 @@ class Supervisor:
             self._drain_ready()
             if self.stopping:
                 if not self.children:
-                    log("stopped")
+                    log("stopped", "stopped")
                     return 0
                 if time.monotonic() > stop_deadline:
                     self._stop_children(signal.SIGKILL)
@@ -258,18 +273,25 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is None or self.stopping:
                 continue
-            log(f"worker {child.index} (pid {pid}) exited with status {os.waitstatus_to_exitcode(status)}; "
-                f"restarting")
+            code = os.waitstatus_to_exitcode(status)
+            log(f"worker {child.index} (pid {pid}) exited with status {code}; restarting", "worker_exited", "error",
+                worker=child.index, worker_pid=pid, status=code, respawn=True)
             self._spawn(child.index)
 
     def _reload(self) -> None:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
-            log(f"reload refused, keeping the running config:\n{exc}")
+            log("reload refused, keeping the running config", "reload_rejected", "error", source="SIGHUP",
+                errors=_errors(exc))
             return
+        events.configure(cfg.logging)
+        summary = _summary(cfg)
+        log(f"configuration accepted: {summary['routes']} routes, {summary['upstreams']} upstreams",
+            "reload_accepted", source="SIGHUP", **summary)
         if {lst.address for lst in cfg.listeners} != set(self.bound):
-            log("listener address changes take effect on restart; routes and upstreams are reloaded now")
+            log("listener address changes take effect on restart; routes and upstreams are reloaded now",
+                "listeners_changed", "warning")
         # workers forked from here on start with cfg; those already forked need the SIGHUP, and
         # one still starting gets it once ready rather than before its handler exists
         self.cfg = cfg
@@ -294,12 +316,14 @@ class Supervisor:
 def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListener], ready_w: int) -> int:
     import uvloop
 
-    from . import _core
+    from . import _core, accesslog
     from .runtime import compile_runtime, retired_targets
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
+    events.open_worker_sink(loop)
     worker = _core.Worker(loop, compile_runtime(cfg))
+    accesslog.apply(worker, loop, cfg)
     servers = []
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
@@ -312,18 +336,23 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         try:
             new_cfg = load_config(config_path)
         except ConfigError as exc:
-            log(f"reload refused, keeping the running config:\n{exc}")
+            log("reload refused, keeping the running config", "reload_rejected", "error", source="SIGHUP",
+                errors=_errors(exc))
             return
         old = worker.runtime
         try:
+            accesslog.check_sink(new_cfg)
             new = compile_runtime(new_cfg, old)
         except Exception as exc:  # a plugin's constructor, say: the old config keeps serving
-            log(f"reload refused, keeping the running config: {type(exc).__name__}: {exc}")
+            log("reload refused, keeping the running config", "reload_rejected", "error", source="SIGHUP",
+                errors=[f"{type(exc).__name__}: {exc}"])
             return
+        events.configure(new_cfg.logging)
+        accesslog.apply(worker, loop, new_cfg)
         worker.swap_runtime(new)
         for target in retired_targets(old, worker.runtime):
             target.retire()
-        log(f"worker {os.getpid()}: configuration reloaded")
+        log(f"worker {os.getpid()}: configuration reloaded", "reload_applied", **_summary(new_cfg))
 
     async def drain() -> None:
         for server in servers:
@@ -340,7 +369,13 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         loop.remove_signal_handler(signal.SIGTERM)
         loop.create_task(drain())
 
+    def reopen_logs() -> None:
+        if worker.access_log is not None:
+            worker.access_log.reopen()
+        events.reopen()
+
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, lambda: None)   # the supervisor turns Ctrl-C into SIGTERM
 
@@ -357,6 +392,9 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
     loop.run_until_complete(done)
     worker.stop()
     loop.run_until_complete(asyncio.sleep(0))
+    if worker.access_log is not None:
+        worker.access_log.close()
+    events.flush_sink()
     return 0
 
 
@@ -368,6 +406,7 @@ def run(config_path: str, workers: int = 1, reuse_port: bool = False) -> int:
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        log(f"invalid configuration:\n{exc}")
+        log("invalid configuration", "config_invalid", "error", errors=_errors(exc))
         return 1
+    events.configure(cfg.logging)
     return Supervisor(config_path, cfg, workers, reuse_port).run()

@@ -567,6 +567,7 @@ cdef class Exchange:
             self._connect()
             return
         self.flags |= flag
+        _upstream_failure_event(self, status, reason, flag)
         self.up_queue = None
         self.down.resume_reading_for(self, PR_CONNECTING)
         if self.resp_started:
@@ -684,6 +685,7 @@ cdef class Exchange:
     cdef void response_truncated(self, int flag) except *:
         """The upstream died or stalled mid-body: the client must not see a clean end."""
         self.flags |= flag
+        _upstream_failure_event(self, 0, b"upstream response cut short", flag)
         self.up = None
         self.down.truncate()
 
@@ -876,6 +878,25 @@ cdef class Exchange:
             "done": self.t_done - t0 if self.t_done else None,
         }
 
+    # ---- trace id: a stand-in until the tracing branch defines it (its definition wins) --------
+
+    @property
+    def trace_id_hex(self):
+        """The trace id of a valid incoming `traceparent` (W3C Trace Context), or None."""
+        cdef object tp
+        if self.h == NULL or self.outcome == OC_REFUSED:
+            return None
+        tp = _field_value(self.h, self.p, b"traceparent")
+        if tp is None or len(tp) != 55:
+            return None
+        tp = (<bytes>tp).lower()
+        if tp[2:3] != b"-" or tp[35:36] != b"-" or tp[52:53] != b"-" or tp[:2] == b"ff":
+            return None
+        trace_id = tp[3:35]
+        if trace_id.strip(b"0123456789abcdef") or trace_id == b"0" * 32 or tp[36:52].strip(b"0123456789abcdef"):
+            return None
+        return trace_id.decode()
+
     cdef object header_value(self, bytes lower_name):
         """A request header's value (repeated fields joined with ", "), or None."""
         return _field_value(self.h, self.p, lower_name)
@@ -949,13 +970,11 @@ cdef void _report_policy_error(Policy policy, str phase, exc) except *:
     """A failing policy is reported with its traceback the first time each kind of failure happens
     (per policy, phase and exception type); after that with one line, so a hot failure cannot
     flood the log."""
-    import sys
     import traceback
+    from fastgw import events
     key = (policy.key, phase, type(exc))
-    if key in _policy_errors_seen:
-        sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}: {exc!r}\n")
-        return
-    _policy_errors_seen.add(key)
-    sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}:\n"
-                     + "".join(traceback.format_exception(exc)))
-    sys.stderr.flush()
+    fields = {"policy": policy.name, "type": policy.type, "phase": phase, "error": repr(exc)}
+    if key not in _policy_errors_seen:
+        _policy_errors_seen.add(key)
+        fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
+    events.emit("error", "policy_error", msg=f"policy {policy.name} ({policy.type}) failed in {phase}", **fields)

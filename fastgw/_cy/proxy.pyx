@@ -191,6 +191,7 @@ cdef class Worker:
     cdef readonly bint draining
     cdef object _tick_handle
     cdef double tick_interval
+    cdef public object access_log    # the LineSink access lines go to (None: nowhere)
 
     def __init__(self, loop, Runtime runtime, double tick_interval=0.1):
         self.loop = loop
@@ -240,6 +241,11 @@ cdef class Worker:
         self.draining = True
         for c in list(self.clients):
             c.drain()
+
+    @property
+    def access_log_dropped(self):
+        """Access lines dropped because the sink could not keep up (or failed)."""
+        return self.access_log.dropped if self.access_log is not None else 0
 
     def active_clients(self):
         return len(self.clients)

@@ -87,6 +87,8 @@ cdef class UpstreamConn:
             count_failure(ex, connect_failure_kind(exc))
             if isinstance(exc, ConnectionRefusedError):
                 ex.upstream_failed(self, 502, b"upstream connection refused", False, RF_UPSTREAM_CONNECT_FAILURE)
+            elif isinstance(exc, _socket.gaierror):
+                ex.upstream_failed(self, 502, b"upstream name not resolved", False, RF_UPSTREAM_CONNECT_FAILURE)
             else:
                 ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 

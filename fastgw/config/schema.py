@@ -17,6 +17,7 @@ from msgspec import Meta
 
 from .base import Base, Name
 from .metrics import Metrics
+from .logs import AccessLog, Logging, RouteAccessLog
 from .policies import Policy
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
@@ -282,6 +283,8 @@ class Route(Base, kw_only=True):
     """This route's policies, run in order after the top-level ones (docs/policies.md)."""
     skip_policies: list[Name] | None = None
     """Names of top-level policies this route opts out of."""
+    access_log: bool | RouteAccessLog | None = None
+    """`false` turns this route's access lines off; `{sample: 0.1}` samples them (docs/observability.md)."""
 
     @property
     def all_matches(self) -> list[Match]:
@@ -342,6 +345,8 @@ class GatewayConfig(Base, kw_only=True):
     """Policies applied to every route, before the route's own (docs/policies.md)."""
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     """Prometheus counters (docs/metrics.md)."""
+    logging: Logging = msgspec.field(default_factory=Logging)
+    access_log: AccessLog = msgspec.field(default_factory=AccessLog)
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -7,6 +7,7 @@ import ipaddress
 import re
 
 from .metrics import check_metrics
+from .logs import check_logs
 from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
@@ -273,4 +274,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     _check_routes(cfg, out)
     check_policies(cfg, out)
     check_metrics(cfg, out)
+    check_logs(cfg, out)
     return out

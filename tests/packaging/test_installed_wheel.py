@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-LISTEN_RE = re.compile(r"fastgw: listening on http://([^\s:]+|\[[^\]]+\]):(\d+)")
+LISTEN_RE = re.compile(r'listening on http://([^\s:"]+|\[[^\]]+\]):(\d+)')
 # What a build may print that would be of our making: setuptools' deprecations and beta notes (`build`
 # shows a backend's warnings as "WARNING <message>"; pip's own notes are "WARNING: ..."), and MANIFEST.in
 # or license-files patterns that match nothing.
@@ -422,3 +422,32 @@ def test_run_proxies_a_request_to_a_real_upstream(fmt: str, fastgw, upstream, ou
     finally:
         rc = gw.stop()
     assert rc == 0, "\n".join(gw.lines)
+
+
+def test_run_writes_an_access_line(fastgw, upstream, outside: Path) -> None:
+    """The access log is the compiled core's (fastgw/_cy/accesslog.pyx): one JSON line per exchange."""
+    _, up_port = upstream
+    d = outside / "run-access-log"
+    d.mkdir()
+    log = d / "access.log"
+    cfg = {"listeners": [{"address": "127.0.0.1:0"}],
+           "upstreams": {"echo": {"targets": [{"address": f"127.0.0.1:{up_port}"}]}},
+           "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}],
+           "access_log": {"path": str(log), "flush_interval": "50ms"},
+           "server": {"drain_timeout": 0.5}}
+    path = _write_native(d, "gw", cfg)["yaml"]
+    gw = Proc([str(Path(fastgw.env["VIRTUAL_ENV"]) / "bin" / "fastgw"), "run", "-c", str(path)],
+              outside, fastgw.env)
+    try:
+        m = gw.wait_for(LISTEN_RE)
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            r = client.get(f"http://{m.group(1)}:{m.group(2)}/logged", headers={"X-Request-Id": "wheel-line"})
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 15
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        rc = gw.stop()
+    assert rc == 0, "\n".join(gw.lines)
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert (line["request_id"], line["path"], line["status"], line["route"]) == ("wheel-line", "/logged", 200, "all")
