@@ -296,10 +296,13 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
 
     from . import _core
     from .runtime import compile_runtime, retired_targets
+    from .tracing import TraceExport
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = _core.Worker(loop, compile_runtime(cfg))
+    traces = TraceExport(worker, loop)
+    traces.configure(cfg.tracing)
     servers = []
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
@@ -321,6 +324,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
             log(f"reload refused, keeping the running config: {type(exc).__name__}: {exc}")
             return
         worker.swap_runtime(new)
+        traces.configure(new_cfg.tracing)
         for target in retired_targets(old, worker.runtime):
             target.retire()
         log(f"worker {os.getpid()}: configuration reloaded")
@@ -333,6 +337,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         while worker.active_clients() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         worker.close_all()
+        await traces.close(timeout=max(0.5, min(5.0, deadline - loop.time())))
         if not done.done():
             done.set_result(None)
 

@@ -110,6 +110,10 @@ cdef class Exchange:
     cdef double t_first_byte
     cdef double t_done
     cdef bint finished
+    # tracing (tracecontext.pyx): all zero while tracing is off
+    cdef TraceCtx tc
+    cdef bytes trace_state           # a tracestate sent in several fields, joined
+    cdef list trace_attempts         # failed upstream attempts of a sampled trace, before a retry
 
     cdef void init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h):
         self.down = down
@@ -134,6 +138,8 @@ cdef class Exchange:
         """The head is parsed; data[off:n] are the bytes after it (body, or a pipelined request)."""
         cdef MessageHead* h = self.h
         cdef int outcome
+        if self.rt.tracing is not None:
+            trace_begin(self)
         self.req_framing = h.framing
         self.req_remaining = h.content_length if h.framing == FR_LENGTH else 0
         self.req_done = h.framing == FR_NONE
@@ -424,6 +430,8 @@ cdef class Exchange:
             wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if self.upstream_edits is not None:
             _put_edit_lines(out, self.upstream_edits)
+        if self.tc.trace_hi | self.tc.trace_lo:
+            trace_put_upstream(self, out)
         if h.framing == FR_CHUNKED:
             wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
         elif h.content_length >= 0:
@@ -520,6 +528,8 @@ cdef class Exchange:
 
     cdef void _dispatch(self) except *:
         cdef UpstreamConn up = self.target.take_idle()
+        if self.tc.sampled:
+            self.tc.t_attempt = monotonic()
         if up is not None:
             up.attach(self, True)
             self.up = up
@@ -561,6 +571,8 @@ cdef class Exchange:
             # a pooled connection the upstream had closed: replay once on a fresh connection to
             # the same target (upstream_peer would pick another; the target did nothing wrong)
             self.retried = True
+            if self.tc.trace_hi | self.tc.trace_lo:
+                self.up_head = trace_retry(self, flag, self.up_head)
             self.up_queue = [self.up_head]
             self.up_queued = PyBytes_GET_SIZE(self.up_head)
             self._connect()
@@ -792,6 +804,8 @@ cdef class Exchange:
                                   | RF_BAD_REQUEST | RF_BODY_TOO_LARGE | RF_REQUEST_TIMEOUT
                                   | RF_POLICY_ERROR | RF_POLICY_TIMEOUT)):
                 self.flags |= RF_DOWNSTREAM_DISCONNECT
+        if self.rt.tracing is not None:
+            trace_end(self)
         if chain is not None:
             for i in range(chain.n_log):
                 policy = <Policy>chain.log[i]
@@ -806,6 +820,20 @@ cdef class Exchange:
         self.stash = None
 
     # ---- what the log phase and plugins read ---------------------------------------------------
+
+    @property
+    def trace_id(self):
+        """The trace's id (32 hex digits, bytes), or None when tracing is off."""
+        return None if self.tc.trace_hi == 0 and self.tc.trace_lo == 0 else hex64(self.tc.trace_hi) + hex64(self.tc.trace_lo)
+
+    @property
+    def span_id(self):
+        """The gateway's SERVER span id (16 hex digits, bytes), or None."""
+        return hex64(self.tc.server_span) if self.tc.server_span else None
+
+    @property
+    def trace_id_hex(self):
+        return trace_hex(self.tc.trace_hi, self.tc.trace_lo)
 
     @property
     def outcome_name(self):

@@ -17,6 +17,7 @@ from msgspec import Meta
 
 from .base import Base, Name
 from .policies import Policy
+from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
@@ -339,6 +340,7 @@ class GatewayConfig(Base, kw_only=True):
     server: Server = msgspec.field(default_factory=Server)
     policies: list[Policy] = msgspec.field(default_factory=list)
     """Policies applied to every route, before the route's own (docs/policies.md)."""
+    tracing: Tracing = msgspec.field(default_factory=Tracing)
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -9,6 +9,7 @@ import re
 from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
+from .tracing import check_tracing
 from .values import check_host_pattern, check_path, parse_address
 
 __all__ = ["Problem", "check_config"]
@@ -271,4 +272,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     _check_upstreams(cfg, out)
     _check_routes(cfg, out)
     check_policies(cfg, out)
+    check_tracing(cfg, out)
     return out
