@@ -13,6 +13,7 @@ at most every REPORT_INTERVAL seconds, and a summary is written at shutdown when
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import sys
@@ -22,9 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from . import __version__, _core
 from .config.tracing import Tracing, endpoint_parts
@@ -42,12 +42,24 @@ _ATTEMPT_ERRORS = (("UF", "connect_failure"), ("UT", "timeout"), ("UR", "reset")
                    ("UPE", "protocol_error"), ("UBT", "body_timeout"))
 
 
+_KV_CACHE: dict = {}
+_KV_CACHE_MAX = 8192
+
+
 def _kv(key: str, value) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    """An attribute, shared between spans: most values repeat (method, route, status, addresses), and
+    a cached message is several times cheaper to copy into a span than a new one is to build."""
+    kv = _KV_CACHE.get((key, value))
+    if kv is not None:
+        return kv
     if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
+        kv = KeyValue(key=key, value=AnyValue(int_value=value))
+    else:
+        kv = KeyValue(key=key, value=AnyValue(string_value=value))
+    if len(_KV_CACHE) >= _KV_CACHE_MAX:
+        _KV_CACHE.clear()            # bounded: paths and URLs can take any value
+    _KV_CACHE[(key, value)] = kv
+    return kv
 
 
 def _method_attrs(method: str | None) -> tuple[str, list[KeyValue]]:
@@ -60,6 +72,7 @@ def _method_attrs(method: str | None) -> tuple[str, list[KeyValue]]:
     return "HTTP", out
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -85,24 +98,27 @@ def _attempt_error(fail_flags: int) -> str | None:
     return None
 
 
-def _spans_of(rec: tuple, offset_ns: int) -> list[Span]:
-    (_n, hi, lo, parent, server_span, flags, state, t_start, t_done, method, path, host, local_port,
-     client_ip, status, route, upstream, rflags, vminor, user_agent, route_pattern, up_head, attempts) = rec
-    trace_id = hi.to_bytes(8, "big") + lo.to_bytes(8, "big")
-    server_id = server_span.to_bytes(8, "big")
-    version = "1.0" if vminor == 0 else "1.1"
-    name, method_attrs = _method_attrs(method)
-    codes = _core.flag_codes(rflags)
-    attrs = [*method_attrs,
-             _kv("url.path", path.decode("latin-1") if path else "/"),
-             _kv("url.scheme", "http"),
-             _kv("server.port", local_port),
-             _kv("client.address", client_ip),
-             _kv("network.protocol.version", version)]
+_TEMPLATES: dict = {}
+
+
+def _template(key: tuple, build) -> Span:
+    """A span's parts that repeat across exchanges (name, kind, the attributes of its route, upstream
+    and target), built once: merging a template into a new span is one call into the protobuf runtime,
+    where building its attributes one by one is a dozen."""
+    span = _TEMPLATES.get(key)
+    if span is None:
+        if len(_TEMPLATES) >= _KV_CACHE_MAX:
+            _TEMPLATES.clear()
+        span = _TEMPLATES[key] = build(*key[1:])
+    return span
+
+
+def _server_template(method, host, local_port, vminor, route_pattern, user_agent, route, upstream) -> Span:
+    name, attrs = _method_attrs(method)
+    attrs = [*attrs, _kv("url.scheme", "http"), _kv("server.port", local_port),
+             _kv("network.protocol.version", "1.0" if vminor == 0 else "1.1")]
     if host:
         attrs.append(_kv("server.address", host))
-    if status:
-        attrs.append(_kv("http.response.status_code", status))
     if route_pattern:
         attrs.append(_kv("http.route", route_pattern))
         name = f"{name} {route_pattern}"
@@ -112,8 +128,33 @@ def _spans_of(rec: tuple, offset_ns: int) -> list[Span]:
         attrs.append(_kv("fastgw.route", route))
     if upstream:
         attrs.append(_kv("fastgw.upstream", upstream))
-    if codes:
-        attrs.append(_kv("fastgw.response_flags", ",".join(codes)))
+    return Span(name=name, kind=Span.SPAN_KIND_SERVER, attributes=attrs)
+
+
+def _client_template(method, target, upstream) -> Span:
+    name, attrs = _method_attrs(method)
+    attrs = [*attrs, _kv("server.address", target.host), _kv("server.port", target.port),
+             _kv("network.protocol.version", "1.1")]
+    if _is_ip(target.host):
+        attrs += [_kv("network.peer.address", target.host), _kv("network.peer.port", target.port)]
+    if upstream:
+        attrs.append(_kv("fastgw.upstream", upstream))
+    return Span(name=name, kind=Span.SPAN_KIND_CLIENT, attributes=attrs)
+
+
+def _add_spans(out, rec: tuple, offset_ns: int) -> None:
+    """The spans of one queued exchange, added to `out` (a repeated Span field): built in place, since
+    a Span built apart is copied again when it joins the request."""
+    (_n, hi, lo, parent, server_span, flags, state, t_start, t_done, method, path, host, local_port,
+     client_ip, status, route, upstream, rflags, vminor, user_agent, route_pattern, up_head, attempts) = rec
+    trace_id = hi.to_bytes(8, "big") + lo.to_bytes(8, "big")
+    server_id = server_span.to_bytes(8, "big")
+    state = state or ""
+    attrs = [_kv("url.path", path.decode("latin-1") if path else "/"), _kv("client.address", client_ip)]
+    if status:
+        attrs.append(_kv("http.response.status_code", status))
+    if rflags:
+        attrs.append(_kv("fastgw.response_flags", ",".join(_core.flag_codes(rflags))))
     error = None
     if status >= 500:
         error = str(status)
@@ -121,55 +162,54 @@ def _spans_of(rec: tuple, offset_ns: int) -> list[Span]:
         error = "no_response"          # the exchange ended without a response (flags say why)
     if error is not None:
         attrs.append(_kv("error.type", error))
-    span_flags = flags | _FLAG_HAS_IS_REMOTE | (_FLAG_IS_REMOTE if parent else 0)
-    spans = [Span(
+    span = out.add(
         trace_id=trace_id, span_id=server_id, parent_span_id=parent.to_bytes(8, "big") if parent else b"",
-        trace_state=state or "", name=name, kind=Span.SPAN_KIND_SERVER, flags=span_flags,
-        start_time_unix_nano=int(t_start * 1e9) + offset_ns, end_time_unix_nano=int(t_done * 1e9) + offset_ns,
-        attributes=attrs,
-        status=Status(code=Status.STATUS_CODE_ERROR, message=error) if error is not None else Status(),
-    )]
+        trace_state=state, flags=flags | _FLAG_HAS_IS_REMOTE | (_FLAG_IS_REMOTE if parent else 0),
+        start_time_unix_nano=int(t_start * 1e9) + offset_ns, end_time_unix_nano=int(t_done * 1e9) + offset_ns)
+    span.MergeFrom(_template(("S", method, host, local_port, vminor, route_pattern, user_agent, route, upstream),
+                             _server_template))
+    span.attributes.extend(attrs)
+    if error is not None:
+        span.status.code = Status.STATUS_CODE_ERROR
+        span.status.message = error
+    if not attempts:
+        return
     target_path = _upstream_target(up_head)
     for span_id, t0, t1, target, fail_flags, up_status in attempts:
-        c_name, c_attrs = _method_attrs(method)
-        c_attrs += [_kv("server.address", target.host), _kv("server.port", target.port),
-                    _kv("url.full", f"http://{target.address}{target_path}"),
-                    _kv("network.protocol.version", "1.1")]
-        if _is_ip(target.host):
-            c_attrs += [_kv("network.peer.address", target.host), _kv("network.peer.port", target.port)]
+        attrs = [_kv("url.full", f"http://{target.address}{target_path}")]
         if up_status:
-            c_attrs.append(_kv("http.response.status_code", up_status))
-        if upstream:
-            c_attrs.append(_kv("fastgw.upstream", upstream))
-        c_error = _attempt_error(fail_flags)
-        if c_error is None and up_status >= 400:
-            c_error = str(up_status)
-        if c_error is None and not up_status:
-            c_error = "no_response"
-        if c_error is not None:
-            c_attrs.append(_kv("error.type", c_error))
-        spans.append(Span(
+            attrs.append(_kv("http.response.status_code", up_status))
+        error = _attempt_error(fail_flags) if fail_flags else None
+        if error is None and up_status >= 400:
+            error = str(up_status)
+        if error is None and not up_status:
+            error = "no_response"
+        if error is not None:
+            attrs.append(_kv("error.type", error))
+        span = out.add(
             trace_id=trace_id, span_id=span_id.to_bytes(8, "big"), parent_span_id=server_id,
-            trace_state=state or "", name=c_name, kind=Span.SPAN_KIND_CLIENT, flags=flags | _FLAG_HAS_IS_REMOTE,
-            start_time_unix_nano=int(t0 * 1e9) + offset_ns, end_time_unix_nano=int(t1 * 1e9) + offset_ns,
-            attributes=c_attrs,
-            status=Status(code=Status.STATUS_CODE_ERROR, message=c_error) if c_error is not None else Status(),
-        ))
-    return spans
+            trace_state=state, flags=flags | _FLAG_HAS_IS_REMOTE,
+            start_time_unix_nano=int(t0 * 1e9) + offset_ns, end_time_unix_nano=int(t1 * 1e9) + offset_ns)
+        span.MergeFrom(_template(("C", method, target, upstream), _client_template))
+        span.attributes.extend(attrs)
+        if error is not None:
+            span.status.code = Status.STATUS_CODE_ERROR
+            span.status.message = error
 
 
 def encode_spans(records: list[tuple], clock_offset: float, service_name: str) -> bytes:
     """An ExportTraceServiceRequest for queued exchanges, serialized. `clock_offset` turns the
     exchanges' monotonic timestamps into unix time (Worker.traces.clock_offset)."""
     offset_ns = int(clock_offset * 1e9)
-    spans = []
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.extend([_kv("service.name", service_name), _kv("service.version", __version__),
+                                   _kv("process.pid", os.getpid())])
+    ss = rs.scope_spans.add()
+    ss.scope.name = "fastgw"
+    ss.scope.version = __version__
     for rec in records:
-        spans += _spans_of(rec, offset_ns)
-    resource = Resource(attributes=[_kv("service.name", service_name), _kv("service.version", __version__),
-                                    _kv("process.pid", os.getpid())])
-    scope = InstrumentationScope(name="fastgw", version=__version__)
-    req = ExportTraceServiceRequest(resource_spans=[
-        ResourceSpans(resource=resource, scope_spans=[ScopeSpans(scope=scope, spans=spans)])])
+        _add_spans(ss.spans, rec, offset_ns)
     return req.SerializeToString()
 
 

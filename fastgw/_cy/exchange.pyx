@@ -112,8 +112,7 @@ cdef class Exchange:
     cdef bint finished
     # tracing (tracecontext.pyx): all zero while tracing is off
     cdef TraceCtx tc
-    cdef bytes trace_state           # a tracestate sent in several fields, joined
-    cdef list trace_attempts         # failed upstream attempts of a sampled trace, before a retry
+    cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
 
     cdef void init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h):
         self.down = down

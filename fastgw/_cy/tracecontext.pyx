@@ -9,10 +9,12 @@
 
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 import os as _tc_os
 
 cdef enum:
     TRACEPARENT_V00_LEN = 55          # 2 + 1 + 32 + 1 + 16 + 1 + 2
+    TRACEPARENT_LINE_LEN = 70         # "traceparent: " + 55 + CRLF
     TRACESTATE_MAX_MEMBERS = 32
     TRACESTATE_MAX_LEN = 512          # what the spec asks a vendor to propagate at least
     TRACE_FLAG_SAMPLED = 1
@@ -138,6 +140,18 @@ cdef bint tracestate_valid(const char* p, Py_ssize_t n) noexcept nogil:
     return True
 
 
+cdef class TraceExtra:
+    """What only some traces have, made when needed so that an Exchange carries one pointer for it."""
+    cdef bytes state                 # a tracestate sent in several fields, joined
+    cdef list attempts               # upstream attempts of a sampled trace that failed and were retried
+
+
+cdef inline TraceExtra _extra(Exchange ex):
+    if ex.trace_extra is None:
+        ex.trace_extra = TraceExtra.__new__(TraceExtra)
+    return ex.trace_extra
+
+
 cdef class TraceSettings:
     """The request path's part of the `tracing:` config, compiled into the Runtime."""
     cdef readonly double sample_rate
@@ -232,21 +246,30 @@ cdef class TraceSink:
         return self.next_id()
 
 
-cdef inline void _put_hex64(WBuf* out, uint64_t v) except *:
-    cdef char tmp[16]
+cdef char _HEXPAIRS[512]          # "000102...ff": a byte's two hex digits at 2 * byte
+
+
+cdef void _init_hexpairs():
     cdef int i
-    for i in range(15, -1, -1):
-        tmp[i] = _HEXDIGITS[v & 15]
-        v >>= 4
-    wb_put(out, tmp, 16)
+    for i in range(256):
+        _HEXPAIRS[2 * i] = _HEXDIGITS[i >> 4]
+        _HEXPAIRS[2 * i + 1] = _HEXDIGITS[i & 15]
+
+
+_init_hexpairs()
+
+
+cdef inline void _hex16(char* dst, uint64_t v) noexcept nogil:
+    """v as 16 lowercase hex digits at dst, a byte at a time."""
+    cdef int i
+    for i in range(7, -1, -1):
+        memcpy(dst + 2 * i, &_HEXPAIRS[2 * (v & 0xff)], 2)
+        v >>= 8
 
 
 cdef bytes hex64(uint64_t v):
     cdef char tmp[16]
-    cdef int i
-    for i in range(15, -1, -1):
-        tmp[i] = _HEXDIGITS[v & 15]
-        v >>= 4
+    _hex16(tmp, v)
     return PyBytes_FromStringAndSize(tmp, 16)
 
 
@@ -302,7 +325,7 @@ cdef void trace_begin(Exchange ex) except *:
                     parts.append(p[f.value:f.value + f.value_len])
             joined = b",".join(parts)
             if joined and tracestate_valid(joined, PyBytes_GET_SIZE(joined)):
-                ex.trace_state = joined
+                _extra(ex).state = joined
         return
     # invalid or absent: a new trace, and the tracestate (which belonged to the old one) is dropped
     trace_new(tc, ex.worker.traces, ex.rt.tracing)
@@ -312,19 +335,27 @@ cdef void trace_put_upstream(Exchange ex, WBuf* out) except *:
     """traceparent (naming the upstream attempt's CLIENT span, which is exported, as the parent)
     and the tracestate that came with the caller's traceparent."""
     cdef TraceCtx* tc = &ex.tc
+    cdef char* dst
     tc.client_span = ex.worker.traces.next_id()
-    wb_put(out, b"traceparent: 00-", 16)
-    _put_hex64(out, tc.trace_hi)
-    _put_hex64(out, tc.trace_lo)
-    wb_put(out, b"-", 1)
-    tc.span_hex_off = out.len
-    _put_hex64(out, tc.client_span)
-    wb_put(out, b"-01\r\n" if tc.flags & TRACE_FLAG_SAMPLED else b"-00\r\n", 5)
+    wb_reserve(out, TRACEPARENT_LINE_LEN)
+    dst = out.data + out.len
+    memcpy(dst, b"traceparent: 00-", 16)
+    _hex16(dst + 16, tc.trace_hi)
+    _hex16(dst + 32, tc.trace_lo)
+    dst[48] = b'-'
+    _hex16(dst + 49, tc.client_span)
+    memcpy(dst + 65, b"-01\r\n" if tc.flags & TRACE_FLAG_SAMPLED else b"-00\r\n", 5)
+    tc.span_hex_off = out.len + 49
+    out.len += TRACEPARENT_LINE_LEN
+    # (wb_put rather than _put_line: another caller of that would stop it being inlined on the hot path)
     if tc.state_len:
-        _put_line(out, b"tracestate: ", 12, ex.p + tc.state_off, tc.state_len)
-    elif ex.trace_state is not None:
-        _put_line(out, b"tracestate: ", 12, PyBytes_AS_STRING(ex.trace_state),
-                  PyBytes_GET_SIZE(ex.trace_state))
+        wb_put(out, b"tracestate: ", 12)
+        wb_put(out, ex.p + tc.state_off, tc.state_len)
+        wb_put(out, b"\r\n", 2)
+    elif ex.trace_extra is not None and ex.trace_extra.state is not None:
+        wb_put(out, b"tracestate: ", 12)
+        wb_put(out, PyBytes_AS_STRING(ex.trace_extra.state), PyBytes_GET_SIZE(ex.trace_extra.state))
+        wb_put(out, b"\r\n", 2)
 
 
 cdef bytes trace_retry(Exchange ex, int failure_flag, bytes head):
@@ -334,23 +365,18 @@ cdef bytes trace_retry(Exchange ex, int failure_flag, bytes head):
     cdef TraceCtx* tc = &ex.tc
     cdef double now = monotonic()
     cdef bytes patched
-    cdef char* dst
-    cdef uint64_t v
-    cdef int i
+    cdef TraceExtra extra
     if tc.sampled:
-        if ex.trace_attempts is None:
-            ex.trace_attempts = []
-        ex.trace_attempts.append((tc.client_span, tc.t_attempt, now, ex.target, failure_flag, 0))
+        extra = _extra(ex)
+        if extra.attempts is None:
+            extra.attempts = []
+        extra.attempts.append((tc.client_span, tc.t_attempt, now, ex.target, failure_flag, 0))
     tc.client_span = ex.worker.traces.next_id()
     tc.t_attempt = now
     if tc.span_hex_off <= 0 or tc.span_hex_off + 16 > PyBytes_GET_SIZE(head):
         return head
     patched = PyBytes_FromStringAndSize(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
-    dst = PyBytes_AS_STRING(patched) + tc.span_hex_off
-    v = tc.client_span
-    for i in range(15, -1, -1):
-        dst[i] = _HEXDIGITS[v & 15]
-        v >>= 4
+    _hex16(PyBytes_AS_STRING(patched) + tc.span_hex_off, tc.client_span)
     return patched
 
 
@@ -367,11 +393,12 @@ cdef void trace_end(Exchange ex) except *:
     cdef double t_start
     cdef str state = None
     cdef object route_pattern = None
+    cdef TraceExtra extra = ex.trace_extra
     if tc.trace_hi == 0 and tc.trace_lo == 0:
         trace_new(tc, ex.worker.traces, ex.rt.tracing)
     if not tc.sampled:
         return
-    attempts = ex.trace_attempts if ex.trace_attempts is not None else []
+    attempts = extra.attempts if extra is not None and extra.attempts is not None else []
     if tc.t_attempt != 0.0 and ex.target is not None:
         attempts.append((tc.client_span, tc.t_attempt, ex.t_done, ex.target,
                          ex.flags & _UPSTREAM_FAILURES, ex.status if ex.t_first_byte != 0.0 else 0))
@@ -379,8 +406,8 @@ cdef void trace_end(Exchange ex) except *:
     t_start = ex.t_accept if ex.down.nrequests <= 1 else ex.t_head
     if tc.state_len:
         state = ex.p[tc.state_off:tc.state_off + tc.state_len].decode("ascii")
-    elif ex.trace_state is not None:
-        state = ex.trace_state.decode("ascii")
+    elif extra is not None and extra.state is not None:
+        state = extra.state.decode("ascii")
     if ex.rmatch is not None:
         route_pattern = ex.rmatch.pattern
     ex.worker.traces.add((
