@@ -63,6 +63,8 @@ class PeerConfig:
     features: frozenset[str] = frozenset()
     #: fastgw only: `policies:` on every route (the others have no equivalent and ignore it).
     policies: list[dict] = field(default_factory=list)
+    #: fastgw only: top-level config sections.
+    config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -455,6 +457,7 @@ class Fastgw(Peer):
                 lines.append(
                     f"  - {{name: r{i}, match: {{{', '.join(match)}}}, upstream: origin{extra}{pol}}}"
                 )
+        lines += [f"{key}: {json.dumps(value)}" for key, value in cfg.config.items()]
         return "\n".join(lines) + "\n"
 
     def probe(self, workdir: Path) -> frozenset[str]:

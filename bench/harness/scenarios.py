@@ -26,6 +26,8 @@ class Scenario:
     #: fastgw only: the `policies:` of its route(s), each a dict as in the config (nginx and HAProxy have
     #: no equivalent and run their plain config).
     fastgw_policies: list[dict] = field(default_factory=list)
+    #: fastgw only: top-level config sections (`tracing:`, say), each a dict as in the config.
+    fastgw_config: dict = field(default_factory=dict)
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -105,6 +107,17 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
             [get26],
             get26,
             fastgw_policies=[{"type": "plugin", "module": PLUGIN_MODULE}],
+        ),
+        # The cost of tracing (issue 9) at 1% sampling. The collector's port is closed: the spans are
+        # encoded and their batches fail to connect, so this is the gateway's cost without the send.
+        "traced1pct": lambda: Scenario(
+            "traced1pct",
+            "GET, 26 B response, 50 connections; fastgw traces, 1% sampled, OTLP to a closed port",
+            50,
+            [get26],
+            get26,
+            fastgw_config={"tracing": {"enabled": True, "sample_rate": 0.01,
+                                       "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
         ),
     }
     unknown = [n for n in names if n not in all_]

@@ -293,3 +293,26 @@ def test_stalled_collector_drops_beyond_the_queue_and_requests_go_on(echo, gatew
     assert dropped >= 10, "with the queue full, later requests' spans are dropped"
     assert failed + dropped == 22
 
+
+
+def test_spans_still_queued_at_shutdown_are_sent(echo, receiver, gateway_factory):
+    gw = gateway_factory(config(echo.address, receiver.endpoint, 0.0, flush_interval="60s", batch_size=512))
+    trace = "66666666666666666666666666666666"
+    assert get(gw.port, "/last", [("traceparent", f"00-{trace}-{PARENT}-01")]).status == 200
+    assert gw.stop() == 0
+    assert len(receiver.trace(trace, 2, timeout=1)) == 2, "the drain flushes the queue"
+
+
+def test_reload_turns_tracing_on(echo, receiver, gateway_factory):
+    cfg = simple_config(echo.address, timeouts=FAST)
+    gw = gateway_factory(cfg)
+    value = f"00-{TRACE}-{PARENT}-01"
+    assert upstream_headers(get(gw.port, "/", [("traceparent", value)]))["traceparent"] == [value]
+    gw.reload(config(echo.address, receiver.endpoint, 0.0))
+    trace = "77777777777777777777777777777777"
+
+    def continued():
+        got = upstream_headers(get(gw.port, "/", [("traceparent", f"00-{trace}-{PARENT}-01")]))["traceparent"]
+        return got[0].split("-")[2] != PARENT
+    wait_until(continued, what="the reloaded config's tracing")
+    assert receiver.trace(trace, 2)
