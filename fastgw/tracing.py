@@ -4,7 +4,7 @@ protobuf bodies, from a task on the worker's own loop.
 
 Nothing here runs on the request path. The request path appends plain tuples to a bounded queue
 (`Worker.traces`); this module encodes them with the opentelemetry-proto classes and POSTs them with a
-minimal HTTP/1.1 client on asyncio streams. A collector that is down or slow never slows requests:
+minimal HTTP/1.1 client on asyncio streams (or, with `protocol: grpc`, grpcio from a thread). A collector that is down or slow never slows requests:
 the queue fills up to `tracing.otlp.max_queue` spans, later spans are dropped and counted, and a
 batch the collector does not accept in `timeout` is counted as failed. Failures are reported as events
 at most every REPORT_INTERVAL seconds, and a summary is written at shutdown when anything was lost.
@@ -297,6 +297,41 @@ class OtlpHttpClient:
         self._reader = self._writer = None
 
 
+class OtlpGrpcClient:
+    """OTLP/gRPC with grpcio's blocking client, called from one thread per worker: grpcio's asyncio API
+    does not run on uvloop, and a thread keeps the loop free whatever the collector does. The body is
+    the same serialized ExportTraceServiceRequest the HTTP client sends."""
+
+    METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(self, endpoint: str, headers: dict[str, str] | None = None, timeout: float = 2.0):
+        import concurrent.futures
+
+        import grpc
+        host, port, _ = endpoint_parts(endpoint)
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        # no (de)serializers: the request is already bytes, and the answer is parsed like HTTP's
+        self._export = self._channel.unary_unary(self.METHOD)
+        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+        self._timeout = timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastgw-otlp")
+
+    def _call(self, body: bytes) -> bytes:
+        try:
+            return self._export(body, timeout=self._timeout, metadata=self._metadata)
+        except self._grpc.RpcError as exc:
+            raise ExportError(f"grpc {exc.code().name}: {exc.details()}") from None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        answer = await asyncio.get_running_loop().run_in_executor(self._pool, self._call, body)
+        return 200, answer
+
+    def close(self) -> None:
+        self._channel.close()
+        self._pool.shutdown(wait=False)
+
+
 def _report(message: str) -> None:
     sys.stderr.write(f"fastgw: worker {os.getpid()}: {message}\n")
     sys.stderr.flush()
@@ -311,7 +346,7 @@ class TraceExport:
         self.sink = worker.traces
         self.loop = loop
         self.cfg: Tracing | None = None
-        self.client: OtlpHttpClient | None = None
+        self.client: OtlpHttpClient | OtlpGrpcClient | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._last_report = 0.0
@@ -329,7 +364,10 @@ class TraceExport:
         if self.cfg is None or self.cfg.otlp != cfg.otlp:
             if self.client is not None:
                 self.client.close()
-            self.client = OtlpHttpClient(cfg.otlp.endpoint, cfg.otlp.headers)
+            if cfg.otlp.protocol == "grpc":
+                self.client = OtlpGrpcClient(cfg.otlp.endpoint, cfg.otlp.headers, cfg.otlp.timeout)
+            else:
+                self.client = OtlpHttpClient(cfg.otlp.endpoint, cfg.otlp.headers)
         self.cfg = cfg
         self.sink.max_queue = cfg.otlp.max_queue
         self.sink.batch_size = cfg.otlp.batch_size
@@ -363,9 +401,9 @@ class TraceExport:
         except asyncio.CancelledError:      # shutdown ran out of time with this batch in flight
             self.sink.count_failed(n)
             raise
-        except (OSError, TimeoutError, ExportError, asyncio.IncompleteReadError, ValueError) as exc:
-            if self.client is not None:
-                self.client.close()
+        except Exception as exc:            # whatever went wrong, the exporter must live on: counted, reported
+            if isinstance(self.client, OtlpHttpClient):
+                self.client.close()          # a connection in an unknown state is not reused
             self.sink.count_failed(n)
             self._error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return

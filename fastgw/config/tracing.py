@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
@@ -22,11 +23,13 @@ HeaderValue = Annotated[str, Meta(pattern=r"^[^\r\n\x00]*$")]
 
 
 class Otlp(Base, kw_only=True):
-    """Where and how spans are exported (OTLP/HTTP with protobuf bodies)."""
+    """Where and how spans are exported: OTLP/HTTP with protobuf bodies, or OTLP/gRPC."""
 
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
-    """The collector's traces URL (`http://host:port/path`; the OTLP/HTTP default path is `/v1/traces`)."""
-    protocol: Literal["http/protobuf"] = "http/protobuf"
+    """The collector's traces URL (`http://host:port/path`; the OTLP/HTTP default path is `/v1/traces`).
+    With grpc, `http://host:port` (usually port 4317); a path is ignored."""
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    """grpc needs the grpcio package (`pip install 'fastgw[grpc]'`)."""
     timeout: PositiveDuration = 2.0
     """Longest wait for the collector's answer to one batch (connecting included)."""
     batch_size: Annotated[int, Meta(ge=1, le=65536)] = 512
@@ -79,6 +82,9 @@ def check_tracing(cfg: GatewayConfig, out: list) -> None:
         endpoint_parts(otlp.endpoint)
     except ValueError as e:
         out.append((["tracing", "otlp", "endpoint"], str(e)))
+    if cfg.tracing.enabled and otlp.protocol == "grpc" and importlib.util.find_spec("grpc") is None:
+        out.append((["tracing", "otlp", "protocol"],
+                    "protocol grpc needs the grpcio package (pip install 'fastgw[grpc]'), which is not installed"))
     if otlp.batch_size > otlp.max_queue:
         out.append((["tracing", "otlp", "batch_size"],
                     f"batch_size {otlp.batch_size} is larger than max_queue {otlp.max_queue}"))

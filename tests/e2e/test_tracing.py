@@ -266,10 +266,12 @@ def _loss_report(gw) -> tuple[int, int]:
     return int(failed), int(dropped)
 
 
-def test_collector_refusing_connections_never_fails_requests(echo, gateway_factory):
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_collector_refusing_connections_never_fails_requests(echo, gateway_factory, protocol):
     closed = ClosedPort()
     try:
-        gw = gateway_factory(config(echo.address, f"http://{closed.address}/v1/traces", 1.0, batch_size=4))
+        gw = gateway_factory(config(echo.address, f"http://{closed.address}/v1/traces", 1.0, batch_size=4,
+                                    protocol=protocol))
         for i in range(10):
             assert get(gw.port, f"/r{i}").status == 200
         assert gw.stop() == 0
@@ -316,3 +318,20 @@ def test_reload_turns_tracing_on(echo, receiver, gateway_factory):
         return got[0].split("-")[2] != PARENT
     wait_until(continued, what="the reloaded config's tracing")
     assert receiver.trace(trace, 2)
+
+
+def test_grpc_export(echo, gateway_factory):
+    from support.otlp import OtlpGrpcReceiver
+
+    with OtlpGrpcReceiver() as grpc_receiver:
+        gw = gateway_factory(config(echo.address, grpc_receiver.endpoint, 0.0, protocol="grpc",
+                                    headers={"X-Api-Key": "k1"}))
+        trace = "88888888888888888888888888888888"
+        resp = get(gw.port, "/grpc", [("traceparent", f"00-{trace}-{PARENT}-01")])
+        _, upstream_parent, _ = sent_traceparent(resp)
+        spans = grpc_receiver.trace(trace, 2)
+        assert grpc_receiver.metadata[0].get("x-api-key") == "k1"
+    server = next(s for s in spans if s.kind == SERVER)
+    client = next(s for s in spans if s.kind == CLIENT)
+    assert server.parent_id == PARENT and client.parent_id == server.span_id
+    assert client.span_id == upstream_parent

@@ -175,7 +175,7 @@ def test_tracing_off_leaves_trace_headers_alone_and_queues_nothing():
     ("{otlp: {endpoint: 'ftp://collector:4318/v1/traces'}}", "$.tracing.otlp.endpoint"),
     ("{otlp: {endpoint: 'http://:4318/v1/traces'}}", "$.tracing.otlp.endpoint"),
     ("{otlp: {endpoint: 'http://collector:99999/v1/traces'}}", "$.tracing.otlp.endpoint"),
-    ("{otlp: {protocol: grpc}}", "$.tracing.otlp.protocol"),
+    ("{otlp: {protocol: http/json}}", "$.tracing.otlp.protocol"),
     ("{otlp: {batch_size: 100, max_queue: 10}}", "$.tracing.otlp.batch_size"),
 ])
 def test_config_errors_name_the_path(section, path):
