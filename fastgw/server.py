@@ -318,12 +318,15 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
 
     from . import _core, accesslog
     from .runtime import compile_runtime, retired_targets
+    from .tracing import TraceExport
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     events.open_worker_sink(loop)
     worker = _core.Worker(loop, compile_runtime(cfg))
     accesslog.apply(worker, loop, cfg)
+    traces = TraceExport(worker, loop)
+    traces.configure(cfg.tracing)
     servers = []
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
@@ -350,6 +353,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         events.configure(new_cfg.logging)
         accesslog.apply(worker, loop, new_cfg)
         worker.swap_runtime(new)
+        traces.configure(new_cfg.tracing)
         for target in retired_targets(old, worker.runtime):
             target.retire()
         log(f"worker {os.getpid()}: configuration reloaded", "reload_applied", **_summary(new_cfg))
@@ -362,6 +366,7 @@ def run_worker(config_path: str, cfg: GatewayConfig, bound: dict[str, BoundListe
         while worker.active_clients() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         worker.close_all()
+        await traces.close(timeout=max(0.5, min(5.0, deadline - loop.time())))
         if not done.done():
             done.set_result(None)
 

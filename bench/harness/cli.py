@@ -181,6 +181,7 @@ def run(a: argparse.Namespace) -> dict:
                 "routes": len(scen.routes.hosts) if scen.routes else 1,
                 "fastgw_policies": scen.fastgw_policies,
                 "access_log": scen.access_log,
+                "fastgw_config": scen.fastgw_config,
             }
     finally:
         upstream.stop()
@@ -231,7 +232,7 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
     try:
         for p in active:
             cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies,
-                                   scen.access_log)
+                                   scen.access_log, scen.fastgw_config)
             if p.name == "direct":
                 procs[p.name], ports[p.name] = None, upstream.port
                 live.append(p)

@@ -65,6 +65,8 @@ class PeerConfig:
     policies: list[dict] = field(default_factory=list)
     #: A JSON access line per request to a file in the peer's work dir (else the access log is off).
     access_log: bool = False
+    #: fastgw only: top-level config sections.
+    config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -474,6 +476,7 @@ class Fastgw(Peer):
                 lines.append(
                     f"  - {{name: r{i}, match: {{{', '.join(match)}}}, upstream: origin{extra}{pol}}}"
                 )
+        lines += [f"{key}: {json.dumps(value)}" for key, value in cfg.config.items()]
         return "\n".join(lines) + "\n"
 
     def probe(self, workdir: Path) -> frozenset[str]:

@@ -252,6 +252,7 @@ cdef class LogEntry:
     cdef readonly int64_t bytes_sent
     cdef readonly dict timings
     cdef readonly str client_ip
+    cdef readonly str trace_id           # 32 hex digits with tracing on, else None
 
     def __repr__(self):
         return (f"LogEntry({self.request_id} {self.method} {self.path} -> {self.status} "
@@ -275,6 +276,7 @@ cdef LogEntry _log_entry(Exchange ex):
     e.bytes_sent = ex.bytes_out
     e.timings = ex.timings()
     e.client_ip = ex.down.client_ip.decode()
+    e.trace_id = ex.trace_id_hex
     return e
 
 

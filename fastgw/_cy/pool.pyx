@@ -143,8 +143,10 @@ cdef class RouteMatch:
     cdef readonly Route route
     cdef readonly bytes prefix
     cdef readonly tuple capture_names   # of the match's path template, in order (bytes)
+    cdef readonly str pattern           # the path as configured, for traces' http.route (or None)
 
-    def __init__(self, Route route, prefix, capture_names=()):
+    def __init__(self, Route route, prefix, capture_names=(), str pattern=None):
+        self.pattern = pattern
         self.route = route
         self.prefix = prefix.encode() if isinstance(prefix, str) else prefix
         self.capture_names = tuple(n.encode() if isinstance(n, str) else n for n in capture_names)
@@ -168,13 +170,16 @@ cdef class Runtime:
     cdef readonly int path_mode               # PATH_OFF / PATH_NORMALIZE / PATH_REJECT
     cdef readonly int path_flags              # PN_* flags of normalize_path
     cdef public RuntimeMetrics metrics        # None: metrics are off (set by fastgw/counters.py)
+    cdef readonly TraceSettings tracing       # None: tracing off, and the request path skips it
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
                  double keepalive_timeout, double body_timeout=60.0, int max_requests_per_connection, max_body,
                  double drain_timeout, PolicyChain global_chain=None, dict policies=None,
-                 str path_normalization="normalize", bint merge_slashes=False, bint reject_encoded_slashes=False):
+                 str path_normalization="normalize", bint merge_slashes=False, bint reject_encoded_slashes=False,
+                 TraceSettings tracing=None):
+        self.tracing = tracing
         self.path_mode = {"off": PATH_OFF, "normalize": PATH_NORMALIZE, "reject": PATH_REJECT}[path_normalization]
         self.path_flags = ((PN_MERGE_SLASHES if merge_slashes else 0)
                            | (PN_REJECT_ENCODED_SLASH if reject_encoded_slashes else 0))

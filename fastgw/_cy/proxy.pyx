@@ -192,6 +192,7 @@ cdef class Worker:
     cdef object _tick_handle
     cdef double tick_interval
     cdef public object access_log    # the LineSink access lines go to (None: nowhere)
+    cdef readonly TraceSink traces     # span ids and the queue the trace exporter drains
 
     def __init__(self, loop, Runtime runtime, double tick_interval=0.1):
         self.loop = loop
@@ -203,6 +204,7 @@ cdef class Worker:
         self.draining = False
         self.tick_interval = tick_interval
         self._tick_handle = None
+        self.traces = TraceSink()
 
     def __call__(self):
         return ClientConn(self)
@@ -249,6 +251,20 @@ cdef class Worker:
 
     def active_clients(self):
         return len(self.clients)
+
+    @property
+    def spans_dropped(self):
+        """Sampled spans left out because the export queue was full (tracing.otlp.max_queue)."""
+        return self.traces.dropped
+
+    @property
+    def spans_exported(self):
+        return self.traces.exported
+
+    @property
+    def spans_failed(self):
+        """Spans of batches the collector refused or never answered for."""
+        return self.traces.failed
 
     def plugin_stats(self):
         """{(plugin, phase): HookStats} of the running config's plugins, what the metric

@@ -16,9 +16,10 @@ import msgspec
 from msgspec import Meta
 
 from .base import Base, Name
-from .metrics import Metrics
 from .logs import AccessLog, Logging, RouteAccessLog
+from .metrics import Metrics
 from .policies import Policy
+from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
@@ -347,6 +348,7 @@ class GatewayConfig(Base, kw_only=True):
     """Prometheus counters (docs/metrics.md)."""
     logging: Logging = msgspec.field(default_factory=Logging)
     access_log: AccessLog = msgspec.field(default_factory=AccessLog)
+    tracing: Tracing = msgspec.field(default_factory=Tracing)
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -6,11 +6,12 @@ import datetime
 import ipaddress
 import re
 
-from .metrics import check_metrics
 from .logs import check_logs
+from .metrics import check_metrics
 from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
+from .tracing import check_tracing
 from .values import check_host_pattern, check_path, parse_address
 
 __all__ = ["Problem", "check_config"]
@@ -275,4 +276,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     check_policies(cfg, out)
     check_metrics(cfg, out)
     check_logs(cfg, out)
+    check_tracing(cfg, out)
     return out

@@ -292,7 +292,8 @@ def upstream(venv: Path, outside: Path):
 
 def test_the_installed_package_is_the_one_imported(venv: Path, outside: Path) -> None:
     proc = _run([str(venv / "python"), "-c",
-                 "import fastgw, fastgw._core, fastgw.gatewayapi, fastgw.config; "
+                 # fastgw.tracing: its dependencies (opentelemetry-proto, protobuf) came with the wheel
+                 "import fastgw, fastgw._core, fastgw.gatewayapi, fastgw.config, fastgw.tracing; "
                  "print(fastgw.__file__); print(fastgw._core.__file__)"],
                 cwd=outside, env=_clean_env(venv))
     site = venv.parent / "lib"

@@ -970,7 +970,7 @@ def test_json_schema_shape():
     assert schema["$ref"] == "#/$defs/GatewayConfig"
     top = defs["GatewayConfig"]
     assert set(top["properties"]) == {"listeners", "upstreams", "routes", "limits", "server", "policies",
-                                      "metrics", "logging", "access_log"}
+                                      "metrics", "logging", "access_log", "tracing"}
     assert top["required"] == ["listeners"]
     assert top["additionalProperties"] is False
     assert {"name", "match", "upstream", "max_body_bytes"} <= set(defs["Route"]["properties"])
@@ -1236,9 +1236,9 @@ def test_misspelt_key_gets_did_you_mean(tmp_path):
     path = write(tmp_path, "gw.yaml", "listeners: [{address: 127.0.0.1:1}]\nrutes: []\nxyzzy: 1\n")
     assert [(i.path, i.message) for i in issues_of(path)] == [
         ("$.rutes", "unknown field (did you mean 'routes'? expected one of: listeners, upstreams, routes, limits, "
-                    "server, policies, metrics, logging, access_log)"),
+                    "server, policies, metrics, logging, access_log, tracing)"),
         ("$.xyzzy", "unknown field (expected one of: listeners, upstreams, routes, limits, server, policies, "
-                    "metrics, logging, access_log)"),
+                    "metrics, logging, access_log, tracing)"),
     ]
 
 
