@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .admin import Admin
 from .base import Base, Name
 from .policies import Policy
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
@@ -339,6 +340,8 @@ class GatewayConfig(Base, kw_only=True):
     server: Server = msgspec.field(default_factory=Server)
     policies: list[Policy] = msgspec.field(default_factory=list)
     """Policies applied to every route, before the route's own (docs/policies.md)."""
+    admin: Admin | None = None
+    """The Admin API listener (docs/admin.md); none without this section."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import re
 
+from .admin import check_admin
 from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
@@ -271,4 +272,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     _check_upstreams(cfg, out)
     _check_routes(cfg, out)
     check_policies(cfg, out)
+    check_admin(cfg, out)
     return out
