@@ -52,6 +52,10 @@ cdef class Target:
         except ValueError:
             pass
 
+    @property
+    def idle_connections(self):
+        return len(self.idle)
+
     def retire(self):
         """A reload dropped this target: its idle connections close now, and busy ones close when
         their exchange ends instead of coming back to a pool nothing will take from."""

@@ -191,6 +191,9 @@ cdef class Worker:
     cdef readonly bint draining
     cdef object _tick_handle
     cdef double tick_interval
+    # for the Admin API's /stats: cumulative since the worker started
+    cdef readonly uint64_t connections_total
+    cdef readonly uint64_t requests_total
 
     def __init__(self, loop, Runtime runtime, double tick_interval=0.1):
         self.loop = loop
@@ -243,6 +246,9 @@ cdef class Worker:
 
     def active_clients(self):
         return len(self.clients)
+
+    def active_upstreams(self):
+        return len(self.upstreams)
 
     def plugin_stats(self):
         """{(plugin, phase): HookStats} of the running config's plugins, what the metric

@@ -1,0 +1,106 @@
+"""The supervisor's view of its workers through the Admin API: readiness while workers start, a
+worker that does not answer its control channel (partial answers, never a hang), and a worker
+whose supervisor is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from support.admin import admin_client, admin_url, with_admin
+from support.client import RawConn, wait_until
+from support.gateway import Gateway, descendants, simple_config
+
+# the StartGate plugin is support.start_gate, under tests/
+ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_readyz_is_503_until_every_worker_is_ready(echo, tmp_path):
+    gate = tmp_path / "open"
+    cfg = with_admin(simple_config(echo.address))
+    cfg["policies"] = [{"type": "plugin", "module": "support.start_gate:StartGate", "config": {"path": str(gate)}}]
+    gw = Gateway(cfg, tmp_path / "gw", workers=2, env=ENV)
+    started = threading.Thread(target=gw.start, daemon=True)
+    started.start()
+    try:
+        with admin_client(gw) as admin:
+            wait_until(lambda: len(descendants(gw.pid)) == 2, what="the workers to fork")
+            before = admin.get("/readyz")
+            assert before.status_code == 503, before.text
+            assert before.json()["workers_ready"] == 0
+            assert admin.get("/healthz").status_code == 200
+            stats = admin.get("/stats").json()["workers"]
+            assert [w["error"] for w in stats] == ["starting", "starting"]
+            gate.touch()
+            started.join(60)
+            assert gw.ports, gw.describe()
+            after = admin.get("/readyz")
+            assert after.status_code == 200 and after.json()["workers_ready"] == 2
+            gw.signal(signal.SIGTERM)
+            wait_until(lambda: admin.get("/readyz").status_code == 503 or not gw.alive(),
+                       what="readiness to drop while stopping")
+        assert gw.wait(30) == 0, gw.describe()
+    finally:
+        gate.touch()
+        gw.close()
+
+
+def test_a_stopped_worker_yields_a_partial_answer_not_a_hang(echo, gateway_factory):
+    gw = gateway_factory(with_admin(simple_config(echo.address)), workers=2)
+    stopped = min(descendants(gw.pid))
+    with admin_client(gw, timeout=20) as admin:
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            new_config = with_admin(simple_config(echo.address, routes=[
+                {"name": "new", "match": {"path": {"prefix": "/new"}}, "upstream": "echo"}]))
+            # side by side: each waits out the stopped worker's deadline
+            with ThreadPoolExecutor(4) as pool:
+                stats_f = pool.submit(admin.get, "/stats")
+                metrics_f = pool.submit(admin.get, "/metrics")
+                upstreams_f = pool.submit(admin.get, "/upstreams")
+                post_f = pool.submit(admin.post, "/config", json=new_config)
+            by_pid = {w["pid"]: w for w in stats_f.result().json()["workers"]}
+            assert "error" in by_pid[stopped] and "requests_total" not in by_pid[stopped]
+            (other,) = set(by_pid) - {stopped}
+            assert "error" not in by_pid[other] and "requests_total" in by_pid[other]
+            metrics = metrics_f.result()
+            assert metrics.status_code == 200 and "fastgw_build_info{" in metrics.text
+            upstreams = upstreams_f.result().json()
+            assert [w for w in upstreams["workers"] if w["pid"] == stopped][0]["error"]
+            # the config reaches the running worker; the stopped one has it queued
+            r = post_f.result()
+            assert r.status_code == 202, r.text
+            pending = {w["pid"]: w for w in r.json()["workers"]}
+            assert pending[stopped]["pending"] and pending[other]["applied"]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        generation = admin.get("/config").json()["generation"]
+        wait_until(lambda: all(w.get("generation") == generation for w in admin.get("/stats").json()["workers"]),
+                   what="the resumed worker to apply the queued config")
+    with RawConn(gw.port) as c:
+        assert c.request("GET", "/gone", [("Connection", "close")]).status == 404
+
+
+def test_a_worker_whose_supervisor_is_killed_drains_and_exits(echo, gateway_factory):
+    gw = gateway_factory(with_admin(simple_config(echo.address)), workers=2)
+    workers = descendants(gw.pid)
+    admin_url(gw)
+    os.kill(gw.pid, signal.SIGKILL)
+    gw.wait(30)
+
+    def gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in workers)
+
+    wait_until(gone, timeout=30, what="the orphaned workers to exit")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return "Z"
+    return stat[stat.rfind(")") + 2]
