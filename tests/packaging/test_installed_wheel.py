@@ -422,3 +422,29 @@ def test_run_proxies_a_request_to_a_real_upstream(fmt: str, fastgw, upstream, ou
     finally:
         rc = gw.stop()
     assert rc == 0, "\n".join(gw.lines)
+
+
+def test_run_serves_the_admin_api(fastgw, upstream, outside: Path) -> None:
+    """The installed fastgw's Admin API: the supervisor's loop, the workers' control channels."""
+    _, up_port = upstream
+    d = outside / "admin"
+    d.mkdir()
+    cfg = {"listeners": [{"address": "127.0.0.1:0"}],
+           "upstreams": {"echo": {"targets": [{"address": f"127.0.0.1:{up_port}"}]}},
+           "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}],
+           "server": {"drain_timeout": 0.5}, "admin": {"address": "127.0.0.1:0"}}
+    path = _write_native(d, "gw", cfg)["yaml"]
+    gw = Proc([str(Path(fastgw.env["VIRTUAL_ENV"]) / "bin" / "fastgw"), "run", "-c", str(path), "--workers", "2"],
+              outside, fastgw.env)
+    try:
+        admin = gw.wait_for(re.compile(r"fastgw: admin API listening on (http://\S+)")).group(1)
+        gw.wait_for(LISTEN_RE)
+        with httpx.Client(base_url=admin, timeout=10, trust_env=False) as client:
+            health = client.get("/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "alive"
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+            assert "fastgw_build_info{" in metrics.text, metrics.text
+    finally:
+        rc = gw.stop()
+    assert rc == 0, "\n".join(gw.lines)
