@@ -26,6 +26,7 @@ class ReloadLog:
         self.failed = 0
         self.last_time: float | None = None
         self.last_ok: bool | None = None
+        self.last_ok_time: float | None = None   # of the last load that succeeded
 
     def record(self, *, source: str, ok: bool, file: str | None, generation: int | None = None,
                errors: list[ConfigIssue] = (), notes: list[str] = (), summary: dict | None = None) -> dict:
@@ -44,6 +45,7 @@ class ReloadLog:
         self._entries.append(entry)
         if ok:
             self.ok += 1
+            self.last_ok_time = now
         else:
             self.failed += 1
         self.last_time, self.last_ok = now, ok

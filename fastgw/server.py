@@ -199,6 +199,7 @@ class Supervisor:
         self.nworkers = workers
         self.reuse_port = reuse_port
         self.children: dict[int, Child] = {}   # by pid
+        self.start_time = time.time()
         self.started = False                   # every first worker reported ready
         self.stopping = False
         self.reloads = ReloadLog()
@@ -458,11 +459,12 @@ class Supervisor:
         return list(await asyncio.gather(*(one(c) for c in children)))
 
     def process_info(self, unanswered: int = 0) -> dict:
+        """What fastgw.metrics.render needs of the supervisor (its docstring lists the keys)."""
         return {"version": __version__, "workers": self.nworkers,
                 "workers_ready": sum(1 for c in self.children.values() if c.ready),
                 "workers_unanswered": unanswered, "reloads_ok": self.reloads.ok,
-                "reloads_failed": self.reloads.failed, "last_reload_time": self.reloads.last_time,
-                "last_reload_ok": self.reloads.last_ok, "generation": self.generation}
+                "reloads_failed": self.reloads.failed, "last_reload_timestamp": self.reloads.last_ok_time,
+                "start_timestamp": self.start_time, "generation": self.generation}
 
     # --- config reloads -----------------------------------------------------------------------------
 

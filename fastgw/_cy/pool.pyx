@@ -54,7 +54,8 @@ cdef class Target:
 
     @property
     def idle_connections(self):
-        return len(self.idle)
+        # counted, not len(): the list may keep empty (None) slots for reuse
+        return sum(1 for conn in self.idle if conn is not None)
 
     def retire(self):
         """A reload dropped this target: its idle connections close now, and busy ones close when
