@@ -147,6 +147,21 @@ def test_an_oversized_head_is_refused(gw):
     assert data.startswith(b"HTTP/1.1 431 "), data
 
 
+def test_a_body_over_the_limit_is_refused_before_it_is_read(gw):
+    host, port = admin_url(gw).removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000000\r\n\r\n")
+        data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 413 "), data
+
+
+def test_head_answers_without_a_body_and_keeps_the_connection(admin):
+    r = admin.head("/healthz")
+    assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0
+    assert admin.get("/healthz").json()["status"] == "alive"
+
+
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_reads_healthz_and_metrics(gw):
     url = admin_url(gw)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from support.admin import admin_client, admin_url, with_admin
 from support.client import RawConn, wait_until
-from support.gateway import Gateway, descendants, simple_config
+from support.gateway import Gateway, descendants, simple_config, socket_owner_pids
 
 # the StartGate plugin is support.start_gate, under tests/
 ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -104,3 +104,24 @@ def _state(pid: int) -> str:
     except OSError:
         return "Z"
     return stat[stat.rfind(")") + 2]
+
+
+def test_a_worker_forked_while_admin_connections_are_open_holds_none_of_them(echo, gateway_factory):
+    """A copy of the admin listener or of a client's admin connection left in a worker would keep
+    that connection from ever closing, and the port bound after the supervisor is gone."""
+    gw = gateway_factory(with_admin(simple_config(echo.address)), workers=1)
+    admin_port = int(admin_url(gw).rsplit(":", 1)[1])
+    with admin_client(gw) as admin:
+        assert admin.get("/stats").status_code == 200     # keep-alive: the connection stays open
+        (victim,) = descendants(gw.pid)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: admin.get("/readyz").status_code == 200 and descendants(gw.pid) not in ([], [victim]),
+                   what="the replacement worker")
+        (replacement,) = descendants(gw.pid)
+        client_ports = [int(line.split()[1].rsplit(":", 1)[1], 16) for line in open("/proc/net/tcp").readlines()[1:]
+                        if int(line.split()[2].rsplit(":", 1)[1], 16) == admin_port]
+        assert client_ports, "no open admin connection to check"
+        assert socket_owner_pids(admin_port, 0, [replacement]) == []
+        for port in client_ports:
+            assert socket_owner_pids(admin_port, port, [gw.pid]) == [gw.pid]
+            assert socket_owner_pids(admin_port, port, [replacement]) == []
