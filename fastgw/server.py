@@ -151,18 +151,21 @@ def bind_placeholders(cfg: GatewayConfig, reuse_port: bool = False
 
 
 def bind_admin(admin: Admin, reuse_port: bool) -> socket.socket:
-    """The Admin API's listening socket. With reuse_port it shares the address with the instance a
-    zero-downtime upgrade replaces, as the listeners do."""
+    """The Admin API's listening socket. Always SO_REUSEPORT, as the workers' listeners: the instance
+    a zero-downtime upgrade starts beside this one can then share the address with --reuse-port.
+    Raises AddressInUse as bind_placeholders does."""
     infos = socket.getaddrinfo(admin.host, admin.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr[:2] if family == socket.AF_INET else addr)
+        sock = _reuseport_socket(family, addr[0], addr[1])
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(admin.address, reuse_port) from None
+        raise
+    try:
+        # probed before listen(): a bound socket that does not listen yet does not trip the probe
+        if not reuse_port and admin.port != 0 and _served_elsewhere(family, addr[0], admin.port):
+            raise AddressInUse(admin.address, reuse_port)
         sock.listen(64)
         sock.setblocking(False)
     except BaseException:
@@ -227,12 +230,10 @@ class Supervisor:
         if self.admin_settings is not None:
             try:
                 self.admin_sock = bind_admin(self.admin_settings, self.reuse_port)
-            except OSError as exc:
+            except (AddressInUse, OSError) as exc:
                 for s in self.placeholders:
                     s.close()
-                hint = " (pass --reuse-port to share it for a zero-downtime upgrade)" \
-                    if exc.errno == errno.EADDRINUSE else ""
-                log(f"cannot bind the admin listener {self.admin_settings.address}: {exc.strerror or exc}{hint}")
+                log(f"cannot start the admin API: {exc}")
                 return 1
         # the pipe stays open: a restarted worker reports ready on it too
         self.ready_r, self.ready_w = os.pipe()

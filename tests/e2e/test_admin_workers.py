@@ -10,9 +10,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import pytest
 from support.admin import admin_client, admin_url, with_admin
 from support.client import RawConn, wait_until
-from support.gateway import Gateway, descendants, simple_config, socket_owner_pids
+from support.gateway import Gateway, GatewayStartError, descendants, simple_config, socket_owner_pids
 
 # the StartGate plugin is support.start_gate, under tests/
 ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -125,3 +127,32 @@ def test_a_worker_forked_while_admin_connections_are_open_holds_none_of_them(ech
         for port in client_ports:
             assert socket_owner_pids(admin_port, port, [gw.pid]) == [gw.pid]
             assert socket_owner_pids(admin_port, port, [replacement]) == []
+
+
+def test_an_admin_address_in_use_is_refused_unless_reuse_port_shares_it(echo, gateway_factory, tmp_path):
+    first = gateway_factory(with_admin(simple_config(echo.address)))
+    address = admin_url(first).removeprefix("http://")
+    beside = simple_config(echo.address)
+    beside["admin"] = {"address": address}
+    refused = Gateway(beside, tmp_path / "refused")
+    try:
+        with pytest.raises(GatewayStartError):
+            refused.start()
+        assert refused.wait(30) == 1
+    finally:
+        refused.close()
+    assert f"fastgw: cannot start the admin API: {address} is already in use" in refused.stderr, refused.stderr
+    assert "started (pid" not in refused.stderr
+    second = gateway_factory(beside, extra_args=["--reuse-port"])
+    seen: set[int] = set()
+
+    def both_answer() -> bool:
+        for _ in range(8):
+            with httpx.Client(timeout=10) as client:     # a new connection each time
+                seen.add(client.get(f"http://{address}/healthz").json()["pid"])
+        return seen == {first.pid, second.pid}
+
+    wait_until(both_answer, timeout=20, interval=0.1, what="both supervisors to answer on the shared admin port")
+    assert first.stop(30) == 0, first.describe()
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"http://{address}/healthz").json()["pid"] == second.pid
