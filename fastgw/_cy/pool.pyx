@@ -55,6 +55,11 @@ cdef class Target:
         except ValueError:
             pass
 
+    @property
+    def idle_connections(self):
+        # counted, not len(): the list may keep empty (None) slots for reuse
+        return sum(1 for conn in self.idle if conn is not None)
+
     def retire(self):
         """A reload dropped this target: its idle connections close now, and busy ones close when
         their exchange ends instead of coming back to a pool nothing will take from."""

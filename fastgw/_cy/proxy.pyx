@@ -193,6 +193,9 @@ cdef class Worker:
     cdef double tick_interval
     cdef public object access_log    # the LineSink access lines go to (None: nowhere)
     cdef readonly TraceSink traces     # span ids and the queue the trace exporter drains
+    # for the Admin API's /stats: cumulative since the worker started
+    cdef readonly uint64_t connections_total
+    cdef readonly uint64_t requests_total
 
     def __init__(self, loop, Runtime runtime, double tick_interval=0.1):
         self.loop = loop
@@ -265,6 +268,8 @@ cdef class Worker:
     def spans_failed(self):
         """Spans of batches the collector refused or never answered for."""
         return self.traces.failed
+    def active_upstreams(self):
+        return len(self.upstreams)
 
     def plugin_stats(self):
         """{(plugin, phase): HookStats} of the running config's plugins, what the metric

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .admin import Admin
 from .base import Base, Name
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
@@ -349,6 +350,8 @@ class GatewayConfig(Base, kw_only=True):
     logging: Logging = msgspec.field(default_factory=Logging)
     access_log: AccessLog = msgspec.field(default_factory=AccessLog)
     tracing: Tracing = msgspec.field(default_factory=Tracing)
+    admin: Admin | None = None
+    """The Admin API listener (docs/admin.md); none without this section."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import re
 
+from .admin import check_admin
 from .logs import check_logs
 from .metrics import check_metrics
 from .policies import check_policies
@@ -277,4 +278,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     check_metrics(cfg, out)
     check_logs(cfg, out)
     check_tracing(cfg, out)
+    check_admin(cfg, out)
     return out

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-LISTEN_RE = re.compile(r'listening on http://([^\s:"]+|\[[^\]]+\]):(\d+)')
+LISTEN_RE = re.compile(r'(?<!admin API )listening on http://([^\s:"]+|\[[^\]]+\]):(\d+)')
 # What a build may print that would be of our making: setuptools' deprecations and beta notes (`build`
 # shows a backend's warnings as "WARNING <message>"; pip's own notes are "WARNING: ..."), and MANIFEST.in
 # or license-files patterns that match nothing.
@@ -452,3 +452,27 @@ def test_run_writes_an_access_line(fastgw, upstream, outside: Path) -> None:
     assert rc == 0, "\n".join(gw.lines)
     (line,) = [json.loads(x) for x in log.read_text().splitlines()]
     assert (line["request_id"], line["path"], line["status"], line["route"]) == ("wheel-line", "/logged", 200, "all")
+def test_run_serves_the_admin_api(fastgw, upstream, outside: Path) -> None:
+    """The installed fastgw's Admin API: the supervisor's loop, the workers' control channels."""
+    _, up_port = upstream
+    d = outside / "admin"
+    d.mkdir()
+    cfg = {"listeners": [{"address": "127.0.0.1:0"}],
+           "upstreams": {"echo": {"targets": [{"address": f"127.0.0.1:{up_port}"}]}},
+           "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}],
+           "server": {"drain_timeout": 0.5}, "admin": {"address": "127.0.0.1:0"}}
+    path = _write_native(d, "gw", cfg)["yaml"]
+    gw = Proc([str(Path(fastgw.env["VIRTUAL_ENV"]) / "bin" / "fastgw"), "run", "-c", str(path), "--workers", "2"],
+              outside, fastgw.env)
+    try:
+        admin = gw.wait_for(re.compile(r"admin API listening on (http://[^\s\"]+)")).group(1)
+        gw.wait_for(LISTEN_RE)
+        with httpx.Client(base_url=admin, timeout=10, trust_env=False) as client:
+            health = client.get("/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "alive"
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+            assert "fastgw_build_info{" in metrics.text, metrics.text
+    finally:
+        rc = gw.stop()
+    assert rc == 0, "\n".join(gw.lines)
