@@ -10,6 +10,7 @@ keeps its instance, so what it holds survives the reload.
 from __future__ import annotations
 
 from . import _core
+from .accesslog import access_log_policy
 from .config import GatewayConfig
 from .config.policies import (
     NoopPolicy,
@@ -64,5 +65,6 @@ def compile_chains(cfg: GatewayConfig, previous: _core.Runtime | None = None
             key = f"routes/{route.name}/{name}"
             built[key] = _build(entry, name, key, old)
             own.append(built[key])
-        chains[route.name] = _core.PolicyChain([p for n, p in top if n not in skip] + own)
-    return _core.PolicyChain([p for _, p in top]), chains, built
+        chains[route.name] = _core.PolicyChain([p for n, p in top if n not in skip] + own,
+                                               access_log_policy(cfg, route))
+    return _core.PolicyChain([p for _, p in top], access_log_policy(cfg, None)), chains, built

@@ -18,6 +18,7 @@ from . import _core
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
+from .counters import compile_counters
 from .policychain import compile_chains
 
 
@@ -178,6 +179,14 @@ def _compile_route(route: Route, cfg: GatewayConfig, groups: dict, chain: _core.
     return _core.Route(route.name, backends, cfg.route_max_body_bytes(route), chain)
 
 
+def _route_pattern(m: Match) -> str | None:
+    """The match's path as a trace's http.route: low cardinality, as the semantic conventions ask."""
+    p = m.path
+    if p.prefix is not None:
+        return p.prefix + ("*" if p.prefix.endswith("/") else "/*")
+    return p.exact or p.template or p.regex
+
+
 def _matched_prefix(m: Match) -> str | None:
     prefix = m.path.prefix
     if prefix is None:
@@ -214,7 +223,8 @@ def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> lis
             headers=_conditions(m.headers, str.lower),
             query=_conditions(m.query),
             order=order,
-            payload=_core.RouteMatch(routes[route.name], _matched_prefix(m), tuple(template_captures(m.path.template))),
+            payload=_core.RouteMatch(routes[route.name], _matched_prefix(m), tuple(template_captures(m.path.template)),
+                                     _route_pattern(m)),
         )
         for route, m, hosts, order in attached_matches(listener, cfg)
     ]
@@ -274,7 +284,7 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
             host_independent.add(address)
 
     limits = cfg.limits
-    return _core.Runtime(
+    runtime = _core.Runtime(
         listener_routers,
         groups,
         host_independent=frozenset(host_independent),
@@ -293,7 +303,10 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         path_normalization=cfg.server.path_normalization,
         merge_slashes=cfg.server.merge_slashes,
         reject_encoded_slashes=cfg.server.encoded_slashes == "reject",
+        tracing=_core.TraceSettings(cfg.tracing.sample_rate) if cfg.tracing.enabled else None,
     )
+    runtime.metrics = compile_counters(cfg, routes, groups, previous)
+    return runtime
 
 
 def retired_targets(old: _core.Runtime, new: _core.Runtime) -> list[_core.Target]:

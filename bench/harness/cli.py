@@ -180,6 +180,8 @@ def run(a: argparse.Namespace) -> dict:
                 "request_shapes": len(scen.requests),
                 "routes": len(scen.routes.hosts) if scen.routes else 1,
                 "fastgw_policies": scen.fastgw_policies,
+                "access_log": scen.access_log,
+                "fastgw_config": scen.fastgw_config,
             }
     finally:
         upstream.stop()
@@ -229,7 +231,8 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
     sdir.mkdir()
     try:
         for p in active:
-            cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies)
+            cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies,
+                                   scen.access_log, scen.fastgw_config)
             if p.name == "direct":
                 procs[p.name], ports[p.name] = None, upstream.port
                 live.append(p)

@@ -26,6 +26,11 @@ class Scenario:
     #: fastgw only: the `policies:` of its route(s), each a dict as in the config (nginx and HAProxy have
     #: no equivalent and run their plain config).
     fastgw_policies: list[dict] = field(default_factory=list)
+    #: The proxies write a JSON access line per request to a file (fastgw's access_log, nginx's
+    #: access_log with a JSON log_format); otherwise every proxy's access log is off.
+    access_log: bool = False
+    #: fastgw only: top-level config sections (`tracing:`, say), each a dict as in the config.
+    fastgw_config: dict = field(default_factory=dict)
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -106,6 +111,27 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
             get26,
             fastgw_policies=[{"type": "plugin", "module": PLUGIN_MODULE}],
         ),
+        # The cost of the access log (issue 9): get26 with a JSON line per request written to a file.
+        "accesslog": lambda: Scenario(
+            "accesslog",
+            "GET, 26 B response, 50 connections; JSON access log to a file (fastgw and nginx; HAProxy logs "
+            "only to syslog and runs without)",
+            50,
+            [get26],
+            get26,
+            access_log=True,
+        ),
+        # The cost of tracing (issue 9) at 1% sampling. The collector's port is closed: the spans are
+        # encoded and their batches fail to connect, so this is the gateway's cost without the send.
+        "traced1pct": lambda: Scenario(
+            "traced1pct",
+            "GET, 26 B response, 50 connections; fastgw traces, 1% sampled, OTLP to a closed port",
+            50,
+            [get26],
+            get26,
+            fastgw_config={"tracing": {"enabled": True, "sample_rate": 0.01,
+                                       "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
+        ),
     }
     unknown = [n for n in names if n not in all_]
     if unknown:
@@ -126,4 +152,4 @@ def _gateway(n: int) -> Scenario:
     )
 
 
-SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin"]
+SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin", "accesslog"]

@@ -67,6 +67,7 @@ cdef class ClientConn:
         else:
             self.client_ip = b"unknown"
         self.worker.clients.add(self)
+        self.worker.connections_total += 1
         self._set_deadline(DL_IDLE, self.rt.header_timeout)
         if self.worker.draining:
             self.abort()
@@ -254,6 +255,7 @@ cdef class ClientConn:
         self.deadline = 0.0
         self.deadline_kind = DL_NONE
         self.nrequests += 1
+        self.worker.requests_total += 1
         self.keep_alive = h.conn_keep_alive if h.version_minor == 0 else not h.conn_close
         if self.worker.draining or self.nrequests >= self.rt.max_requests_per_connection:
             self.keep_alive = False

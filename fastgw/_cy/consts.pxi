@@ -18,6 +18,7 @@ cdef enum HeaderKind:
     HK_X_FORWARDED_HOST
     HK_X_REQUEST_ID
     HK_DROP          # dropped by policy: underscore names in drop mode
+    HK_TRACE_CONTEXT # traceparent/tracestate with tracing on: the gateway sends its own (tracecontext.pyx)
 
 # Body framing of one message.
 cdef enum Framing:

@@ -110,6 +110,9 @@ cdef class Exchange:
     cdef double t_first_byte
     cdef double t_done
     cdef bint finished
+    # tracing (tracecontext.pyx): all zero while tracing is off
+    cdef TraceCtx tc
+    cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
 
     cdef void init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h):
         self.down = down
@@ -134,6 +137,8 @@ cdef class Exchange:
         """The head is parsed; data[off:n] are the bytes after it (body, or a pipelined request)."""
         cdef MessageHead* h = self.h
         cdef int outcome
+        if self.rt.tracing is not None:
+            trace_begin(self)
         self.req_framing = h.framing
         self.req_remaining = h.content_length if h.framing == FR_LENGTH else 0
         self.req_done = h.framing == FR_NONE
@@ -424,6 +429,8 @@ cdef class Exchange:
             wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if self.upstream_edits is not None:
             _put_edit_lines(out, self.upstream_edits)
+        if self.tc.trace_hi | self.tc.trace_lo:
+            trace_put_upstream(self, out)
         if h.framing == FR_CHUNKED:
             wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
         elif h.content_length >= 0:
@@ -520,6 +527,9 @@ cdef class Exchange:
 
     cdef void _dispatch(self) except *:
         cdef UpstreamConn up = self.target.take_idle()
+        count_pool(self.group, up is not None)
+        if self.tc.sampled:
+            self.tc.t_attempt = monotonic()
         if up is not None:
             up.attach(self, True)
             self.up = up
@@ -561,11 +571,14 @@ cdef class Exchange:
             # a pooled connection the upstream had closed: replay once on a fresh connection to
             # the same target (upstream_peer would pick another; the target did nothing wrong)
             self.retried = True
+            if self.tc.trace_hi | self.tc.trace_lo:
+                self.up_head = trace_retry(self, flag, self.up_head)
             self.up_queue = [self.up_head]
             self.up_queued = PyBytes_GET_SIZE(self.up_head)
             self._connect()
             return
         self.flags |= flag
+        _upstream_failure_event(self, status, reason, flag)
         self.up_queue = None
         self.down.resume_reading_for(self, PR_CONNECTING)
         if self.resp_started:
@@ -683,6 +696,7 @@ cdef class Exchange:
     cdef void response_truncated(self, int flag) except *:
         """The upstream died or stalled mid-body: the client must not see a clean end."""
         self.flags |= flag
+        _upstream_failure_event(self, 0, b"upstream response cut short", flag)
         self.up = None
         self.down.truncate()
 
@@ -792,6 +806,9 @@ cdef class Exchange:
                                   | RF_BAD_REQUEST | RF_BODY_TOO_LARGE | RF_REQUEST_TIMEOUT
                                   | RF_POLICY_ERROR | RF_POLICY_TIMEOUT)):
                 self.flags |= RF_DOWNSTREAM_DISCONNECT
+        record_exchange(self)
+        if self.rt.tracing is not None:
+            trace_end(self)
         if chain is not None:
             for i in range(chain.n_log):
                 policy = <Policy>chain.log[i]
@@ -806,6 +823,40 @@ cdef class Exchange:
         self.stash = None
 
     # ---- what the log phase and plugins read ---------------------------------------------------
+
+    @property
+    def trace_id(self):
+        """The trace's id (32 hex digits, bytes), or None when tracing is off."""
+        return None if self.tc.trace_hi == 0 and self.tc.trace_lo == 0 else hex64(self.tc.trace_hi) + hex64(self.tc.trace_lo)
+
+    @property
+    def span_id(self):
+        """The gateway's SERVER span id (16 hex digits, bytes), or None."""
+        return hex64(self.tc.server_span) if self.tc.server_span else None
+
+    @property
+    def trace_id_hex(self):
+        """The exchange's trace id: the one tracing continued or started, else (tracing off) that of
+        a valid incoming `traceparent`, which goes upstream untouched, so the access log still ties
+        the line to the caller's trace."""
+        if self.tc.trace_hi | self.tc.trace_lo:
+            return trace_hex(self.tc.trace_hi, self.tc.trace_lo)
+        return self._incoming_trace_id()
+
+    cdef object _incoming_trace_id(self):
+        cdef object tp
+        if self.h == NULL or self.outcome == OC_REFUSED:
+            return None
+        tp = _field_value(self.h, self.p, b"traceparent")
+        if tp is None or len(tp) != 55:
+            return None
+        tp = (<bytes>tp).lower()
+        if tp[2:3] != b"-" or tp[35:36] != b"-" or tp[52:53] != b"-" or tp[:2] == b"ff":
+            return None
+        trace_id = tp[3:35]
+        if trace_id.strip(b"0123456789abcdef") or trace_id == b"0" * 32 or tp[36:52].strip(b"0123456789abcdef"):
+            return None
+        return trace_id.decode()
 
     @property
     def outcome_name(self):
@@ -947,13 +998,11 @@ cdef void _report_policy_error(Policy policy, str phase, exc) except *:
     """A failing policy is reported with its traceback the first time each kind of failure happens
     (per policy, phase and exception type); after that with one line, so a hot failure cannot
     flood the log."""
-    import sys
     import traceback
+    from fastgw import events
     key = (policy.key, phase, type(exc))
-    if key in _policy_errors_seen:
-        sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}: {exc!r}\n")
-        return
-    _policy_errors_seen.add(key)
-    sys.stderr.write(f"fastgw: policy {policy.name} ({policy.type}) failed in {phase}:\n"
-                     + "".join(traceback.format_exception(exc)))
-    sys.stderr.flush()
+    fields = {"policy": policy.name, "type": policy.type, "phase": phase, "error": repr(exc)}
+    if key not in _policy_errors_seen:
+        _policy_errors_seen.add(key)
+        fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
+    events.emit("error", "policy_error", msg=f"policy {policy.name} ({policy.type}) failed in {phase}", **fields)

@@ -5,7 +5,6 @@
 
 import asyncio as _asyncio
 import inspect as _inspect
-import sys as _sys
 import traceback as _traceback
 
 # Fields the gateway owns on the way upstream and back: a plugin cannot set or remove them.
@@ -253,6 +252,7 @@ cdef class LogEntry:
     cdef readonly int64_t bytes_sent
     cdef readonly dict timings
     cdef readonly str client_ip
+    cdef readonly str trace_id           # 32 hex digits with tracing on, else None
 
     def __repr__(self):
         return (f"LogEntry({self.request_id} {self.method} {self.path} -> {self.status} "
@@ -276,6 +276,7 @@ cdef LogEntry _log_entry(Exchange ex):
     e.bytes_sent = ex.bytes_out
     e.timings = ex.timings()
     e.client_ip = ex.down.client_ip.decode()
+    e.trace_id = ex.trace_id_hex
     return e
 
 
@@ -337,8 +338,12 @@ cdef class PluginPolicy(Policy):
             st.over_budget += 1
             if t0 - st.last_warned >= 1.0:
                 st.last_warned = t0
-                _sys.stderr.write(f"fastgw: plugin {self.name} ({self.module}) on_{phase} took "
-                                  f"{took * 1000:.1f} ms, over its budget of {self.budget * 1000:.1f} ms\n")
+                from fastgw import events
+                events.emit("warning", "plugin_over_budget",
+                            msg=f"plugin {self.name} ({self.module}) on_{phase} took {took * 1000:.1f} ms, "
+                                f"over its budget of {self.budget * 1000:.1f} ms",
+                            plugin=self.name, phase=phase, took_ms=round(took * 1000, 3),
+                            budget_ms=round(self.budget * 1000, 3))
 
     cdef int _failed(self, Exchange ex, str phase, exc) except -1:
         _report_policy_error(self, phase, exc)

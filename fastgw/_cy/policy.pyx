@@ -72,18 +72,23 @@ cdef class PolicyChain:
     cdef Py_ssize_t n_request
     cdef Py_ssize_t n_response
     cdef Py_ssize_t n_log
+    cdef readonly Policy access_log
 
-    def __init__(self, policies=()):
+    def __init__(self, policies=(), Policy access_log=None):
+        """access_log: the route's access log step, run last in the log phase; not one of the
+        configured `policies` (explain lists those)."""
         self.policies = tuple(policies)
+        self.access_log = access_log
         self.request = tuple(p for p in self.policies if p.phases & PH_REQUEST)
         self.response = tuple(p for p in self.policies if p.phases & PH_RESPONSE)
-        self.log = tuple(p for p in self.policies if p.phases & PH_LOG)
+        self.log = tuple(p for p in self.policies if p.phases & PH_LOG) + ((access_log,) if access_log is not None else ())
         self.n_request = len(self.request)
         self.n_response = len(self.response)
         self.n_log = len(self.log)
 
     def by_phase(self):
-        return {"request": list(self.request), "response": list(self.response), "log": list(self.log)}
+        return {"request": list(self.request), "response": list(self.response),
+                "log": [p for p in self.log if p is not self.access_log]}
 
     def __len__(self):
         return len(self.policies)

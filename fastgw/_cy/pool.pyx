@@ -6,6 +6,9 @@ cdef class UpstreamConn
 cdef class ClientConn
 cdef class Exchange
 cdef class PolicyChain
+cdef class RouteMetrics
+cdef class UpstreamStats
+cdef class RuntimeMetrics
 
 
 cdef class Target:
@@ -52,6 +55,11 @@ cdef class Target:
         except ValueError:
             pass
 
+    @property
+    def idle_connections(self):
+        # counted, not len(): the list may keep empty (None) slots for reuse
+        return sum(1 for conn in self.idle if conn is not None)
+
     def retire(self):
         """A reload dropped this target: its idle connections close now, and busy ones close when
         their exchange ends instead of coming back to a pool nothing will take from."""
@@ -70,6 +78,7 @@ cdef class UpstreamGroup:
     cdef readonly double header_timeout
     cdef readonly double body_timeout
     cdef readonly tuple key           # what must be equal for balancer state to carry over a reload
+    cdef public UpstreamStats stats   # None: metrics are off
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):
@@ -114,6 +123,7 @@ cdef class Route:
     cdef readonly list backends       # those with a positive weight
     cdef SmoothWeightedRR balancer
     cdef readonly PolicyChain chain
+    cdef public RouteMetrics metrics  # None: metrics are off
 
     def __init__(self, str name, list backends, max_body, PolicyChain chain=None):
         self.name = name
@@ -138,8 +148,10 @@ cdef class RouteMatch:
     cdef readonly Route route
     cdef readonly bytes prefix
     cdef readonly tuple capture_names   # of the match's path template, in order (bytes)
+    cdef readonly str pattern           # the path as configured, for traces' http.route (or None)
 
-    def __init__(self, Route route, prefix, capture_names=()):
+    def __init__(self, Route route, prefix, capture_names=(), str pattern=None):
+        self.pattern = pattern
         self.route = route
         self.prefix = prefix.encode() if isinstance(prefix, str) else prefix
         self.capture_names = tuple(n.encode() if isinstance(n, str) else n for n in capture_names)
@@ -162,13 +174,17 @@ cdef class Runtime:
     cdef readonly dict policies               # key -> Policy, for carrying state over a reload
     cdef readonly int path_mode               # PATH_OFF / PATH_NORMALIZE / PATH_REJECT
     cdef readonly int path_flags              # PN_* flags of normalize_path
+    cdef public RuntimeMetrics metrics        # None: metrics are off (set by fastgw/counters.py)
+    cdef readonly TraceSettings tracing       # None: tracing off, and the request path skips it
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,
                  int max_headers, bint drop_underscores, double header_timeout,
                  double keepalive_timeout, double body_timeout=60.0, int max_requests_per_connection, max_body,
                  double drain_timeout, PolicyChain global_chain=None, dict policies=None,
-                 str path_normalization="normalize", bint merge_slashes=False, bint reject_encoded_slashes=False):
+                 str path_normalization="normalize", bint merge_slashes=False, bint reject_encoded_slashes=False,
+                 TraceSettings tracing=None):
+        self.tracing = tracing
         self.path_mode = {"off": PATH_OFF, "normalize": PATH_NORMALIZE, "reject": PATH_REJECT}[path_normalization]
         self.path_flags = ((PN_MERGE_SLASHES if merge_slashes else 0)
                            | (PN_REJECT_ENCODED_SLASH if reject_encoded_slashes else 0))

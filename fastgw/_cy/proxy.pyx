@@ -191,6 +191,11 @@ cdef class Worker:
     cdef readonly bint draining
     cdef object _tick_handle
     cdef double tick_interval
+    cdef public object access_log    # the LineSink access lines go to (None: nowhere)
+    cdef readonly TraceSink traces     # span ids and the queue the trace exporter drains
+    # for the Admin API's /stats: cumulative since the worker started
+    cdef readonly uint64_t connections_total
+    cdef readonly uint64_t requests_total
 
     def __init__(self, loop, Runtime runtime, double tick_interval=0.1):
         self.loop = loop
@@ -202,6 +207,7 @@ cdef class Worker:
         self.draining = False
         self.tick_interval = tick_interval
         self._tick_handle = None
+        self.traces = TraceSink()
 
     def __call__(self):
         return ClientConn(self)
@@ -241,8 +247,29 @@ cdef class Worker:
         for c in list(self.clients):
             c.drain()
 
+    @property
+    def access_log_dropped(self):
+        """Access lines dropped because the sink could not keep up (or failed)."""
+        return self.access_log.dropped if self.access_log is not None else 0
+
     def active_clients(self):
         return len(self.clients)
+
+    @property
+    def spans_dropped(self):
+        """Sampled spans left out because the export queue was full (tracing.otlp.max_queue)."""
+        return self.traces.dropped
+
+    @property
+    def spans_exported(self):
+        return self.traces.exported
+
+    @property
+    def spans_failed(self):
+        """Spans of batches the collector refused or never answered for."""
+        return self.traces.failed
+    def active_upstreams(self):
+        return len(self.upstreams)
 
     def plugin_stats(self):
         """{(plugin, phase): HookStats} of the running config's plugins, what the metric

@@ -178,3 +178,17 @@ def bench_pick(SmoothWeightedRR balancer, Py_ssize_t n):
         r = balancer.pick()
         n -= 1
     return r
+
+
+def access_log_escape(bytes data, bint json):
+    """`data` as the access log writes a field of it: the inside of a JSON string, or text."""
+    cdef WBuf b
+    wb_init(&b, 64)
+    try:
+        if json:
+            _json_body(&b, data, len(data))
+        else:
+            _text_body(&b, data, len(data))
+        return wb_bytes(&b)
+    finally:
+        wb_free(&b)

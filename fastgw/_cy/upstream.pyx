@@ -84,8 +84,11 @@ cdef class UpstreamConn:
         if self.ex is not None:
             ex = self.ex
             self.ex = None
+            count_failure(ex, connect_failure_kind(exc))
             if isinstance(exc, ConnectionRefusedError):
                 ex.upstream_failed(self, 502, b"upstream connection refused", False, RF_UPSTREAM_CONNECT_FAILURE)
+            elif isinstance(exc, _socket.gaierror):
+                ex.upstream_failed(self, 502, b"upstream name not resolved", False, RF_UPSTREAM_CONNECT_FAILURE)
             else:
                 ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 
@@ -163,12 +166,14 @@ cdef class UpstreamConn:
             if r == PARSE_ERROR:
                 self.ex = None
                 self.close()
+                count_failure(ex, FK_PROTOCOL_ERROR)
                 ex.upstream_failed(self, 502, h.error_reason, False, RF_UPSTREAM_PROTOCOL_ERROR)
                 return
             if h.status < 200:
                 if h.status == 101:
                     self.ex = None
                     self.close()
+                    count_failure(ex, FK_PROTOCOL_ERROR)
                     ex.upstream_failed(self, 502, b"upstream switched protocols unasked", False,
                                        RF_UPSTREAM_PROTOCOL_ERROR)
                     return
@@ -262,6 +267,7 @@ cdef class UpstreamConn:
                 pos = chunk_decode(&self.chunk, p, pos, n)
                 if pos < 0:
                     self.reusable = False
+                    count_failure(ex, FK_PROTOCOL_ERROR)
                     self._truncated(RF_UPSTREAM_PROTOCOL_ERROR)
                     return
                 for i in range(self.chunk.nspans):
@@ -316,8 +322,10 @@ cdef class UpstreamConn:
                 self.response_complete = True
                 ex.response_complete()
             elif not self.response_complete:
+                count_failure(ex, FK_RESET)
                 ex.response_truncated(RF_UPSTREAM_RESET)
         elif was == UP_HEAD or was == UP_CONNECTING:
+            count_failure(ex, FK_RESET)
             ex.upstream_failed(self, 502,
                                b"upstream reset the connection" if isinstance(exc, ConnectionResetError)
                                else b"upstream closed the connection",
@@ -388,6 +396,7 @@ cdef class UpstreamConn:
         self.close()
         if ex is None:
             return
+        count_failure(ex, deadline_failure_kind(kind))
         if kind == UDL_BODY:
             ex.response_truncated(RF_UPSTREAM_BODY_TIMEOUT)
         elif kind == UDL_POLICY:

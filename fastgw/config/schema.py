@@ -15,8 +15,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .admin import Admin
 from .base import Base, Name
+from .logs import AccessLog, Logging, RouteAccessLog
+from .metrics import Metrics
 from .policies import Policy
+from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
@@ -281,6 +285,8 @@ class Route(Base, kw_only=True):
     """This route's policies, run in order after the top-level ones (docs/policies.md)."""
     skip_policies: list[Name] | None = None
     """Names of top-level policies this route opts out of."""
+    access_log: bool | RouteAccessLog | None = None
+    """`false` turns this route's access lines off; `{sample: 0.1}` samples them (docs/observability.md)."""
 
     @property
     def all_matches(self) -> list[Match]:
@@ -339,6 +345,13 @@ class GatewayConfig(Base, kw_only=True):
     server: Server = msgspec.field(default_factory=Server)
     policies: list[Policy] = msgspec.field(default_factory=list)
     """Policies applied to every route, before the route's own (docs/policies.md)."""
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    """Prometheus counters (docs/metrics.md)."""
+    logging: Logging = msgspec.field(default_factory=Logging)
+    access_log: AccessLog = msgspec.field(default_factory=AccessLog)
+    tracing: Tracing = msgspec.field(default_factory=Tracing)
+    admin: Admin | None = None
+    """The Admin API listener (docs/admin.md); none without this section."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

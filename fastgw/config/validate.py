@@ -6,9 +6,13 @@ import datetime
 import ipaddress
 import re
 
+from .admin import check_admin
+from .logs import check_logs
+from .metrics import check_metrics
 from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
+from .tracing import check_tracing
 from .values import check_host_pattern, check_path, parse_address
 
 __all__ = ["Problem", "check_config"]
@@ -271,4 +275,8 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     _check_upstreams(cfg, out)
     _check_routes(cfg, out)
     check_policies(cfg, out)
+    check_metrics(cfg, out)
+    check_logs(cfg, out)
+    check_tracing(cfg, out)
+    check_admin(cfg, out)
     return out

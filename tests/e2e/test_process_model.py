@@ -16,7 +16,7 @@ from support.client import RawConn, wait_until
 from support.gateway import Gateway, GatewayStartError, descendants, simple_config, socket_owner_pids
 from support.upstreams import EchoServer
 
-STARTED_RE = re.compile(r"fastgw: worker \d+ started \(pid (\d+)\)")
+STARTED_RE = re.compile(r"worker \d+ started \(pid (\d+)\)")
 
 
 def on_port(config: dict, port: int) -> dict:
@@ -42,7 +42,7 @@ def get(port: int, target: str = "/") -> tuple[int, str | None]:
 
 
 def in_use_message(port: int) -> str:
-    return (f"fastgw: 127.0.0.1:{port} is already in use (another fastgw or another server is listening "
+    return (f"127.0.0.1:{port} is already in use (another fastgw or another server is listening "
             f"there); pass --reuse-port to share it for a zero-downtime upgrade")
 
 
@@ -243,4 +243,4 @@ def test_sigterm_while_a_worker_restarts_still_stops_the_gateway(echo, gateway_f
     gw.signal(signal.SIGTERM)
     assert gw.wait(30) == 0, gw.describe()   # a hang guard: the lost-signal case waits an hour
     log = gw.stderr_since(mark)
-    assert log.count("exited with status") == 1 and log.endswith("fastgw: stopped"), log
+    assert log.count("exited with status") == 1 and log.endswith('"event":"stopped","msg":"stopped"}'), log

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-LISTEN_RE = re.compile(r"fastgw: listening on http://([^\s:]+|\[[^\]]+\]):(\d+)")
+LISTEN_RE = re.compile(r'(?<!admin API )listening on http://([^\s:"]+|\[[^\]]+\]):(\d+)')
 # What a build may print that would be of our making: setuptools' deprecations and beta notes (`build`
 # shows a backend's warnings as "WARNING <message>"; pip's own notes are "WARNING: ..."), and MANIFEST.in
 # or license-files patterns that match nothing.
@@ -292,7 +292,8 @@ def upstream(venv: Path, outside: Path):
 
 def test_the_installed_package_is_the_one_imported(venv: Path, outside: Path) -> None:
     proc = _run([str(venv / "python"), "-c",
-                 "import fastgw, fastgw._core, fastgw.gatewayapi, fastgw.config; "
+                 # fastgw.tracing: its dependencies (opentelemetry-proto, protobuf) came with the wheel
+                 "import fastgw, fastgw._core, fastgw.gatewayapi, fastgw.config, fastgw.tracing; "
                  "print(fastgw.__file__); print(fastgw._core.__file__)"],
                 cwd=outside, env=_clean_env(venv))
     site = venv.parent / "lib"
@@ -419,6 +420,59 @@ def test_run_proxies_a_request_to_a_real_upstream(fmt: str, fastgw, upstream, ou
         assert seen["x-probe"] == fmt
         assert seen["x-forwarded-for"] == "127.0.0.1"  # it went through the gateway
         assert "x-request-id" in seen
+    finally:
+        rc = gw.stop()
+    assert rc == 0, "\n".join(gw.lines)
+
+
+def test_run_writes_an_access_line(fastgw, upstream, outside: Path) -> None:
+    """The access log is the compiled core's (fastgw/_cy/accesslog.pyx): one JSON line per exchange."""
+    _, up_port = upstream
+    d = outside / "run-access-log"
+    d.mkdir()
+    log = d / "access.log"
+    cfg = {"listeners": [{"address": "127.0.0.1:0"}],
+           "upstreams": {"echo": {"targets": [{"address": f"127.0.0.1:{up_port}"}]}},
+           "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}],
+           "access_log": {"path": str(log), "flush_interval": "50ms"},
+           "server": {"drain_timeout": 0.5}}
+    path = _write_native(d, "gw", cfg)["yaml"]
+    gw = Proc([str(Path(fastgw.env["VIRTUAL_ENV"]) / "bin" / "fastgw"), "run", "-c", str(path)],
+              outside, fastgw.env)
+    try:
+        m = gw.wait_for(LISTEN_RE)
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            r = client.get(f"http://{m.group(1)}:{m.group(2)}/logged", headers={"X-Request-Id": "wheel-line"})
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 15
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        rc = gw.stop()
+    assert rc == 0, "\n".join(gw.lines)
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert (line["request_id"], line["path"], line["status"], line["route"]) == ("wheel-line", "/logged", 200, "all")
+def test_run_serves_the_admin_api(fastgw, upstream, outside: Path) -> None:
+    """The installed fastgw's Admin API: the supervisor's loop, the workers' control channels."""
+    _, up_port = upstream
+    d = outside / "admin"
+    d.mkdir()
+    cfg = {"listeners": [{"address": "127.0.0.1:0"}],
+           "upstreams": {"echo": {"targets": [{"address": f"127.0.0.1:{up_port}"}]}},
+           "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}],
+           "server": {"drain_timeout": 0.5}, "admin": {"address": "127.0.0.1:0"}}
+    path = _write_native(d, "gw", cfg)["yaml"]
+    gw = Proc([str(Path(fastgw.env["VIRTUAL_ENV"]) / "bin" / "fastgw"), "run", "-c", str(path), "--workers", "2"],
+              outside, fastgw.env)
+    try:
+        admin = gw.wait_for(re.compile(r"admin API listening on (http://[^\s\"]+)")).group(1)
+        gw.wait_for(LISTEN_RE)
+        with httpx.Client(base_url=admin, timeout=10, trust_env=False) as client:
+            health = client.get("/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "alive"
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+            assert "fastgw_build_info{" in metrics.text, metrics.text
     finally:
         rc = gw.stop()
     assert rc == 0, "\n".join(gw.lines)

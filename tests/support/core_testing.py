@@ -1,6 +1,6 @@
 """The core's test and bench entry points (fastgw/_cy/testing.pyx): `parse_request`, `decode_chunked`,
 `build_upstream_head`, `normalize_request_path`, `route_raw_head`, `bench_match`, `bench_match_request`,
-`bench_pick` and `HTTPParseError`.
+`bench_pick`, `access_log_escape` and `HTTPParseError`.
 
 They are compiled into fastgw._core only when it is built with FASTGW_TESTING=1 (setup.py), as `make build`
 does; a wheel has none. Import them from here: with a core built without them, each of these names is a
@@ -17,7 +17,7 @@ import pytest
 from fastgw import _core
 
 NAMES = ("HTTPParseError", "parse_request", "decode_chunked", "build_upstream_head", "normalize_request_path",
-         "route_raw_head", "bench_match", "bench_match_request", "bench_pick")
+         "route_raw_head", "bench_match", "bench_match_request", "bench_pick", "access_log_escape")
 MISSING = [n for n in NAMES if not hasattr(_core, n)]
 AVAILABLE = not MISSING
 REASON = ("fastgw._core was built without its test entry points (FASTGW_TESTING=1, as `make build` sets): "
@@ -37,6 +37,7 @@ def _skipper(name: str):
 if AVAILABLE:
     from fastgw._core import (  # noqa: F401
         HTTPParseError,
+        access_log_escape,
         bench_match,
         bench_match_request,
         bench_pick,
@@ -58,3 +59,4 @@ else:
     bench_match = _skipper("bench_match")
     bench_match_request = _skipper("bench_match_request")
     bench_pick = _skipper("bench_pick")
+    access_log_escape = _skipper("access_log_escape")

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LISTEN_RE = re.compile(r"fastgw: listening on http://([^\s:]+|\[[^\]]+\]):(\d+)")
+LISTEN_RE = re.compile(r'(?<!admin API )listening on http://([^\s:"]+|\[[^\]]+\]):(\d+)')
 STARTUP_TIMEOUT = 30.0
 
 
@@ -59,8 +59,9 @@ class Gateway:
     """A running gateway. Use as a context manager or call start()/stop()."""
 
     def __init__(self, config: dict, workdir: str | os.PathLike | None = None, workers: int | None = None,
-                 extra_args=(), env=None, program=None):
-        """program replaces `python -m fastgw` (the launcher's self-test uses a stub)."""
+                 extra_args=(), env=None, program=None, read_stdout: bool = True):
+        """program replaces `python -m fastgw` (the launcher's self-test uses a stub). read_stdout
+        False leaves stdout a pipe nobody reads (a sink that cannot keep up)."""
         self.program = list(program) if program else [sys.executable, "-m", "fastgw"]
         self.config = copy.deepcopy(config)
         self._tmp = None
@@ -73,6 +74,7 @@ class Gateway:
         self.workers = workers
         self.extra_args = list(extra_args)
         self.env = env
+        self.read_stdout = read_stdout
         self.proc: subprocess.Popen | None = None
         self.ports: list[int] = []
         self.hosts: list[str] = []
@@ -103,8 +105,10 @@ class Gateway:
                                      stderr=subprocess.PIPE, cwd=str(REPO_ROOT), env=env)
         self._threads = [
             threading.Thread(target=self._drain, args=(self.proc.stderr, self._stderr_lines, True), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self._stdout_lines, False), daemon=True),
         ]
+        if self.read_stdout:
+            self._threads.append(
+                threading.Thread(target=self._drain, args=(self.proc.stdout, self._stdout_lines, False), daemon=True))
         for t in self._threads:
             t.start()
         # one line per distinct address: listeners that differ only by hostname share a socket

@@ -1,0 +1,1 @@
+"""The Admin API, served by the supervisor (docs/admin.md)."""
