@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.admin import admin_url
 from tests.support.gateway import REPO_ROOT, Gateway, simple_config, upstream_config
 from tests.support.upstreams import EchoServer
 
@@ -49,7 +50,7 @@ def _dead_address() -> str:
     import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    address = "127.0.0.1:%d" % s.getsockname()[1]
+    address = f"127.0.0.1:{s.getsockname()[1]}"
     s.close()        # nothing listens there: connections are refused, the gateway answers 502
     return address
 
@@ -72,7 +73,7 @@ def test_dashboard_shows_live_traffic(browser):
                 for _ in range(FAILED):
                     assert client.get(gw.url_for("/broken")).status_code == 502
 
-            browser.get(f"{gw.admin_url}/dashboard?interval_ms=250#token={TOKEN}")
+            browser.get(f"{admin_url(gw)}/dashboard?interval_ms=250#token={TOKEN}")
             wait = WebDriverWait(browser, 20)
 
             def requests_shown(route):
@@ -108,10 +109,10 @@ def test_dashboard_page_needs_no_token_but_its_data_does():
         cfg = simple_config(f"127.0.0.1:{echo.port}")
         cfg["admin"] = {"address": "127.0.0.1:0", "token": TOKEN}
         with Gateway(cfg) as gw:
-            page = httpx.get(f"{gw.admin_url}/dashboard")
+            page = httpx.get(f"{admin_url(gw)}/dashboard")
             assert page.status_code == 200
             assert page.headers["content-type"].startswith("text/html")
             assert "<script" in page.text and "src=" not in page.text   # nothing loaded from elsewhere
-            assert httpx.get(f"{gw.admin_url}/metrics").status_code == 401
-            assert httpx.get(f"{gw.admin_url}/metrics",
+            assert httpx.get(f"{admin_url(gw)}/metrics").status_code == 401
+            assert httpx.get(f"{admin_url(gw)}/metrics",
                              headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
