@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import __version__, metrics
+from .. import __version__, dashboard, metrics
 from ..config import ConfigError
 from ..sources import loads_config
 from .http import Request, Response, json_response
@@ -39,7 +39,9 @@ _CONFIG_TYPES = {
     "application/toml": "toml",
 }
 # Probes carry no secret: they say only whether the process is up and serving.
-_OPEN_PATHS = frozenset(("/healthz", "/readyz"))
+# The dashboard page holds no data (its requests for data carry the token), so a browser can load it
+# before the token is typed in.
+_OPEN_PATHS = frozenset(("/healthz", "/readyz", "/dashboard"))
 
 
 class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,6 +68,7 @@ class AdminAPI:
             "/explain": {"POST": self.explain},
             "/stats": {"GET": self.stats},
             "/reloads": {"GET": self.reloads},
+            "/dashboard": {"GET": self.dashboard},
         }
 
     async def handle(self, req: Request) -> Response:
@@ -96,6 +99,9 @@ class AdminAPI:
 
     async def healthz(self, req: Request) -> Response:
         return json_response(200, {"status": "alive", "pid": os.getpid(), "version": __version__})
+
+    async def dashboard(self, req: Request) -> Response:
+        return Response(200, dashboard.page(), "text/html; charset=utf-8")
 
     async def readyz(self, req: Request) -> Response:
         ready, detail = self.sup.readiness()

@@ -473,6 +473,8 @@ def test_run_serves_the_admin_api(fastgw, upstream, outside: Path) -> None:
             metrics = client.get("/metrics")
             assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
             assert "fastgw_build_info{" in metrics.text, metrics.text
+            page = client.get("/dashboard")       # package data: the page must be in the wheel
+            assert page.status_code == 200 and "<title>fastgw dashboard</title>" in page.text
     finally:
         rc = gw.stop()
     assert rc == 0, "\n".join(gw.lines)
