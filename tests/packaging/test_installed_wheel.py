@@ -146,9 +146,12 @@ def test_wheel_holds_what_runs_and_nothing_of_the_build(built: Built) -> None:
     assert "fastgw/py.typed" in payload
     cores = [n for n in payload if re.fullmatch(r"fastgw/_core\.cpython-[^/]*\.so", n)]
     assert len(cores) == 1, sorted(payload)
-    extra = payload - modules - {"fastgw/py.typed", cores[0]}
+    assert "fastgw/dashboard/dashboard.html" in payload     # served by the admin listener
+    extra = payload - modules - {"fastgw/py.typed", "fastgw/dashboard/dashboard.html", cores[0]}
     assert sorted(extra) == [], "files in the wheel that do not run"
-    assert not [n for n in names if PurePosixPath(n).suffix in (".c", ".pyx", ".pxi", ".pxd", ".html")]
+    # no build leftovers (Cython's annotation is HTML too; the dashboard page is the one HTML file)
+    assert not [n for n in names if PurePosixPath(n).suffix in (".c", ".pyx", ".pxi", ".pxd")]
+    assert [n for n in names if n.endswith(".html")] == ["fastgw/dashboard/dashboard.html"]
     assert f"fastgw-{VERSION}.dist-info/licenses/LICENSE" in names
     with zipfile.ZipFile(built.wheel) as z:
         meta = z.read(f"fastgw-{VERSION}.dist-info/METADATA").decode()
