@@ -88,7 +88,8 @@ def test_dashboard_shows_live_traffic(browser):
             assert "100.0%" in broken.text          # every request to it failed with a 502
             assert int(browser.find_element(By.ID, "tile-total").get_attribute("data-value")) >= PROXIED + FAILED
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#targets tr[data-target="{address}"]'))
-            assert browser.find_elements(By.CSS_SELECTOR, '#routes tr[data-route="broken"]')
+            # the tables fill one after another within a poll
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#routes tr[data-route="broken"]'))
             assert browser.find_element(By.ID, "readiness").text == "ready"
 
             url = browser.find_element(By.ID, "x-url")
