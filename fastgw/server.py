@@ -130,21 +130,9 @@ def bind_placeholders(cfg: GatewayConfig, reuse_port: bool = False
         for listener in cfg.listeners:
             if listener.address in bound:
                 continue
-            infos = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-            family, _, _, _, addr = infos[0]
-            try:
-                sock = _reuseport_socket(family, addr[0], addr[1])
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise AddressInUse(listener.address, reuse_port) from None
-                raise
+            sock = _bind_unless_served(listener.address, listener.host, listener.port, reuse_port)
             socks.append(sock)
-            port = sock.getsockname()[1]
-            # a port 0 the kernel just picked is free; our own placeholder does not trip the probe
-            if not reuse_port and listener.port != 0 and _served_elsewhere(family, addr[0], port):
-                raise AddressInUse(listener.address, reuse_port)
-            bound[listener.address] = BoundListener(family, addr[0], port)
+            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1])
     except BaseException:
         for sock in socks:
             sock.close()
@@ -152,22 +140,29 @@ def bind_placeholders(cfg: GatewayConfig, reuse_port: bool = False
     return socks, bound
 
 
-def bind_admin(admin: Admin, reuse_port: bool) -> socket.socket:
-    """The Admin API's listening socket. Always SO_REUSEPORT, as the workers' listeners: the instance
-    a zero-downtime upgrade starts beside this one can then share the address with --reuse-port.
-    Raises AddressInUse as bind_placeholders does."""
-    infos = socket.getaddrinfo(admin.host, admin.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
+def _bind_unless_served(address: str, host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A SO_REUSEPORT socket bound to host:port, not listening yet. AddressInUse when something
+    already serves the address, unless reuse_port asks to share it; the probe runs before listen(),
+    so our own bound socket does not trip it, and a port 0 the kernel just picked is free."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     try:
         sock = _reuseport_socket(family, addr[0], addr[1])
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise AddressInUse(admin.address, reuse_port) from None
+            raise AddressInUse(address, reuse_port) from None
         raise
+    if not reuse_port and port != 0 and _served_elsewhere(family, addr[0], port):
+        sock.close()
+        raise AddressInUse(address, reuse_port)
+    return sock
+
+
+def bind_admin(admin: Admin, reuse_port: bool) -> socket.socket:
+    """The Admin API's listening socket. Always SO_REUSEPORT, as the workers' listeners: the instance
+    a zero-downtime upgrade starts beside this one can then share the address with --reuse-port.
+    Raises AddressInUse as bind_placeholders does."""
+    sock = _bind_unless_served(admin.address, admin.host, admin.port, reuse_port)
     try:
-        # probed before listen(): a bound socket that does not listen yet does not trip the probe
-        if not reuse_port and admin.port != 0 and _served_elsewhere(family, addr[0], admin.port):
-            raise AddressInUse(admin.address, reuse_port)
         sock.listen(64)
         sock.setblocking(False)
     except BaseException:
