@@ -361,7 +361,7 @@ cdef class AccessLogPolicy(Policy):
         if f == AF_TRACE_ID:
             return _unicode_field(b, ex.trace_id_hex if has_request else None, json)
         if f == AF_CLIENT_IP:
-            return _str_field(b, PyBytes_AS_STRING(ex.down.client_ip), PyBytes_GET_SIZE(ex.down.client_ip), json)
+            return _str_field(b, PyBytes_AS_STRING(ex.client_addr), PyBytes_GET_SIZE(ex.client_addr), json)
         if f == AF_STATUS:
             return wb_put_int(b, ex.status)
         if f == AF_BYTES_RECEIVED:

@@ -46,6 +46,12 @@ cdef class Exchange:
     cdef const char* p
     cdef Py_ssize_t head_len
     cdef readonly bytes request_id
+    # who asked: the client address that logs, limits and X-Forwarded-For use (the peer's until a
+    # trusted-proxy policy takes it from X-Forwarded-For/Forwarded), and the authenticated
+    # consumer (an auth policy's record, and its name for keys and headers), None until then
+    cdef bytes client_addr
+    cdef public object consumer
+    cdef public bytes consumer_name
     cdef bint http10
     cdef bint head_method
     # routing
@@ -125,6 +131,7 @@ cdef class Exchange:
         self.bytes_in = head_len
         self.bytes_out_base = down.bytes_written
         self.t_accept = down.t_accept
+        self.client_addr = down.client_ip
         self.t_head = monotonic()
         self.chain = self.rt.global_chain
         if h != NULL:                 # NULL: a head that never came whole
@@ -418,7 +425,7 @@ cdef class Exchange:
                         h.nconn_tokens and _named_by_connection(h, p, f)):
                     wb_put(out, p + f.value, f.value_len)
                     wb_put(out, b", ", 2)
-        wb_put(out, PyBytes_AS_STRING(down.client_ip), PyBytes_GET_SIZE(down.client_ip))
+        wb_put(out, PyBytes_AS_STRING(self.client_addr), PyBytes_GET_SIZE(self.client_addr))
         wb_put(out, b"\r\nX-Forwarded-Proto: http\r\n", 27)
         if h.authority >= 0 or h.has_host:
             _put_line(out, b"X-Forwarded-Host: ", 18, client_host, client_host_len)
@@ -891,7 +898,7 @@ cdef class Exchange:
 
     @property
     def client_ip(self):
-        return self.down.client_ip.decode()
+        return self.client_addr.decode()
 
     @property
     def route_name(self):

@@ -275,7 +275,7 @@ cdef LogEntry _log_entry(Exchange ex):
     e.bytes_received = ex.bytes_in
     e.bytes_sent = ex.bytes_out
     e.timings = ex.timings()
-    e.client_ip = ex.down.client_ip.decode()
+    e.client_ip = ex.client_addr.decode()
     e.trace_id = ex.trace_id_hex
     return e
 
