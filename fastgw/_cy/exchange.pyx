@@ -228,6 +228,14 @@ cdef class Exchange:
         self.answer_body = body
         self.flags |= flag
 
+    cpdef answer_json(self, int status, bytes message, bytes header_lines=b"", int flag=RF_POLICY_ANSWER):
+        """A policy's refusal as the gateway's own JSON error, with the request id, and extra whole
+        header lines (WWW-Authenticate, Retry-After ...). `message` is plain ASCII text without
+        quotes or backslashes (policies pass constants)."""
+        cdef bytes rid = self.request_id if self.request_id is not None else b""
+        self.answer(status, b"Content-Type: application/json\r\n" + header_lines,
+                    b'{"error":"%s","request_id":"%s"}' % (message, rid), flag)
+
     cdef void fail(self, int status, const char* reason, int flag) except *:
         """A policy failed: the gateway's JSON error answers for it."""
         self.flags |= flag
