@@ -137,7 +137,7 @@ def test_harness_runs_and_writes_well_formed_results(tmp_path: Path):
         assert key in doc, key
     assert doc["machine"]["cpus"] >= 1 and doc["versions"]["wrk"] and doc["versions"]["nginx"]
     assert set(doc["results"]) == {"get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin",
-                                   "accesslog"}
+                                   "accesslog", "observed"}
     ran = set(doc["peers"])
     assert "direct" in ran and "nginx" in ran
     for name in peers:

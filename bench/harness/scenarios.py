@@ -132,6 +132,21 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
             fastgw_config={"tracing": {"enabled": True, "sample_rate": 0.01,
                                        "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
         ),
+        # Issue 9's budget: everything a platform team turns on at once (a JSON access line per request to
+        # a file, the metrics, 1% of requests traced) against the plain get26 path and against nginx with
+        # its JSON access log (nginx has no metrics or tracing of its own to turn on).
+        "observed": lambda: Scenario(
+            "observed",
+            "GET, 26 B response, 50 connections; JSON access log to a file, metrics, and (fastgw) 1% of "
+            "requests traced, OTLP to a closed port",
+            50,
+            [get26],
+            get26,
+            access_log=True,
+            fastgw_config={"metrics": {"enabled": True},
+                           "tracing": {"enabled": True, "sample_rate": 0.01,
+                                       "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
+        ),
     }
     unknown = [n for n in names if n not in all_]
     if unknown:
@@ -152,4 +167,4 @@ def _gateway(n: int) -> Scenario:
     )
 
 
-SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin", "accesslog"]
+SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin", "accesslog", "observed"]
