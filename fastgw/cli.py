@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the gateway")
-    p.add_argument("-c", "--config", required=True, help="config file (.yaml, .json or .toml)")
+    p.add_argument("-c", "--config", required=True,
+                   help="config file (.yaml, .json or .toml), or a directory of them (merged in name order)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--reuse-port", action="store_true",
                    help="share listener addresses another fastgw already serves (zero-downtime upgrade: "
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("check", help="validate config files; exit 1 listing every error")
-    p.add_argument("files", nargs="*", metavar="FILE", help="a config file; '-' reads standard input")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="a config file or directory; '-' reads standard input")
     p.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
                    help="a config file, as for `run` (repeatable; same as FILE)")
     p.add_argument("--format", choices=FORMAT_NAMES,

@@ -30,7 +30,7 @@ class ReloadLog:
 
     def record(self, *, source: str, ok: bool, file: str | None, generation: int | None = None,
                errors: list[ConfigIssue] = (), notes: list[str] = (), summary: dict | None = None) -> dict:
-        """source: `file` (the first load), `SIGHUP` or `admin`."""
+        """source: `file` (the first load), `SIGHUP`, `watch` (the files changed) or `admin`."""
         now = time.time()
         entry = {
             "time": _rfc3339(now),

@@ -13,7 +13,9 @@ the workers over it (`apply`), so all of them run the config the supervisor vali
 restarted later forks with that same config, whether it came from the file or the Admin API.
 SIGHUP: the supervisor re-reads the file and, if it is valid, applies it (replacing a config applied
 through the Admin API, which the reload record notes); a worker ignores a SIGHUP sent to it directly.
-SIGTERM/SIGINT: workers stop accepting, drain, and exit; then the supervisor exits 0. A worker that
+SIGTERM/SIGINT: readiness turns false; after `server.shutdown_delay` (a second signal skips the rest of
+it) workers stop accepting, drain, and exit; then the supervisor exits 0. With `server.watch_config`
+(default: on for a config directory) a change of the config's files reloads it as SIGHUP would. A worker that
 dies is restarted; a worker whose supervisor is gone (its control channel closed) drains and exits.
 """
 
@@ -39,6 +41,7 @@ from .config.admin import Admin, is_loopback, read_token_file
 from .control import ControlClient, ControlError, ControlServer
 from .reloads import ReloadLog
 from .sources import load_config
+from .watch import watch_config
 from .worker_ops import WorkerOps, config_payload
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1)
@@ -210,6 +213,7 @@ class Supervisor:
         self.admin_sock: socket.socket | None = None
         self.admin_server = None
         self._ready_buf = b""
+        self._stop_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._done: asyncio.Future | None = None
 
@@ -262,6 +266,9 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         for index in range(self.nworkers):
             self._spawn(index)
+        if self._watching():
+            self._spawn_task(watch_config(self.config_path, lambda: self.cfg.server.watch_interval,
+                                          lambda: self._reload_file("watch"), lambda: self.stopping))
         startup_timer = loop.call_later(STARTUP_TIMEOUT, self._startup_failed, "workers did not start")
         try:
             code = await self._done
@@ -282,18 +289,38 @@ class Supervisor:
         if sig == signal.SIGCHLD:
             self._reap()
         elif sig == signal.SIGHUP and not self.stopping:
-            self._reload_file()
+            self._reload_file("SIGHUP")
         elif sig == signal.SIGUSR1:
             # logrotate: every process reopens its log files by name
             events.reopen()
             for pid in list(self.children):
                 self._signal(pid, signal.SIGUSR1)
-        elif sig in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
-            self.stopping = True
-            self._stop_children(signal.SIGTERM)
-            asyncio.get_running_loop().call_later(self.cfg.server.drain_timeout + 5, self._stop_children,
-                                                  signal.SIGKILL)
-            self._finish_if_stopped()
+        elif sig in (signal.SIGTERM, signal.SIGINT):
+            if not self.stopping:
+                # readiness is false from here on; serving goes on while endpoints are withdrawn
+                self.stopping = True
+                delay = self.cfg.server.shutdown_delay
+                if delay > 0 and self.children:
+                    log(f"stopping in {delay:g}s (server.shutdown_delay); not ready from now on",
+                        "shutdown_delay", delay=delay)
+                    self._stop_timer = asyncio.get_running_loop().call_later(delay, self._stop_workers)
+                    return
+                self._stop_workers()
+            elif self._stop_timer is not None:
+                self._stop_workers()    # a second signal: no more waiting
+
+    def _stop_workers(self) -> None:
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
+        self._stop_children(signal.SIGTERM)
+        asyncio.get_running_loop().call_later(self.cfg.server.drain_timeout + 5, self._stop_children,
+                                              signal.SIGKILL)
+        self._finish_if_stopped()
+
+    def _watching(self) -> bool:
+        watch = self.cfg.server.watch_config
+        return os.path.isdir(self.config_path) if watch is None else watch
 
     def _finish(self, code: int) -> None:
         if not self._done.done():
@@ -505,13 +532,14 @@ class Supervisor:
             errors=_errors(exc))
         self.reloads.record(source=source, ok=False, file=file, errors=exc.errors)
 
-    def _reload_file(self) -> None:
+    def _reload_file(self, source: str) -> None:
+        """source: "SIGHUP", or "watch" (the files changed)."""
         try:
             cfg = self.check_admin_change(load_config(self.config_path), self.config_path)
         except ConfigError as exc:
-            self.refused("SIGHUP", self.config_path, exc)
+            self.refused(source, self.config_path, exc)
             return
-        self._spawn_task(self.accept(cfg, "SIGHUP", self.config_path, wait=False))
+        self._spawn_task(self.accept(cfg, source, self.config_path, wait=False))
 
     def _spawn_task(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -533,7 +561,7 @@ class Supervisor:
                 self.admin_token = self._token_of(self.admin_settings)
         elif cfg.admin is not None:
             notes.append("the admin listener starts on restart")
-        if source == "SIGHUP" and self.config_source == "admin":
+        if source in ("SIGHUP", "watch") and self.config_source == "admin":
             notes.append("re-read the config file, replacing the config applied through the admin API")
         self.cfg, self.generation, self.config_source = cfg, self.generation + 1, (
             "admin" if source == "admin" else "file")

@@ -64,12 +64,20 @@ def format_of_path(file: str) -> str:
 
 
 def load_config(path: str | os.PathLike[str], fmt: str | None = None) -> GatewayConfig:
-    """Load and validate a config file: native YAML/JSON/TOML, or Gateway API manifests.
+    """Load and validate a config file: native YAML/JSON/TOML, or Gateway API manifests; or a
+    directory of such files (fastgw.sourcedir).
 
     The format follows the extension (.yaml/.yml, .json, .toml) unless `fmt` names one of
     FORMAT_NAMES. Raises ConfigError listing every problem found.
     """
     file = os.fspath(path)
+    if os.path.isdir(file):
+        if fmt is not None:
+            raise ConfigError([ConfigIssue(file, "$", "a config directory's files each have their format by "
+                                                       "extension; --format applies to a single file")])
+        from .sourcedir import load_directory
+
+        return load_directory(file)
     if fmt is None:
         fmt = format_of_path(file)
     try:

@@ -20,7 +20,7 @@ from .positions import Pos, Token, format_path, json_positions, yaml_positions
 from .schema import GatewayConfig
 from .yaml_errors import yaml_error_issue
 
-__all__ = ["FORMATS", "decode_text", "load_config", "loads_config", "loads_native"]
+__all__ = ["FORMATS", "decode_text", "load_config", "loads_config", "loads_native", "parse_native"]
 
 #: File extension -> format name (the native formats).
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
@@ -43,11 +43,17 @@ def loads_native(data: str | bytes, fmt: str, *, file: str = "<config>") -> Gate
 
     `file` names the source in the issues. Raises ConfigError listing every problem found.
     """
+    obj, pos, issues = parse_native(decode_text(data, file), fmt, file)
+    return decode_document(obj, pos, issues, file, yaml_hints=fmt == "yaml")
+
+
+def parse_native(text: str, fmt: str, file: str) -> tuple[Any, Pos | None, list[ConfigIssue]]:
+    """Native config text parsed, not yet decoded: (object, position tree, issues such as duplicate
+    keys). Raises ConfigError for text that does not parse."""
     parse = _PARSERS.get(fmt)
     if parse is None:
         raise ValueError(f"unknown config format {fmt!r}")
-    obj, pos, issues = parse(decode_text(data, file), file)
-    return decode_document(obj, pos, issues, file, yaml_hints=fmt == "yaml")
+    return parse(text, file)
 
 
 # `fastgw.server` still loads configs through these two names; they hand over to fastgw.sources,

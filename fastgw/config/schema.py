@@ -326,6 +326,16 @@ class Server(Base, kw_only=True):
     """Process-wide settings."""
 
     drain_timeout: Duration = 30.0
+    shutdown_delay: Duration = 0.0
+    """On SIGTERM, readiness (`/readyz`) turns false at once and the gateway goes on serving for this
+    long while load balancers and kube-proxy stop sending it connections; then it drains
+    (`drain_timeout`) and exits. A second SIGTERM skips the rest of the delay."""
+    watch_config: bool | None = None
+    """Reload when the config's files change, without SIGHUP (a mounted ConfigMap's update
+    included). Default: on when the config is a directory, off for a single file."""
+    watch_interval: PositiveDuration = 1.0
+    """How often the watched files are read; a change is applied once they read the same twice
+    in a row."""
     path_normalization: Literal["normalize", "reject", "off"] = "normalize"
     """RFC 3986 normalization of the request path before routing (docs/http.md): `normalize`
     routes and forwards the normalized path, `reject` answers 400 to a path it would change."""

@@ -17,7 +17,7 @@ from ..config.decode import decode_document
 from ..config.errors import ConfigError, ConfigIssue
 from ..config.positions import Token, format_path, parse_path
 from ..config.schema import GatewayConfig
-from .manifests import Issues, Obj, read_manifests
+from .manifests import Issues, Obj, read_manifest_files, read_manifests
 
 __all__ = ["GATEWAY_GROUP", "PortMap", "load_manifests", "manifests_to_native"]
 
@@ -104,9 +104,23 @@ def _decode(native: dict[str, Any], origins: dict[tuple[Token, ...], Origin], is
 # -- the mapping -----------------------------------------------------------------------------------
 
 
+def manifest_files_to_native(sources: list[tuple[str, str]], where: str) -> dict[str, Any]:
+    """The native config of several manifest files read as one stream ((text, file) pairs, in
+    order), validated; errors name the file each object came from."""
+    objs, issues = read_manifest_files(sources, where)
+    native, origins, issues = _map(objs, issues, None, None)
+    _decode(native, origins, issues)
+    return native
+
+
 def _build(text: str, file: str, host: str | None, port_map: PortMap | None
            ) -> tuple[dict[str, Any], dict[tuple[Token, ...], Origin], Issues]:
     objs, issues = read_manifests(text, file)
+    return _map(objs, issues, host, port_map)
+
+
+def _map(objs: list[Obj], issues: Issues, host: str | None, port_map: PortMap | None
+         ) -> tuple[dict[str, Any], dict[tuple[Token, ...], Origin], Issues]:
     b = _Builder(issues, host, dict(port_map or {}))
     b.collect(objs)
     b.map_gateways()

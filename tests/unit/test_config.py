@@ -991,7 +991,8 @@ def test_json_schema_shape():
         "underscores_in_headers",
     }
     assert set(defs["Server"]["properties"]) == {"drain_timeout", "path_normalization", "merge_slashes",
-                                                "encoded_slashes"}
+                                                "encoded_slashes", "shutdown_delay", "watch_config",
+                                                "watch_interval"}
     for d in defs.values():
         assert d.get("additionalProperties") is False
 
