@@ -352,6 +352,7 @@ cdef class AccessLogPolicy(Policy):
         cdef const char* p = ex.p
         cdef bint has_request = h != NULL and ex.outcome != OC_REFUSED
         cdef int i
+        cdef char trace_hex_buf[32]
         if f == AF_TIME:
             return _time(b, json)
         if f == AF_REQUEST_ID:
@@ -359,7 +360,13 @@ cdef class AccessLogPolicy(Policy):
                 return _null(b, json)
             return _str_field(b, PyBytes_AS_STRING(ex.request_id), PyBytes_GET_SIZE(ex.request_id), json)
         if f == AF_TRACE_ID:
-            return _unicode_field(b, ex.trace_id_hex if has_request else None, json)
+            if not has_request:
+                return _null(b, json)
+            if ex.tc.trace_hi | ex.tc.trace_lo:     # traced: hex straight from the ids, no str made
+                _hex16(trace_hex_buf, ex.tc.trace_hi)
+                _hex16(trace_hex_buf + 16, ex.tc.trace_lo)
+                return _str_field(b, trace_hex_buf, 32, json)
+            return _unicode_field(b, ex._incoming_trace_id(), json)
         if f == AF_CLIENT_IP:
             return _str_field(b, PyBytes_AS_STRING(ex.client_addr), PyBytes_GET_SIZE(ex.client_addr), json)
         if f == AF_STATUS:
