@@ -15,6 +15,7 @@ from email.utils import format_datetime
 import msgspec
 
 from . import _core
+from .balancing import build_picker
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
@@ -264,6 +265,8 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
             name, targets, [t.weight for t in up.targets],
             up.timeouts.connect, up.timeouts.response_header, up.timeouts.body_idle,
         )
+        group.picker = build_picker(up, targets)
+        group.picker_config = (up.balancer, up.sticky)
         if name in old_groups:
             group.adopt_balancer(old_groups[name])
         groups[name] = group

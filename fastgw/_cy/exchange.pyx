@@ -65,6 +65,8 @@ cdef class Exchange:
     cdef Filters filters
     cdef UpstreamGroup group
     cdef Target target
+    cdef Target active_target        # the target counted as having this exchange (least request)
+    cdef public bytes sticky_line    # the Set-Cookie line of a sticky session the balancer started
     cdef const char* refusal
     # request body
     cdef int req_framing
@@ -334,7 +336,7 @@ cdef class Exchange:
             self.refusal = b"backend not found"
             self.flags |= RF_NO_BACKEND
             return 500
-        self.target = self.group.pick()
+        self.target = self.group.pick(self)
         if self.target is None:
             self.refusal = b"no upstream target available"
             self.flags |= RF_NO_HEALTHY_UPSTREAM
@@ -542,6 +544,8 @@ cdef class Exchange:
 
     cdef void _dispatch(self) except *:
         cdef UpstreamConn up = self.target.take_idle()
+        self.target.active += 1
+        self.active_target = self.target
         count_pool(self.group, up is not None)
         if self.tc.sampled:
             self.tc.t_attempt = monotonic()
@@ -640,6 +644,8 @@ cdef class Exchange:
                 return RESP_PAUSED
         if self.resp_edits_py is not None:
             self._fold_response_edits()
+        if self.sticky_line is not None:
+            self.resp_extra = self.sticky_line if self.resp_extra is None else self.resp_extra + self.sticky_line
         self.resp_started = True
         self.outcome = OC_PROXIED
         self.down.send_response_head(self, self.resp_p, self.resp_h, self.resp_framing, self.resp_has_body)
@@ -821,6 +827,9 @@ cdef class Exchange:
                                   | RF_BAD_REQUEST | RF_BODY_TOO_LARGE | RF_REQUEST_TIMEOUT
                                   | RF_POLICY_ERROR | RF_POLICY_TIMEOUT)):
                 self.flags |= RF_DOWNSTREAM_DISCONNECT
+        if self.active_target is not None:
+            self.active_target.active -= 1
+            self.active_target = None
         record_exchange(self)
         if self.rt.tracing is not None:
             trace_end(self)

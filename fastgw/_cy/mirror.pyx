@@ -91,7 +91,7 @@ cdef MirrorConn start_mirror(Worker worker, Filters filters, bytes head):
     cdef Target target
     if filters.mirror_fraction < 1.0 and _mirror_random() >= filters.mirror_fraction:
         return None
-    target = group.pick()
+    target = group.pick(None)
     if target is None:
         return None
     return MirrorConn(worker, target, mirror_head(head),

@@ -9,6 +9,7 @@ cdef class PolicyChain
 cdef class RouteMetrics
 cdef class UpstreamStats
 cdef class RuntimeMetrics
+cdef class TargetPicker
 
 
 cdef class Target:
@@ -22,6 +23,7 @@ cdef class Target:
     cdef public double idle_timeout
     cdef public int max_requests
     cdef readonly bint retired
+    cdef public int active            # exchanges dispatched to it and not yet finished (least request)
 
     def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests):
         self.host = host
@@ -79,6 +81,8 @@ cdef class UpstreamGroup:
     cdef readonly double body_timeout
     cdef readonly tuple key           # what must be equal for balancer state to carry over a reload
     cdef public UpstreamStats stats   # None: metrics are off
+    cdef public TargetPicker picker   # None: smooth weighted round robin (balancer), no stickiness
+    cdef public object picker_config  # the balancer config the picker was built from (for adopt)
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):
@@ -90,19 +94,32 @@ cdef class UpstreamGroup:
         self.body_timeout = body_timeout
         self.key = tuple((t.address, w) for t, w in zip(targets, weights))
 
-    cdef Target pick(self):
+    cdef Target pick(self, Exchange ex):
+        """ex: the exchange the target is for (a hash key, a sticky cookie), or None (a mirror)."""
         cdef Py_ssize_t i
         if not self.targets:
             return None
-        i = self.balancer.pick()
+        if self.picker is None:
+            i = self.balancer.pick()
+        elif ex is None:
+            i = self.picker.pick(None)
+        else:
+            i = self.picker.choose(ex)
         if i < 0:
             return None
         return <Target>self.targets[i]
 
     def adopt_balancer(self, UpstreamGroup old):
-        """Keeps the old rotation when the targets and weights did not change."""
+        """Keeps the old rotation when the targets, weights and balancer did not change."""
         if old.key == self.key:
             self.balancer = old.balancer
+            if old.picker is not None and self.picker is not None and old.picker.kind == self.picker.kind \
+                    and old.picker_config == self.picker_config:
+                self.picker = old.picker
+
+    def pick_for_test(self):
+        t = self.pick(None)
+        return None if t is None else t.address
 
 
 cdef class Backend:

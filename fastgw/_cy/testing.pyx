@@ -180,6 +180,27 @@ def bench_pick(SmoothWeightedRR balancer, Py_ssize_t n):
     return r
 
 
+def bench_picker(TargetPicker picker, Py_ssize_t n):
+    """Calls `picker.pick(None)` n times from C (least request's two draws; a hash picker's
+    keyless random pick); returns the last index."""
+    cdef Py_ssize_t r = -1
+    while n > 0:
+        r = picker.pick(None)
+        n -= 1
+    return r
+
+
+def bench_hash_lookup(HashPicker picker, Py_ssize_t n):
+    """n lookups of spread hashes from C (a ring's binary search, a Maglev table index)."""
+    cdef Py_ssize_t r = -1
+    cdef uint64_t h = 0
+    while n > 0:
+        h += <uint64_t>0x9e3779b97f4a7c15
+        r = picker.lookup(h)
+        n -= 1
+    return r
+
+
 def access_log_escape(bytes data, bint json):
     """`data` as the access log writes a field of it: the inside of a JSON string, or text."""
     cdef WBuf b

@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from .admin import Admin
+from .balancing import Balancer, RoundRobin, StickySessions
 from .base import Base, Name
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
@@ -122,12 +123,16 @@ class Keepalive(Base, kw_only=True):
 
 
 class Upstream(Base, kw_only=True):
-    """A set of targets that share load by smooth weighted round robin. An empty list is valid
-    (a service scaled to zero): its routes answer 503."""
+    """A set of targets that share load (by smooth weighted round robin unless `balancer` says
+    otherwise). An empty list is valid (a service scaled to zero): its routes answer 503."""
 
     targets: list[Target]
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     keepalive: Keepalive = msgspec.field(default_factory=Keepalive)
+    balancer: Balancer = msgspec.field(default_factory=RoundRobin)
+    """How requests are spread over the targets (docs/load-balancing.md)."""
+    sticky: StickySessions | None = None
+    """Session affinity by a cookie the gateway sets."""
 
 
 class PathMatch(Base, kw_only=True):

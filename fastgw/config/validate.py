@@ -7,6 +7,7 @@ import ipaddress
 import re
 
 from .admin import check_admin
+from .balancing import check_balancer
 from .logs import check_logs
 from .metrics import check_metrics
 from .policies import check_policies
@@ -65,6 +66,7 @@ def _check_upstreams(cfg: GatewayConfig, out: list[Problem]) -> None:
                 parse_address(target.address)
             except ValueError as e:
                 out.append((["upstreams", name, "targets", i, "address"], str(e)))
+        check_balancer(upstream.balancer, upstream.sticky, ["upstreams", name], out)
 
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\.\.\.)?\}")
