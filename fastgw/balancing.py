@@ -1,5 +1,6 @@
-"""The compile step for an upstream's `balancer` and `sticky`: the core TargetPicker, or None for
-plain smooth weighted round robin (the request path then pays nothing for the choice)."""
+"""The compile step for an upstream's `balancer`, `sticky` and passive `health`: the core
+TargetPicker (None for plain smooth weighted round robin, so the request path pays nothing for the
+choice) and OutlierState."""
 
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def build_picker(up: Upstream, targets: list) -> _core.TargetPicker | None:
     if isinstance(b, Maglev):
         return _core.MaglevPicker(targets, weights, b.hash_on.source, name, b.table_size, **sticky)
     raise TypeError(f"unknown balancer {b!r}")  # pragma: no cover - the schema's union is closed
+
+
+def build_outlier(up: Upstream, n: int) -> _core.OutlierState | None:
+    p = up.health.passive
+    if not p.enabled or n < 2:      # with one target there is nothing to send its requests to instead
+        return None
+    return _core.OutlierState(n, p.consecutive_failures, p.consecutive_5xx, p.base_ejection, p.max_ejection,
+                              p.max_ejected_percent)

@@ -72,11 +72,7 @@ class WorkerOps:
         groups = self.worker.runtime.groups
         return {
             **self._identity(),
-            "upstreams": {
-                name: {"targets": [{"address": t.address, "idle_connections": t.idle_connections}
-                                   for t in group.targets]}
-                for name, group in groups.items()
-            },
+            "upstreams": {name: {"targets": _targets(group)} for name, group in groups.items()},
         }
 
     def explain(self, args: dict) -> dict:
@@ -118,3 +114,9 @@ class WorkerOps:
                   listeners=len(new_cfg.listeners), routes=len(new_cfg.routes), upstreams=len(new_cfg.upstreams),
                   policies=len(new_cfg.policies))
         return {**self._identity(), "applied": True}
+
+
+def _targets(group) -> list[dict]:
+    health = group.health() or [{"health": "healthy"}] * len(group.targets)
+    return [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
+            for t, h in zip(group.targets, health, strict=True)]

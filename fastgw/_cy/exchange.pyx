@@ -66,6 +66,8 @@ cdef class Exchange:
     cdef UpstreamGroup group
     cdef Target target
     cdef Target active_target        # the target counted as having this exchange (least request)
+    cdef Py_ssize_t target_index     # `target`'s place in `group` (passive health)
+    cdef Target next_target          # the target a failed attempt goes on to
     cdef public bytes sticky_line    # the Set-Cookie line of a sticky session the balancer started
     cdef const char* refusal
     # request body
@@ -596,6 +598,14 @@ cdef class Exchange:
             self.up_queued = PyBytes_GET_SIZE(self.up_head)
             self._connect()
             return
+        if flag == RF_UPSTREAM_CONNECT_FAILURE or flag == RF_UPSTREAM_TIMEOUT or (
+                flag == RF_UPSTREAM_RESET and may_retry):
+            self.group.attempt_failed(self.target_index)
+            # a response timeout is not failed over: the request may still be at work there
+            if flag != RF_UPSTREAM_TIMEOUT and self._may_fail_over():
+                _upstream_failure_event(self, status, reason, flag)    # the attempt, logged
+                self._fail_over(flag)
+                return
         self.flags |= flag
         _upstream_failure_event(self, status, reason, flag)
         self.up_queue = None
@@ -606,6 +616,33 @@ cdef class Exchange:
         if not self.req_done:
             self.down.keep_alive = False
         self.send_error(status, reason)
+
+    cdef bint _may_fail_over(self) except -1:
+        """nginx's `proxy_next_upstream error timeout`: an idempotent request without a body whose
+        connection failed before any response byte (refused, connect timeout, reset) goes once to
+        another target of the upstream, when the balancer has one to offer."""
+        cdef Target other
+        if not self.group.failover or not self.retry_ok or self.retried or self.finished:
+            return False
+        other = self.group.pick_other(self, self.target)
+        if other is None:
+            return False
+        self.next_target = other
+        return True
+
+    cdef void _fail_over(self, int flag) except *:
+        cdef Target other = self.next_target
+        self.next_target = None
+        self.retried = True
+        if self.tc.trace_hi | self.tc.trace_lo:
+            self.up_head = trace_retry(self, flag, self.up_head)
+        self.target = other
+        if self.active_target is not None:
+            self.active_target.active -= 1
+            self.active_target = None
+        self.up_queue = [self.up_head]
+        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        self._dispatch()
 
     # ---- response phase ------------------------------------------------------------------------
 
@@ -621,6 +658,8 @@ cdef class Exchange:
         resume_response)."""
         self.t_first_byte = monotonic()
         self.status = h.status
+        if self.group.outlier is not None:
+            self.group.attempt_answered(self.target_index, h.status)
         self.resp_p = p
         self.resp_h = h
         self.resp_framing = up_framing

@@ -10,6 +10,7 @@ cdef class RouteMetrics
 cdef class UpstreamStats
 cdef class RuntimeMetrics
 cdef class TargetPicker
+cdef class OutlierState
 
 
 cdef class Target:
@@ -83,6 +84,8 @@ cdef class UpstreamGroup:
     cdef public UpstreamStats stats   # None: metrics are off
     cdef public TargetPicker picker   # None: smooth weighted round robin (balancer), no stickiness
     cdef public object picker_config  # the balancer config the picker was built from (for adopt)
+    cdef public OutlierState outlier  # passive health; None: off
+    cdef public bint failover         # an idempotent request whose connection fails goes to another target
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):
@@ -99,6 +102,8 @@ cdef class UpstreamGroup:
         cdef Py_ssize_t i
         if not self.targets:
             return None
+        if self.outlier is not None and self.outlier.n_ejected:
+            self._return_due()
         if self.picker is None:
             i = self.balancer.pick()
         elif ex is None:
@@ -107,7 +112,65 @@ cdef class UpstreamGroup:
             i = self.picker.choose(ex)
         if i < 0:
             return None
+        if ex is not None:
+            ex.target_index = i
         return <Target>self.targets[i]
+
+    cdef Target pick_other(self, Exchange ex, Target avoid):
+        """A target other than `avoid` for a retry, or None when the balancer offers no other."""
+        cdef Target t
+        cdef Py_ssize_t k
+        for k in range(len(self.targets) + 1):
+            t = self.pick(ex)
+            if t is None or t is not avoid:
+                return t
+        return None
+
+    cdef void _return_due(self) except *:
+        cdef double now = monotonic()
+        cdef list back
+        if now < self.outlier.next_return:
+            return
+        back = []
+        self.outlier.due(now, back)
+        for i in back:
+            self._set_available(i, True)
+            _health_event(self, i, False)
+
+    cdef void _set_available(self, Py_ssize_t i, bint available) except *:
+        self.balancer.set_available(i, available)
+        if self.picker is not None:
+            self.picker.set_available(i, available)
+
+    cdef void attempt_failed(self, Py_ssize_t i) except *:
+        """An attempt on target i failed before any response byte (refused, timed out, reset)."""
+        if self.outlier is not None and self.outlier.failed(i, monotonic()):
+            self._set_available(i, False)
+            _health_event(self, i, True)
+
+    cdef void attempt_answered(self, Py_ssize_t i, int status) except *:
+        if self.outlier is not None and self.outlier.responded(i, status, monotonic()):
+            self._set_available(i, False)
+            _health_event(self, i, True)
+
+    def adopt_health(self, UpstreamGroup old):
+        """Keeps each target's passive health across a reload (by address), when the settings did
+        not change; the ejected stay out of the new balancer until their time is up."""
+        cdef Py_ssize_t i
+        if self.outlier is None or old.outlier is None:
+            return
+        where = {(<Target>t).address: j for j, t in enumerate(old.targets)}
+        self.outlier.adopt(old.outlier, [where.get((<Target>t).address, -1) for t in self.targets])
+        for i in range(len(self.targets)):
+            if self.outlier.ejected_until[i] != 0.0:
+                self._set_available(i, False)
+
+    def health(self):
+        """Each target's passive health (for /upstreams), or None when it is off."""
+        if self.outlier is None:
+            return None
+        now = monotonic()
+        return [self.outlier.describe(i, now) for i in range(len(self.targets))]
 
     def adopt_balancer(self, UpstreamGroup old):
         """Keeps the old rotation when the targets, weights and balancer did not change."""

@@ -152,7 +152,10 @@ class AdminAPI:
         for name, up in self.sup.cfg.upstreams.items():
             out[name] = {
                 "targets": [{"address": t.address, "weight": t.weight, "idle_connections": 0,
-                             "idle_connections_by_worker": {}, "health": None} for t in up.targets],
+                             "idle_connections_by_worker": {}, "active_requests": 0,
+                             "health": "healthy" if up.health.passive.enabled else None,
+                             "health_by_worker": {}} for t in up.targets],
+                "balancer": msgspec.to_builtins(up.balancer),
                 "timeouts": msgspec.to_builtins(up.timeouts),
                 "keepalive": msgspec.to_builtins(up.keepalive),
             }
@@ -164,8 +167,16 @@ class AdminAPI:
                 for target in up["targets"]:
                     entry = by_address.get(target["address"])
                     if entry is not None:
+                        pid = str(answer["pid"])
                         entry["idle_connections"] += target["idle_connections"]
-                        entry["idle_connections_by_worker"][str(answer["pid"])] = target["idle_connections"]
+                        entry["idle_connections_by_worker"][pid] = target["idle_connections"]
+                        entry["active_requests"] += target.get("active_requests", 0)
+                        # passive health is each worker's own: ejected where any worker ejected it
+                        health = {k: v for k, v in target.items()
+                                  if k not in ("address", "idle_connections", "active_requests")}
+                        entry["health_by_worker"][pid] = health
+                        if health.get("health") == "ejected":
+                            entry["health"] = "ejected"
         return json_response(200, {"generation": self.sup.generation, "upstreams": out,
                                    "workers": [_worker_line(a) for a in answers]})
 

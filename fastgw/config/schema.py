@@ -18,6 +18,7 @@ from msgspec import Meta
 from .admin import Admin
 from .balancing import Balancer, RoundRobin, StickySessions
 from .base import Base, Name
+from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Policy
@@ -133,6 +134,11 @@ class Upstream(Base, kw_only=True):
     """How requests are spread over the targets (docs/load-balancing.md)."""
     sticky: StickySessions | None = None
     """Session affinity by a cookie the gateway sets."""
+    health: Health = msgspec.field(default_factory=Health)
+    """Passive health: failing targets ejected for a while (docs/health.md)."""
+    failover: bool = True
+    """An idempotent request without a body whose connection to a target fails before any response
+    byte (refused, connect timeout, reset) is sent once to another target (nginx's default)."""
 
 
 class PathMatch(Base, kw_only=True):

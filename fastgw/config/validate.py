@@ -8,6 +8,7 @@ import re
 
 from .admin import check_admin
 from .balancing import check_balancer
+from .health import check_health
 from .logs import check_logs
 from .metrics import check_metrics
 from .policies import check_policies
@@ -67,6 +68,7 @@ def _check_upstreams(cfg: GatewayConfig, out: list[Problem]) -> None:
             except ValueError as e:
                 out.append((["upstreams", name, "targets", i, "address"], str(e)))
         check_balancer(upstream.balancer, upstream.sticky, ["upstreams", name], out)
+        check_health(upstream.health, ["upstreams", name], out)
 
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\.\.\.)?\}")
