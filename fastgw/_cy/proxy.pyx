@@ -18,7 +18,7 @@
 #   any -> CLOSED
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 import functools
 import os
@@ -291,5 +291,23 @@ cdef class Worker:
             u.close()
 
     cdef bytes new_request_id(self):
+        """The prefix and the counter in lowercase hex (as b"%x" writes it), made in C: one bytes
+        object, no formatting."""
+        cdef char digits[16]
+        cdef int nd = 0, i
+        cdef uint64_t v
+        cdef Py_ssize_t plen = PyBytes_GET_SIZE(self.rid_prefix)
+        cdef bytes rid
+        cdef char* out
         self.rid_counter += 1
-        return self.rid_prefix + (b"%x" % self.rid_counter)
+        v = self.rid_counter
+        while v:
+            digits[nd] = _HEXDIGITS[v & 15]
+            nd += 1
+            v >>= 4
+        rid = PyBytes_FromStringAndSize(NULL, plen + nd)
+        out = PyBytes_AS_STRING(rid)
+        memcpy(out, PyBytes_AS_STRING(self.rid_prefix), plen)
+        for i in range(nd):
+            out[plen + i] = digits[nd - 1 - i]
+        return rid
