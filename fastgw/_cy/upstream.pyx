@@ -9,6 +9,7 @@ cdef class UpstreamConn:
     cdef readonly bint connected
     cdef bint reused
     cdef bint reusable
+    cdef bint pooled                # in its target's idle list (Target.take_idle/give_back/forget)
     cdef bint got_bytes
     cdef bint paused
     cdef bint response_complete
