@@ -49,10 +49,10 @@ cdef class Target:
             conn.close()
         return None
 
-    cdef void give_back(self, UpstreamConn conn, double now):
+    cdef int give_back(self, UpstreamConn conn, double now) except -1:
         if self.retired or self.n_idle >= self.max_idle or conn.nrequests >= self.max_requests:
             conn.close()
-            return
+            return 0
         conn.idle_since_pool(now + self.idle_timeout)
         if self.n_idle < len(self.idle):
             self.idle[self.n_idle] = conn
@@ -61,11 +61,11 @@ cdef class Target:
         self.n_idle += 1
         conn.pooled = True
 
-    cdef void forget(self, UpstreamConn conn):
+    cdef int forget(self, UpstreamConn conn) except -1:
         """Out of the pool, keeping the others' order; a connection not pooled costs a flag test."""
         cdef Py_ssize_t i, j
         if not conn.pooled:
-            return
+            return 0
         conn.pooled = False
         for i in range(self.n_idle):
             if self.idle[i] is conn:
@@ -73,7 +73,7 @@ cdef class Target:
                     self.idle[j] = self.idle[j + 1]
                 self.n_idle -= 1
                 self.idle[self.n_idle] = None
-                return
+                return 0
 
     @property
     def idle_connections(self):
