@@ -15,6 +15,7 @@ cdef class ClientConn:
     cdef bint processing
     cdef bytes client_ip
     cdef Exchange ex
+    cdef Exchange spare             # the last exchange, reused for the next request when nothing holds it
     cdef Router routes
     cdef Runtime routes_rt
     cdef int local_port
@@ -106,6 +107,7 @@ cdef class ClientConn:
         cdef bint mid_head = self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf) > 0
         self.state = CL_CLOSED
         self.worker.clients.discard(self)
+        self.spare = None               # it points back here
         if ex is not None:
             ex.drop_upstream()
             if ex.mirror is not None and not ex.req_done:
@@ -217,7 +219,15 @@ cdef class ClientConn:
             self._start_request(r, n)
 
     cdef Exchange _new_exchange(self, bytes raw, Py_ssize_t head_len):
-        cdef Exchange ex = Exchange.__new__(Exchange)
+        cdef Exchange ex
+        # reused only when this connection alone holds it: a view, a task or a log entry that kept
+        # the last exchange keeps it as it was
+        if self.spare is not None and _Py_REFCNT(<PyObject*>self.spare) == 1:
+            ex = self.spare
+            self.spare = None
+            ex.reset()
+        else:
+            ex = Exchange.__new__(Exchange)
         ex.init(self, raw, head_len, &self.head)
         self.ex = ex
         return ex
@@ -492,6 +502,8 @@ cdef class ClientConn:
         if ex is not None:
             self.ex = None
             ex.finish()
+            if self.state != CL_CLOSED:
+                self.spare = ex
 
     cdef int _exchange_done(self) except -1:
         cdef Exchange ex = self.ex

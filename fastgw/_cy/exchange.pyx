@@ -16,6 +16,8 @@
 #   log               exactly once, whatever became of the exchange (finish())
 
 cimport cython
+from libc.string cimport memset
+from cpython.ref cimport PyObject, _Py_REFCNT
 
 cdef tuple FLAG_CODES = (
     (RF_NO_ROUTE, "NR"), (RF_UPSTREAM_CONNECT_FAILURE, "UF"), (RF_UPSTREAM_TIMEOUT, "UT"),
@@ -119,6 +121,84 @@ cdef class Exchange:
     # tracing (tracecontext.pyx): all zero while tracing is off
     cdef TraceCtx tc
     cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
+
+    cdef int reset(self) except -1:
+        """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
+        last exchange for the next request (ClientConn._new_exchange). A field added to the class
+        must be cleared here too: tests/unit/test_request_path_internals.py reads the declarations
+        and fails on any this leaves out."""
+        self.down = None
+        self.worker = None
+        self.rt = None
+        self.h = NULL
+        self.raw = None
+        self.p = NULL
+        self.head_len = 0
+        self.request_id = None
+        self.client_addr = None
+        self.consumer = None
+        self.consumer_name = None
+        self.http10 = False
+        self.head_method = False
+        self.path = NULL
+        self.path_len = 0
+        self.npath = None
+        self.routes = None
+        self.rmatch = None
+        self.route = None
+        self.chain = None
+        self.filters = None
+        self.group = None
+        self.target = None
+        self.refusal = NULL
+        self.req_framing = 0
+        self.req_remaining = 0
+        self.req_body_seen = 0
+        self.max_body = 0
+        self.req_done = False
+        memset(&self.chunk, 0, sizeof(self.chunk))
+        self.up = None
+        self.up_head = None
+        self.up_queue = None
+        self.up_queued = 0
+        self.mirror = None
+        self.retry_ok = False
+        self.retried = False
+        self.resp_started = False
+        self.resp_complete = False
+        self.status = 0
+        self.resp_edits_py = None
+        self.resp_extra = None
+        self.resp_drops = None
+        self.resp_p = NULL
+        self.resp_h = NULL
+        self.resp_framing = 0
+        self.resp_has_body = False
+        self.paused_response = False
+        self.answer_status = 0
+        self.answer_error = False
+        self.answer_headers = None
+        self.answer_body = None
+        self.next_policy = 0
+        self.pending = None
+        self.stash = None
+        self.paused = False
+        self.view = None
+        self.upstream_edits = None
+        self.flags = 0
+        self.outcome = 0
+        self.bytes_in = 0
+        self.bytes_out_base = 0
+        self.bytes_out = 0
+        self.t_accept = 0.0
+        self.t_head = 0.0
+        self.t_connected = 0.0
+        self.t_first_byte = 0.0
+        self.t_done = 0.0
+        self.finished = False
+        memset(&self.tc, 0, sizeof(self.tc))
+        self.trace_extra = None
+        return 0
 
     cdef int init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h) except -1:
         self.down = down

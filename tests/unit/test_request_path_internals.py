@@ -61,3 +61,60 @@ def test_pool_keeps_order_and_counts_through_take_give_and_forget():
     assert target.idle_connections == 2
     target.retire()
     assert target.idle_connections == 0 and ups[0][1].aborted and ups[2][1].aborted
+
+
+def test_exchange_reset_clears_every_field_declared_in_the_class():
+    """A connection reuses its last Exchange (ClientConn._new_exchange), so reset() must put back every
+    field; this reads the declarations, so a field added later and forgotten in reset() fails here."""
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[2] / "fastgw" / "_cy" / "exchange.pyx").read_text()
+    cls = src[src.index("\ncdef class Exchange:") :]
+    body = cls[: cls.index("\n    cdef int reset(self)")]
+    fields = []
+    for line in body.split("\n"):
+        m = re.match(r"^    cdef (?:public |readonly )?(?:const )?\w+\*?\s+(\w+)\s*$", line.split("#")[0])
+        if m:
+            fields.append(m.group(1))
+    assert len(fields) > 50, fields          # the parse found the declarations
+    reset = cls[cls.index("\n    cdef int reset(self)") :]
+    reset = reset[: reset.index("\n    cdef ", 1)]
+    cleared = set(re.findall(r"^\s+self\.(\w+) = ", reset, re.M))
+    cleared |= set(re.findall(r"memset\(&self\.(\w+), 0,", reset))
+    missing = [f for f in fields if f not in cleared]
+    assert not missing, f"Exchange.reset() does not clear {missing}"
+
+
+def test_a_reused_exchange_starts_clean():
+    """Keep-alive requests on one connection, alternating a route with a request-header edit, a 404 and
+    a plain one: whatever the previous exchange set must not leak into the next."""
+    h = Harness(
+        """
+listeners: [{address: 127.0.0.1:8080}]
+upstreams:
+  a:
+    targets: [{address: 127.0.0.1:9001}]
+routes:
+  - name: edit
+    match: {path: {prefix: /edit}}
+    upstream: a
+    filters: {request_headers: {set: {x-edited: "yes"}}}
+  - {name: plain, match: {path: {prefix: /p}}, upstream: a}
+"""
+    )
+    h.client.data_received(b"GET /edit HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine-1\r\n\r\n")
+    up, ut = h.upstream(0)
+    up.data_received(ok_head(2) + b"ok")
+    assert b"x-edited: yes" in bytes(ut.written).lower() and b"X-Request-Id: mine-1" in h.out
+    start = len(h.ct.written)
+    h.client.data_received(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer = bytes(h.ct.written[start:])
+    assert answer.startswith(b"HTTP/1.1 404 ") and b"mine-1" not in answer
+    sent = len(ut.written)
+    start = len(h.ct.written)
+    h.client.data_received(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")
+    up.data_received(ok_head(2) + b"ok")
+    upstream_head = bytes(ut.written[sent:])
+    assert upstream_head.startswith(b"GET /p HTTP/1.1\r\n")
+    assert b"x-edited" not in upstream_head.lower() and b"mine-1" not in upstream_head
+    assert bytes(h.ct.written[start:]).startswith(b"HTTP/1.1 200 OK")
