@@ -349,6 +349,8 @@ cdef class ClientConn:
         cdef HeaderField* f
         cdef int i
         cdef tuple drops = ex.resp_drops if ex is not None else None
+        cdef LineRun run
+        run.start = run.end = 0
         wb_put(&self.out, b"HTTP/1.1 ", 9)
         wb_put_int(&self.out, h.status)
         wb_put(&self.out, b" ", 1)
@@ -364,7 +366,8 @@ cdef class ClientConn:
                 continue
             if drops is not None and _names_drop(drops, p + f.name, f.name_len):
                 continue
-            _put_field(&self.out, p, f)
+            _put_field_line(&self.out, p, f, &run)
+        _run_flush(&self.out, p, &run)
         if ops is not None:
             wb_put(&self.out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if ex is not None and ex.resp_extra is not None:

@@ -464,6 +464,8 @@ cdef class Exchange:
         cdef const char* query = p + h.target + h.path_len
         cdef Py_ssize_t query_len = h.target_len - h.path_len
         cdef list edits = self.upstream_edits       # plugins' edits: None on most routes
+        cdef LineRun run
+        run.start = run.end = 0
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
@@ -504,7 +506,8 @@ cdef class Exchange:
                     continue
                 if edits is not None and _edits_drop(edits, p + f.name, f.name_len):
                     continue
-                _put_field(out, p, f)
+                _put_field_line(out, p, f, &run)
+        _run_flush(out, p, &run)
         wb_put(out, b"X-Forwarded-For: ", 17)
         if h.n_xff:
             for i in range(h.nfields):

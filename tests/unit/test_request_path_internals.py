@@ -118,3 +118,20 @@ routes:
     assert upstream_head.startswith(b"GET /p HTTP/1.1\r\n")
     assert b"x-edited" not in upstream_head.lower() and b"mine-1" not in upstream_head
     assert bytes(h.ct.written[start:]).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_field_lines_copied_whole_or_rewritten_read_the_same():
+    """Lines already in "name: value\\r\\n" form are copied in runs; the others are rebuilt: either way
+    each field leaves as name, ": ", the trimmed value, CRLF, in order, the dropped ones left out."""
+    h = Harness()
+    h.client.data_received(
+        b"GET / HTTP/1.1\r\nHost: a\r\nA-One: 1\r\nB-Two:2\r\nC-Three:  3  \r\nConnection: x-drop\r\n"
+        b"X-Drop: gone\r\nD-Four: 4\r\nE-Five:\t5\r\nF-Six: \r\nG-Seven: 7\r\n\r\n"
+    )
+    up, ut = h.upstream(0)
+    sent = bytes(ut.written)
+    assert b"\r\nA-One: 1\r\nB-Two: 2\r\nC-Three: 3\r\nD-Four: 4\r\nE-Five: 5\r\nF-Six: \r\nG-Seven: 7\r\n" in sent
+    assert b"X-Drop" not in sent
+    up.data_received(b"HTTP/1.1 200 OK\r\nR-One: 1\r\nR-Two:2\r\nContent-Length: 2\r\nR-Three: 3\r\n"
+                     b"R-Four: 4 \r\nR-Five: 5\r\n\r\nok")
+    assert b"\r\nR-One: 1\r\nR-Two: 2\r\nR-Three: 3\r\nR-Four: 4\r\nR-Five: 5\r\nContent-Length: 2\r\n" in h.out
