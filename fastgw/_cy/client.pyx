@@ -15,6 +15,7 @@ cdef class ClientConn:
     cdef bint processing
     cdef bytes client_ip
     cdef Exchange ex
+    cdef Exchange spare             # the last exchange, reused for the next request when nothing holds it
     cdef Router routes
     cdef Runtime routes_rt
     cdef int local_port
@@ -106,6 +107,7 @@ cdef class ClientConn:
         cdef bint mid_head = self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf) > 0
         self.state = CL_CLOSED
         self.worker.clients.discard(self)
+        self.spare = None               # it points back here
         if ex is not None:
             ex.drop_upstream()
             if ex.mirror is not None and not ex.req_done:
@@ -128,18 +130,18 @@ cdef class ClientConn:
 
     # ---- reading and deadlines -----------------------------------------------------------------
 
-    cdef void _set_deadline(self, int kind, double timeout):
+    cdef int _set_deadline(self, int kind, double timeout) except -1:
         self.deadline_kind = kind
         self.deadline = monotonic() + timeout if timeout > 0 else 0.0
 
-    cdef void _pause(self, int reason):
+    cdef int _pause(self, int reason) except -1:
         if self.pause_mask == 0 and self.state != CL_CLOSED:
             self.transport.pause_reading()
         self.pause_mask |= reason
         if self.deadline_kind == DL_BODY and reason != PR_PIPELINE:
             self.deadline = 0.0        # the upstream is the slow one: the body clock stops
 
-    cdef void _resume(self, int reason):
+    cdef int _resume(self, int reason) except -1:
         if self.pause_mask & reason:
             self.pause_mask &= ~reason
             if self.pause_mask == 0 and self.state != CL_CLOSED:
@@ -147,22 +149,22 @@ cdef class ClientConn:
                 if self.deadline_kind == DL_BODY:
                     self.deadline = monotonic() + self.rt.body_timeout
 
-    cdef void pause_reading_for(self, Exchange ex, int reason):
+    cdef int pause_reading_for(self, Exchange ex, int reason) except -1:
         if ex is not self.ex:
-            return
+            return 0
         if reason == PR_POLICY:
             self.state = CL_POLICY    # reading pauses only once QUEUE_HIGH_WATER bytes wait
-            return
+            return 0
         self._pause(reason)
 
-    cdef void resume_reading_for(self, Exchange ex, int reason):
+    cdef int resume_reading_for(self, Exchange ex, int reason) except -1:
         if ex is self.ex:
             self._resume(reason)
 
-    cdef void set_policy_deadline(self, double timeout):
+    cdef int set_policy_deadline(self, double timeout) except -1:
         self._set_deadline(DL_POLICY, timeout)
 
-    cdef void clear_policy_deadline(self):
+    cdef int clear_policy_deadline(self) except -1:
         if self.deadline_kind == DL_POLICY:
             self.deadline = 0.0
             self.deadline_kind = DL_NONE
@@ -178,18 +180,18 @@ cdef class ClientConn:
             self.state = CL_WAIT
         return rest
 
-    cdef void _process_buffer(self):
+    cdef int _process_buffer(self) except -1:
         # not reentrant: an exchange that ends inside the loop (a keep-alive error answer) leaves
         # the next pipelined request to the loop already running
         if self.processing:
-            return
+            return 0
         self.processing = True
         try:
             self._process_loop()
         finally:
             self.processing = False
 
-    cdef void _process_loop(self) except *:
+    cdef int _process_loop(self) except -1:
         cdef const char* p
         cdef Py_ssize_t n, r
         while self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf) > 0:
@@ -210,14 +212,22 @@ cdef class ClientConn:
                         # keep-alive: the wait for the next request is keepalive_timeout's; the
                         # head's own clock starts at its first byte
                         self._set_deadline(DL_HEADER, self.rt.header_timeout)
-                return
+                return 0
             if r == PARSE_ERROR:
                 self._refuse_head(self.head.error_status, self.head.error_reason, RF_BAD_REQUEST)
-                return
+                return 0
             self._start_request(r, n)
 
     cdef Exchange _new_exchange(self, bytes raw, Py_ssize_t head_len):
-        cdef Exchange ex = Exchange.__new__(Exchange)
+        cdef Exchange ex
+        # reused only when this connection alone holds it: a view, a task or a log entry that kept
+        # the last exchange keeps it as it was
+        if self.spare is not None and _Py_REFCNT(<PyObject*>self.spare) == 1:
+            ex = self.spare
+            self.spare = None
+            ex.reset()
+        else:
+            ex = Exchange.__new__(Exchange)
         ex.init(self, raw, head_len, &self.head)
         self.ex = ex
         return ex
@@ -234,7 +244,7 @@ cdef class ClientConn:
         ex.outcome = OC_REFUSED
         return ex
 
-    cdef void _refuse_head(self, int status, const char* reason, int flag) except *:
+    cdef int _refuse_head(self, int status, const char* reason, int flag) except -1:
         """The parser refused the head (or it never came whole in time): answered and logged, and
         the connection closes."""
         cdef Exchange ex = self._refused_exchange(&self.head)
@@ -243,11 +253,11 @@ cdef class ClientConn:
         ex.flags |= flag
         ex.send_error(status, reason)
 
-    cdef void _log_unfinished_head(self) except *:
+    cdef int _log_unfinished_head(self) except -1:
         """The client left in the middle of a head: logged as an exchange nobody answered."""
         self._refused_exchange(NULL).finish()
 
-    cdef void _start_request(self, Py_ssize_t head_len, Py_ssize_t n) except *:
+    cdef int _start_request(self, Py_ssize_t head_len, Py_ssize_t n) except -1:
         cdef MessageHead* h = &self.head
         cdef bytes data = self.buf
         cdef const char* p = PyBytes_AS_STRING(data)
@@ -297,7 +307,7 @@ cdef class ClientConn:
         ex.routes = self.routes
         return OUT_PROXY
 
-    cdef void request_dispatched(self, Exchange ex):
+    cdef int request_dispatched(self, Exchange ex) except -1:
         """The exchange is on its way upstream: the request body (if any) streams now."""
         if ex.req_done:
             self.state = CL_WAIT
@@ -305,12 +315,12 @@ cdef class ClientConn:
             self.state = CL_BODY
             self._set_deadline(DL_BODY, self.rt.body_timeout)
 
-    cdef void keep_pipelined(self, bytes data, Py_ssize_t off):
+    cdef int keep_pipelined(self, bytes data, Py_ssize_t off) except -1:
         """Bytes after a complete request: the next request, parsed when this exchange ends."""
         self.buf = data[off:] if off else data
         self._pause(PR_PIPELINE)
 
-    cdef void request_complete(self, Exchange ex, bytes data, Py_ssize_t pos, Py_ssize_t n):
+    cdef int request_complete(self, Exchange ex, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1:
         self.state = CL_WAIT
         self.deadline = 0.0
         self.deadline_kind = DL_NONE
@@ -319,26 +329,28 @@ cdef class ClientConn:
 
     # ---- writing the response ------------------------------------------------------------------
 
-    cdef inline void _write(self, object data, Py_ssize_t n):
+    cdef inline int _write(self, object data, Py_ssize_t n) except -1:
         self.bytes_written += n
         self.transport.write(data)
 
-    cdef void send_interim(self, const char* p, MessageHead* h) except *:
+    cdef int send_interim(self, const char* p, MessageHead* h) except -1:
         cdef WBuf* out
         if self.state == CL_CLOSED:
-            return
+            return 0
         out = &self.out
         out.len = 0
         self._put_status_and_fields(p, h, None, None)
         wb_put(out, b"\r\n", 2)
         self._write(wb_bytes(out), out.len)
 
-    cdef void _put_status_and_fields(self, const char* p, MessageHead* h, HeaderOps ops, Exchange ex) except *:
+    cdef int _put_status_and_fields(self, const char* p, MessageHead* h, HeaderOps ops, Exchange ex) except -1:
         """The client's status line and the upstream's end-to-end fields, edited by `ops` and by
         the exchange's response policies."""
         cdef HeaderField* f
         cdef int i
         cdef tuple drops = ex.resp_drops if ex is not None else None
+        cdef LineRun run
+        run.start = run.end = 0
         wb_put(&self.out, b"HTTP/1.1 ", 9)
         wb_put_int(&self.out, h.status)
         wb_put(&self.out, b" ", 1)
@@ -354,14 +366,15 @@ cdef class ClientConn:
                 continue
             if drops is not None and _names_drop(drops, p + f.name, f.name_len):
                 continue
-            _put_field(&self.out, p, f)
+            _put_field_line(&self.out, p, f, &run)
+        _run_flush(&self.out, p, &run)
         if ops is not None:
             wb_put(&self.out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if ex is not None and ex.resp_extra is not None:
             wb_put(&self.out, PyBytes_AS_STRING(ex.resp_extra), PyBytes_GET_SIZE(ex.resp_extra))
 
-    cdef void send_response_head(self, Exchange ex, const char* p, MessageHead* h, int up_framing,
-                                 bint has_body) except *:
+    cdef int send_response_head(self, Exchange ex, const char* p, MessageHead* h, int up_framing,
+                                 bint has_body) except -1:
         """Writes the response head into self.out; the caller appends the first body bytes and
         flushes, so a small response leaves in one write."""
         cdef WBuf* out = &self.out
@@ -384,7 +397,7 @@ cdef class ClientConn:
             wb_put(out, b"Transfer-Encoding: chunked\r\n", 28)
         self._end_head(ex, ex.http10)
 
-    cdef void _end_head(self, Exchange ex, bint http10) except *:
+    cdef int _end_head(self, Exchange ex, bint http10) except -1:
         """X-Request-Id and connection management, then the blank line."""
         cdef WBuf* out = &self.out
         wb_put(out, b"X-Request-Id: ", 14)
@@ -396,13 +409,13 @@ cdef class ClientConn:
         else:
             wb_put(out, b"\r\n\r\n", 4)
 
-    cdef void send_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+    cdef int send_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         """Body bytes data[off:off + n] for the client. Small pieces join the pending head in
         self.out (one write); large ones go out as they are (a memoryview, no copy), after it."""
         cdef WBuf* out = &self.out
         cdef object piece
         if n == 0 or self.state == CL_CLOSED:
-            return
+            return 0
         if n <= COALESCE_MAX:
             if self.resp_mode == RM_CHUNK:
                 wb_put_hex(out, n)
@@ -411,7 +424,7 @@ cdef class ClientConn:
                 wb_put(out, b"\r\n", 2)
             else:
                 wb_put(out, PyBytes_AS_STRING(data) + off, n)
-            return
+            return 0
         piece = data if (off == 0 and n == PyBytes_GET_SIZE(data)) else memoryview(data)[off:off + n]
         if self.resp_mode == RM_CHUNK:
             wb_put_hex(out, n)
@@ -419,7 +432,7 @@ cdef class ClientConn:
             self.bytes_written += out.len + n + 2
             self.transport.writelines((wb_bytes(out), piece, b"\r\n"))
             out.len = 0
-            return
+            return 0
         self.bytes_written += out.len + n
         if out.len:
             self.transport.writelines((wb_bytes(out), piece))
@@ -427,13 +440,13 @@ cdef class ClientConn:
             self.transport.write(piece)
         out.len = 0
 
-    cdef void flush(self):
+    cdef int flush(self) except -1:
         if self.out.len:
             if self.state != CL_CLOSED:
                 self._write(wb_bytes(&self.out), self.out.len)
             self.out.len = 0
 
-    cdef void end_response(self, Exchange ex) except *:
+    cdef int end_response(self, Exchange ex) except -1:
         if self.resp_mode == RM_CHUNK:
             wb_put(&self.out, b"0\r\n\r\n", 5)
         self.flush()
@@ -446,11 +459,11 @@ cdef class ClientConn:
             ex.drop_upstream()
             self._close()
 
-    cdef void send_answer(self, Exchange ex, int status, bytes header_lines, bytes body) except *:
+    cdef int send_answer(self, Exchange ex, int status, bytes header_lines, bytes body) except -1:
         """A response the gateway or a policy makes: the exchange ends with it."""
         cdef WBuf* out = &self.out
         if self.state == CL_CLOSED:
-            return
+            return 0
         if body is None:
             body = b""
         out.len = 0
@@ -479,7 +492,7 @@ cdef class ClientConn:
         else:
             self._close()
 
-    cdef void truncate(self) except *:
+    cdef int truncate(self) except -1:
         """The response cannot be completed: the client must not see a clean end. A FIN would look
         like the end of a close-delimited body, so the connection is reset instead."""
         self.flush()
@@ -487,13 +500,15 @@ cdef class ClientConn:
 
     # ---- endings -------------------------------------------------------------------------------
 
-    cdef void _end_exchange(self) except *:
+    cdef int _end_exchange(self) except -1:
         cdef Exchange ex = self.ex
         if ex is not None:
             self.ex = None
             ex.finish()
+            if self.state != CL_CLOSED:
+                self.spare = ex
 
-    cdef void _exchange_done(self) except *:
+    cdef int _exchange_done(self) except -1:
         cdef Exchange ex = self.ex
         cdef UpstreamConn up = ex.up if ex is not None else None
         cdef double now = monotonic()   # one reading for the pool, the log and the idle clock
@@ -505,7 +520,7 @@ cdef class ClientConn:
         self._end_exchange()
         if not self.keep_alive or self.state == CL_CLOSED:
             self._close()
-            return
+            return 0
         self.state = CL_HEAD
         self._resume(PR_PIPELINE | PR_UPSTREAM | PR_CONNECTING | PR_POLICY)
         if PyBytes_GET_SIZE(self.buf):
@@ -515,10 +530,10 @@ cdef class ClientConn:
             self.deadline_kind = DL_IDLE
             self.deadline = now + self.rt.keepalive_timeout
 
-    cdef void _close(self) except *:
+    cdef int _close(self) except -1:
         if self.state == CL_CLOSED:
             self._end_exchange()
-            return
+            return 0
         self.state = CL_CLOSED
         self.deadline = 0.0
         self.transport.close()
@@ -535,7 +550,7 @@ cdef class ClientConn:
         self.state = CL_CLOSED
         self._end_exchange()
 
-    cdef void reset(self) except *:
+    cdef int reset(self) except -1:
         """Ends the connection with a TCP reset (SO_LINGER 0), which no client mistakes for the
         end of a response."""
         if self.transport is not None and self.state != CL_CLOSED:
@@ -547,12 +562,12 @@ cdef class ClientConn:
                     pass
         self.abort()
 
-    cdef void drain(self):
+    cdef int drain(self) except -1:
         self.keep_alive = False
         if self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf) == 0:
             self._close()
 
-    cdef void on_deadline(self) except *:
+    cdef int on_deadline(self) except -1:
         cdef int kind = self.deadline_kind
         self.deadline = 0.0
         if kind == DL_HEADER:

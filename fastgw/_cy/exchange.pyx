@@ -16,6 +16,8 @@
 #   log               exactly once, whatever became of the exchange (finish())
 
 cimport cython
+from libc.string cimport memset
+from cpython.ref cimport PyObject, _Py_REFCNT
 
 cdef tuple FLAG_CODES = (
     (RF_NO_ROUTE, "NR"), (RF_UPSTREAM_CONNECT_FAILURE, "UF"), (RF_UPSTREAM_TIMEOUT, "UT"),
@@ -124,7 +126,89 @@ cdef class Exchange:
     cdef TraceCtx tc
     cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
 
-    cdef void init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h):
+    cdef int reset(self) except -1:
+        """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
+        last exchange for the next request (ClientConn._new_exchange). A field added to the class
+        must be cleared here too: tests/unit/test_request_path_internals.py reads the declarations
+        and fails on any this leaves out."""
+        self.down = None
+        self.worker = None
+        self.rt = None
+        self.h = NULL
+        self.raw = None
+        self.p = NULL
+        self.head_len = 0
+        self.request_id = None
+        self.client_addr = None
+        self.consumer = None
+        self.consumer_name = None
+        self.http10 = False
+        self.head_method = False
+        self.path = NULL
+        self.path_len = 0
+        self.npath = None
+        self.routes = None
+        self.rmatch = None
+        self.route = None
+        self.chain = None
+        self.filters = None
+        self.group = None
+        self.target = None
+        self.active_target = None
+        self.target_index = 0
+        self.next_target = None
+        self.sticky_line = None
+        self.refusal = NULL
+        self.req_framing = 0
+        self.req_remaining = 0
+        self.req_body_seen = 0
+        self.max_body = 0
+        self.req_done = False
+        memset(&self.chunk, 0, sizeof(self.chunk))
+        self.up = None
+        self.up_head = None
+        self.up_queue = None
+        self.up_queued = 0
+        self.mirror = None
+        self.retry_ok = False
+        self.retried = False
+        self.resp_started = False
+        self.resp_complete = False
+        self.status = 0
+        self.resp_edits_py = None
+        self.resp_extra = None
+        self.resp_drops = None
+        self.resp_p = NULL
+        self.resp_h = NULL
+        self.resp_framing = 0
+        self.resp_has_body = False
+        self.paused_response = False
+        self.answer_status = 0
+        self.answer_error = False
+        self.answer_headers = None
+        self.answer_body = None
+        self.next_policy = 0
+        self.pending = None
+        self.stash = None
+        self.paused = False
+        self.view = None
+        self.upstream_edits = None
+        self.flags = 0
+        self.outcome = 0
+        self.bytes_in = 0
+        self.bytes_out_base = 0
+        self.bytes_out = 0
+        self.t_accept = 0.0
+        self.t_head = 0.0
+        self.t_connected = 0.0
+        self.t_first_byte = 0.0
+        self.t_done = 0.0
+        self.finished = False
+        memset(&self.tc, 0, sizeof(self.tc))
+        self.trace_extra = None
+        return 0
+
+    cdef int init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h) except -1:
         self.down = down
         self.worker = down.worker
         self.rt = down.rt
@@ -144,7 +228,7 @@ cdef class Exchange:
 
     # ---- request phase -------------------------------------------------------------------------
 
-    cdef void run(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+    cdef int run(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         """The head is parsed; data[off:n] are the bytes after it (body, or a pipelined request)."""
         cdef MessageHead* h = self.h
         cdef int outcome
@@ -160,10 +244,10 @@ cdef class Exchange:
             if outcome == OUT_TOO_LARGE:
                 self.down.keep_alive = False
             self._answer_before_upstream(data, off, n, outcome)
-            return
+            return 0
         self._request_policies(0, data, off, n)
 
-    cdef void _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+    cdef int _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef PolicyChain chain = self.chain
         cdef Policy policy
         cdef Py_ssize_t i
@@ -173,17 +257,17 @@ cdef class Exchange:
             r = policy.on_request(self)
             if r == P_ANSWERED:
                 self._answer_before_upstream(data, off, n, OUT_POLICY_ANSWER)
-                return
+                return 0
             if r == P_PAUSED:
                 self.next_policy = i + 1
                 self.paused = True
                 if off < n:
                     self.stash = data[off:n] if off else data
                 self.down.pause_reading_for(self, PR_POLICY)
-                return
+                return 0
         self._upstream_phases(data, off, n)
 
-    cdef void pause_deadline(self, double timeout):
+    cdef int pause_deadline(self, double timeout) except -1:
         """A paused policy's deadline (504 when it passes; see policy_timed_out)."""
         self.down.set_policy_deadline(timeout)
 
@@ -201,10 +285,10 @@ cdef class Exchange:
         else:
             self._request_policies(self.next_policy, rest, 0, PyBytes_GET_SIZE(rest))
 
-    cdef void policy_timed_out(self) except *:
+    cdef int policy_timed_out(self) except -1:
         cdef bytes rest
         if not self.paused:
-            return
+            return 0
         self._cancel_pending()
         rest = self._unpause()
         self.fail(504, b"policy timed out", RF_POLICY_TIMEOUT)
@@ -218,7 +302,7 @@ cdef class Exchange:
         self.down.resume_reading_for(self, PR_POLICY)
         return rest
 
-    cdef void _cancel_pending(self) except *:
+    cdef int _cancel_pending(self) except -1:
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
@@ -240,7 +324,7 @@ cdef class Exchange:
         self.answer(status, b"Content-Type: application/json\r\n" + header_lines,
                     b'{"error":"%s","request_id":"%s"}' % (message, rid), flag)
 
-    cdef void fail(self, int status, const char* reason, int flag) except *:
+    cdef int fail(self, int status, const char* reason, int flag) except -1:
         """A policy failed: the gateway's JSON error answers for it."""
         self.flags |= flag
         self.refusal = reason
@@ -345,12 +429,12 @@ cdef class Exchange:
             return 503
         return OUT_PROXY
 
-    cdef void _upstream_phases(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+    cdef int _upstream_phases(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef ClientConn down = self.down
         cdef int outcome = self._upstream_peer()
         if outcome != OUT_PROXY:
             self._answer_before_upstream(data, off, n, outcome)
-            return
+            return 0
         self.retry_ok = self.req_framing == FR_NONE and _idempotent(self.p + self.h.method, self.h.method_len)
         self._build_upstream_head()
         self.up_head = wb_bytes(&down.uout)
@@ -365,14 +449,14 @@ cdef class Exchange:
             if not self.req_done:
                 self.request_body(data, off)
                 if self.finished or self.up_queue is None:
-                    return
+                    return 0
             else:
                 down.keep_pipelined(data, off)
         self._dispatch()
 
     # ---- upstream_request ----------------------------------------------------------------------
 
-    cdef void _build_upstream_head(self) except *:
+    cdef int _build_upstream_head(self) except -1:
         cdef MessageHead* h = self.h
         cdef const char* p = self.p
         cdef ClientConn down = self.down
@@ -388,6 +472,8 @@ cdef class Exchange:
         cdef const char* query = p + h.target + h.path_len
         cdef Py_ssize_t query_len = h.target_len - h.path_len
         cdef list edits = self.upstream_edits       # plugins' edits: None on most routes
+        cdef LineRun run
+        run.start = run.end = 0
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
@@ -428,7 +514,8 @@ cdef class Exchange:
                     continue
                 if edits is not None and _edits_drop(edits, p + f.name, f.name_len):
                     continue
-                _put_field(out, p, f)
+                _put_field_line(out, p, f, &run)
+        _run_flush(out, p, &run)
         wb_put(out, b"X-Forwarded-For: ", 17)
         if h.n_xff:
             for i in range(h.nfields):
@@ -460,7 +547,7 @@ cdef class Exchange:
 
     # ---- request body --------------------------------------------------------------------------
 
-    cdef void request_body(self, bytes data, Py_ssize_t off) except *:
+    cdef int request_body(self, bytes data, Py_ssize_t off) except -1:
         cdef const char* p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t take, pos, i
@@ -475,7 +562,7 @@ cdef class Exchange:
                 self._send_up(data if (off == 0 and take == n) else data[off:off + take])
             if self.req_remaining == 0:
                 self._request_complete(data, off + take, n)
-            return
+            return 0
         # chunked: decode, count against the limit, re-chunk for the upstream
         pos = off
         while pos < n and not self.req_done and not self.finished:
@@ -484,13 +571,13 @@ cdef class Exchange:
             if pos < 0:
                 self.flags |= RF_BAD_REQUEST
                 self.fail_request(self.chunk.error_status, self.chunk.error_reason)
-                return
+                return 0
             self.bytes_in += pos - i
             self.req_body_seen += self.chunk.span_bytes
             if self.max_body >= 0 and self.req_body_seen > self.max_body:
                 self.flags |= RF_BODY_TOO_LARGE
                 self.fail_request(413, b"request body too large")
-                return
+                return 0
             out = &self.down.uout
             out.len = 0
             for i in range(self.chunk.nspans):
@@ -504,27 +591,27 @@ cdef class Exchange:
                 self._send_up(wb_bytes(out))
             if self.chunk.state == CS_DONE:
                 self._request_complete(data, pos, n)
-                return
+                return 0
 
-    cdef void _request_complete(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except *:
+    cdef int _request_complete(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1:
         self.req_done = True
         self.down.request_complete(self, data, pos, n)
         if self.up is not None and self.up.connected and self.up_queue is None:
             self.up.expect_response(True, monotonic())
 
-    cdef void _send_up(self, bytes chunk) except *:
+    cdef int _send_up(self, bytes chunk) except -1:
         if self.mirror is not None:
             self.mirror.send(chunk)
         if self.up_queue is None:
             if self.up is not None and self.up.transport is not None:
                 self.up.transport.write(chunk)
-            return
+            return 0
         self.up_queue.append(chunk)
         self.up_queued += PyBytes_GET_SIZE(chunk)
         if self.up_queued > QUEUE_HIGH_WATER:
             self.down.pause_reading_for(self, PR_CONNECTING)
 
-    cdef void fail_request(self, int status, const char* reason) except *:
+    cdef int fail_request(self, int status, const char* reason) except -1:
         """A request that turned out bad after its head: nothing more goes upstream."""
         self.down.keep_alive = False
         self.drop_upstream()
@@ -537,14 +624,14 @@ cdef class Exchange:
         else:
             self.send_error(status, reason)
 
-    cdef void drop_upstream(self):
+    cdef int drop_upstream(self) except -1:
         if self.up is not None:
             self.up.detach_and_close()
             self.up = None
 
     # ---- upstream connection -------------------------------------------------------------------
 
-    cdef void _dispatch(self) except *:
+    cdef int _dispatch(self) except -1:
         cdef UpstreamConn up = self.target.take_idle()
         self.target.active += 1
         self.active_target = self.target
@@ -559,17 +646,17 @@ cdef class Exchange:
         else:
             self._connect()
 
-    cdef void _connect(self) except *:
+    cdef int _connect(self) except -1:
         cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
         up.attach(self, False)
         self.up = up
         up.start_connect(self.group.connect_timeout)
 
-    cdef void upstream_connected(self) except *:
+    cdef int upstream_connected(self) except -1:
         self.t_connected = monotonic()
         self._flush_queue()
 
-    cdef void _flush_queue(self) except *:
+    cdef int _flush_queue(self) except -1:
         cdef list q = self.up_queue
         self.up_queue = None
         self.up_queued = 0
@@ -582,11 +669,11 @@ cdef class Exchange:
             self.up.pause_reading_for_client()
         self.up.expect_response(self.req_done, self.t_connected)
 
-    cdef void upstream_failed(self, UpstreamConn up, int status, const char* reason, bint may_retry,
-                              int flag) except *:
+    cdef int upstream_failed(self, UpstreamConn up, int status, const char* reason, bint may_retry,
+                              int flag) except -1:
         """The upstream connection broke before a response byte arrived."""
         if up is not self.up:
-            return
+            return 0
         self.up = None
         if may_retry and up.reused and self.retry_ok and not self.retried and not self.finished:
             # a pooled connection the upstream had closed: replay once on a fresh connection to
@@ -597,7 +684,7 @@ cdef class Exchange:
             self.up_queue = [self.up_head]
             self.up_queued = PyBytes_GET_SIZE(self.up_head)
             self._connect()
-            return
+            return 0
         if flag == RF_UPSTREAM_CONNECT_FAILURE or flag == RF_UPSTREAM_TIMEOUT or (
                 flag == RF_UPSTREAM_RESET and may_retry):
             self.group.attempt_failed(self.target_index)
@@ -605,14 +692,14 @@ cdef class Exchange:
             if flag != RF_UPSTREAM_TIMEOUT and self._may_fail_over():
                 _upstream_failure_event(self, status, reason, flag)    # the attempt, logged
                 self._fail_over(flag)
-                return
+                return 0
         self.flags |= flag
         _upstream_failure_event(self, status, reason, flag)
         self.up_queue = None
         self.down.resume_reading_for(self, PR_CONNECTING)
         if self.resp_started:
             self.down.abort()
-            return
+            return 0
         if not self.req_done:
             self.down.keep_alive = False
         self.send_error(status, reason)
@@ -630,7 +717,7 @@ cdef class Exchange:
         self.next_target = other
         return True
 
-    cdef void _fail_over(self, int flag) except *:
+    cdef int _fail_over(self, int flag) except -1:
         cdef Target other = self.next_target
         self.next_target = None
         self.retried = True
@@ -643,12 +730,13 @@ cdef class Exchange:
         self.up_queue = [self.up_head]
         self.up_queued = PyBytes_GET_SIZE(self.up_head)
         self._dispatch()
+        return 0
 
     # ---- response phase ------------------------------------------------------------------------
 
-    cdef void relay_interim(self, const char* p, MessageHead* h) except *:
+    cdef int relay_interim(self, const char* p, MessageHead* h) except -1:
         if self.http10:
-            return
+            return 0
         self.down.send_interim(p, h)
 
     cdef int begin_response(self, const char* p, MessageHead* h, int up_framing, bint has_body) except -1:
@@ -692,7 +780,7 @@ cdef class Exchange:
         self.resp_h = NULL
         return RESP_RELAY
 
-    cdef void _response_answered(self) except *:
+    cdef int _response_answered(self) except -1:
         self.resp_p = NULL
         self.resp_h = NULL
         self.drop_upstream()
@@ -701,34 +789,34 @@ cdef class Exchange:
             self.down.keep_alive = False
         self._send_policy_answer()
 
-    cdef void pause_response_deadline(self, double timeout):
+    cdef int pause_response_deadline(self, double timeout) except -1:
         if self.up is not None:
             self.up.set_policy_deadline(timeout)
 
-    cdef void resume_response(self, int r) except *:
+    cdef int resume_response(self, int r) except -1:
         """A paused response policy finished with `r` (P_CONTINUE or P_ANSWERED)."""
         cdef UpstreamConn up
         if not self.paused_response or self.finished:
-            return
+            return 0
         self.paused_response = False
         self.pending = None
         if r == P_ANSWERED:
             self._response_answered()
-            return
+            return 0
         if self._response_policies(self.next_policy) == RESP_RELAY:
             up = self.up
             if up is not None:
                 up.continue_held()
 
-    cdef void response_policy_timed_out(self) except *:
+    cdef int response_policy_timed_out(self) except -1:
         if not self.paused_response:
-            return
+            return 0
         self.paused_response = False
         self._cancel_pending()
         self.fail(504, b"policy timed out", RF_POLICY_TIMEOUT)
         self._response_answered()
 
-    cdef void _fold_response_edits(self):
+    cdef int _fold_response_edits(self) except -1:
         """Plugins' response edits as the client's head is written with them: names to leave out,
         lines to add."""
         drops = [lname for lname, _, drop in self.resp_edits_py if drop]
@@ -743,17 +831,17 @@ cdef class Exchange:
     cdef list response_header_items(self):
         return _field_items(self.resp_h, self.resp_p)
 
-    cdef void response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except *:
+    cdef int response_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         self.down.send_body(data, off, n)
 
-    cdef void flush_response(self) except *:
+    cdef int flush_response(self) except -1:
         self.down.flush()
 
-    cdef void response_complete(self) except *:
+    cdef int response_complete(self) except -1:
         self.resp_complete = True
         self.down.end_response(self)
 
-    cdef void response_truncated(self, int flag) except *:
+    cdef int response_truncated(self, int flag) except -1:
         """The upstream died or stalled mid-body: the client must not see a clean end."""
         self.flags |= flag
         _upstream_failure_event(self, 0, b"upstream response cut short", flag)
@@ -762,7 +850,7 @@ cdef class Exchange:
 
     # ---- answers the gateway makes -------------------------------------------------------------
 
-    cdef void _answer_before_upstream(self, bytes data, Py_ssize_t off, Py_ssize_t n, int status) except *:
+    cdef int _answer_before_upstream(self, bytes data, Py_ssize_t off, Py_ssize_t n, int status) except -1:
         """Answers without an upstream. Keep-alive survives only when there is no body to skip."""
         if self.req_framing != FR_NONE:
             self.down.keep_alive = False
@@ -782,16 +870,16 @@ cdef class Exchange:
         else:
             self.send_error(status, self.refusal)
 
-    cdef void _send_policy_answer(self) except *:
+    cdef int _send_policy_answer(self) except -1:
         if self.answer_error:
             self.send_error(self.answer_status, self.refusal)
-            return
+            return 0
         self.outcome = OC_POLICY
         self.status = self.answer_status
         self.resp_complete = True
         self.down.send_answer(self, self.answer_status, self.answer_headers, self.answer_body)
 
-    cdef void send_error(self, int status, const char* reason) except *:
+    cdef int send_error(self, int status, const char* reason) except -1:
         cdef bytes rid = self.request_id if self.request_id is not None else b""
         if reason == NULL:
             reason = b"gateway error"
@@ -838,7 +926,7 @@ cdef class Exchange:
             location += b":%d" % port
         return location + path + p[h.target + h.path_len:h.target + h.target_len]
 
-    cdef void _send_redirect(self) except *:
+    cdef int _send_redirect(self) except -1:
         cdef Redirect r = self.filters.redirect
         self.outcome = OC_ANSWERED
         self.status = r.status
@@ -847,13 +935,13 @@ cdef class Exchange:
 
     # ---- log phase -----------------------------------------------------------------------------
 
-    cdef void finish(self) except *:
+    cdef int finish(self) except -1:
         """The exchange is over, whichever way: the log phase runs, once."""
         cdef PolicyChain chain = self.chain
         cdef Policy policy
         cdef Py_ssize_t i
         if self.finished:
-            return
+            return 0
         self.finished = True
         if self.t_done == 0.0:          # the connection may have read the clock already
             self.t_done = monotonic()
@@ -1057,7 +1145,7 @@ cdef int _put_edit_lines(WBuf* out, list edits) except -1:
 _policy_errors_seen = set()
 
 
-cdef void _report_policy_error(Policy policy, str phase, exc) except *:
+cdef int _report_policy_error(Policy policy, str phase, exc) except -1:
     """A failing policy is reported with its traceback the first time each kind of failure happens
     (per policy, phase and exception type); after that with one line, so a hot failure cannot
     flood the log."""

@@ -19,7 +19,10 @@ cdef class Target:
     cdef readonly int port
     cdef readonly str address
     cdef readonly bytes address_bytes
+    # idle[:n_idle] are the pooled connections; the slots after them stay allocated (None), so a take
+    # and a put on a warm pool allocate nothing (a list popped to empty frees its storage)
     cdef list idle
+    cdef Py_ssize_t n_idle
     cdef public int max_idle
     cdef public double idle_timeout
     cdef public int max_requests
@@ -32,44 +35,63 @@ cdef class Target:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.address_bytes = self.address.encode()
         self.idle = []
+        self.n_idle = 0
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
 
     cdef UpstreamConn take_idle(self):
         cdef UpstreamConn conn
-        while self.idle:
-            conn = <UpstreamConn>self.idle.pop()
+        while self.n_idle:
+            self.n_idle -= 1
+            conn = <UpstreamConn>self.idle[self.n_idle]
+            self.idle[self.n_idle] = None
+            conn.pooled = False
             if conn.usable_from_pool():
                 return conn
             conn.close()
         return None
 
-    cdef void give_back(self, UpstreamConn conn, double now):
-        if self.retired or len(self.idle) >= self.max_idle or conn.nrequests >= self.max_requests:
+    cdef int give_back(self, UpstreamConn conn, double now) except -1:
+        if self.retired or self.n_idle >= self.max_idle or conn.nrequests >= self.max_requests:
             conn.close()
-            return
+            return 0
         conn.idle_since_pool(now + self.idle_timeout)
-        self.idle.append(conn)
+        if self.n_idle < len(self.idle):
+            self.idle[self.n_idle] = conn
+        else:
+            self.idle.append(conn)
+        self.n_idle += 1
+        conn.pooled = True
 
-    cdef void forget(self, UpstreamConn conn):
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
+    cdef int forget(self, UpstreamConn conn) except -1:
+        """Out of the pool, keeping the others' order; a connection not pooled costs a flag test."""
+        cdef Py_ssize_t i, j
+        if not conn.pooled:
+            return 0
+        conn.pooled = False
+        for i in range(self.n_idle):
+            if self.idle[i] is conn:
+                for j in range(i, self.n_idle - 1):
+                    self.idle[j] = self.idle[j + 1]
+                self.n_idle -= 1
+                self.idle[self.n_idle] = None
+                return 0
 
     @property
     def idle_connections(self):
-        # counted, not len(): the list may keep empty (None) slots for reuse
-        return sum(1 for conn in self.idle if conn is not None)
+        return self.n_idle
 
     def retire(self):
         """A reload dropped this target: its idle connections close now, and busy ones close when
         their exchange ends instead of coming back to a pool nothing will take from."""
         cdef UpstreamConn conn
+        cdef Py_ssize_t n = self.n_idle
         self.retired = True
         idle, self.idle = self.idle, []
-        for conn in idle:
+        self.n_idle = 0
+        for conn in idle[:n]:
+            conn.pooled = False
             conn.close()
 
 

@@ -18,7 +18,7 @@
 #   any -> CLOSED
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 import functools
 import os
@@ -179,6 +179,33 @@ cdef inline int _put_field(WBuf* out, const char* buf, HeaderField* f) except -1
     return 0
 
 
+cdef struct LineRun:
+    # field lines copied as they arrived, adjacent ones joined: buf[start:end] waits to be written
+    Py_ssize_t start
+    Py_ssize_t end
+
+
+cdef inline int _run_flush(WBuf* out, const char* buf, LineRun* run) except -1:
+    if run.end > run.start:
+        wb_put(out, buf + run.start, run.end - run.start)
+    run.start = run.end = 0
+    return 0
+
+
+cdef inline int _put_field_line(WBuf* out, const char* buf, HeaderField* f, LineRun* run) except -1:
+    """The field as _put_field writes it. A line that already reads "name: value\\r\\n" (one space,
+    no trailing whitespace) is the same bytes: it joins the run, and a run is one memcpy."""
+    cdef Py_ssize_t end = f.value + f.value_len
+    if f.value == f.name + f.name_len + 2 and buf[f.name + f.name_len + 1] == b' ' and buf[end] == b'\r':
+        if f.name != run.end or run.end == 0:
+            _run_flush(out, buf, run)
+            run.start = f.name
+        run.end = end + 2
+        return 0
+    _run_flush(out, buf, run)
+    return _put_field(out, buf, f)
+
+
 cdef class Worker:
     """One process's request path: the current Runtime, the live connections and the clock that
     enforces their deadlines."""
@@ -291,5 +318,23 @@ cdef class Worker:
             u.close()
 
     cdef bytes new_request_id(self):
+        """The prefix and the counter in lowercase hex (as b"%x" writes it), made in C: one bytes
+        object, no formatting."""
+        cdef char digits[16]
+        cdef int nd = 0, i
+        cdef uint64_t v
+        cdef Py_ssize_t plen = PyBytes_GET_SIZE(self.rid_prefix)
+        cdef bytes rid
+        cdef char* out
         self.rid_counter += 1
-        return self.rid_prefix + (b"%x" % self.rid_counter)
+        v = self.rid_counter
+        while v:
+            digits[nd] = _HEXDIGITS[v & 15]
+            nd += 1
+            v >>= 4
+        rid = PyBytes_FromStringAndSize(NULL, plen + nd)
+        out = PyBytes_AS_STRING(rid)
+        memcpy(out, PyBytes_AS_STRING(self.rid_prefix), plen)
+        for i in range(nd):
+            out[plen + i] = digits[nd - 1 - i]
+        return rid

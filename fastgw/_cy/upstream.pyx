@@ -9,6 +9,7 @@ cdef class UpstreamConn:
     cdef readonly bint connected
     cdef bint reused
     cdef bint reusable
+    cdef bint pooled                # in its target's idle list (Target.take_idle/give_back/forget)
     cdef bint got_bytes
     cdef bint paused
     cdef bint response_complete
@@ -45,7 +46,7 @@ cdef class UpstreamConn:
     def __call__(self):
         return self
 
-    cdef void attach(self, Exchange ex, bint reused):
+    cdef int attach(self, Exchange ex, bint reused) except -1:
         self.ex = ex
         self.reused = reused
         if ex.group is not None:
@@ -63,7 +64,7 @@ cdef class UpstreamConn:
     cdef bint usable_from_pool(self):
         return self.state == UP_IDLE and self.transport is not None and not self.transport.is_closing()
 
-    cdef void start_connect(self, double timeout):
+    cdef int start_connect(self, double timeout) except -1:
         self.worker.upstreams.add(self)
         self.deadline_kind = UDL_CONNECT
         self.deadline = monotonic() + timeout if timeout > 0 else 0.0
@@ -92,7 +93,7 @@ cdef class UpstreamConn:
             else:
                 ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 
-    cdef void expect_response(self, bint request_sent, double now):
+    cdef int expect_response(self, bint request_sent, double now) except -1:
         """The response-header clock starts once the whole request is on its way (and not while
         reading is paused for a slow client, which is not the upstream's fault)."""
         if request_sent and self.state == UP_HEAD:
@@ -101,7 +102,7 @@ cdef class UpstreamConn:
             self.deadline = 0.0 if self.paused else now + self.header_timeout
         self.worker.upstreams.add(self)
 
-    cdef void idle_since_pool(self, double until):
+    cdef int idle_since_pool(self, double until) except -1:
         self.state = UP_IDLE
         self.ex = None
         self.deadline_kind = UDL_POOL_IDLE
@@ -146,7 +147,7 @@ cdef class UpstreamConn:
             if self.ex is not None:
                 self.ex.flush_response()
 
-    cdef void _parse_heads(self):
+    cdef int _parse_heads(self) except -1:
         cdef Exchange ex = self.ex
         cdef bytes data
         cdef const char* p
@@ -162,13 +163,13 @@ cdef class UpstreamConn:
             n = PyBytes_GET_SIZE(data)
             r = parse_response_head(h, p, n, &ex.rt.head_limits)
             if r == PARSE_INCOMPLETE:
-                return
+                return 0
             if r == PARSE_ERROR:
                 self.ex = None
                 self.close()
                 count_failure(ex, FK_PROTOCOL_ERROR)
                 ex.upstream_failed(self, 502, h.error_reason, False, RF_UPSTREAM_PROTOCOL_ERROR)
-                return
+                return 0
             if h.status < 200:
                 if h.status == 101:
                     self.ex = None
@@ -176,11 +177,11 @@ cdef class UpstreamConn:
                     count_failure(ex, FK_PROTOCOL_ERROR)
                     ex.upstream_failed(self, 502, b"upstream switched protocols unasked", False,
                                        RF_UPSTREAM_PROTOCOL_ERROR)
-                    return
+                    return 0
                 ex.relay_interim(p, h)
                 self.buf = data[r:]
                 if r == n:
-                    return
+                    return 0
                 continue
             break
         self.buf = b""
@@ -199,7 +200,7 @@ cdef class UpstreamConn:
             and self.framing != FR_CLOSE
         rr = ex.begin_response(p, h, self.framing, has_body)
         if rr == RESP_ANSWERED:
-            return                      # a response policy answered instead; ex dropped this connection
+            return 0                    # a response policy answered instead; ex dropped this connection
         if rr == RESP_PAUSED:
             # the head's offsets point into `data`: keep it, and read nothing more until the
             # policy is done
@@ -208,10 +209,10 @@ cdef class UpstreamConn:
             self.state = UP_HELD
             if self.transport is not None:
                 self.transport.pause_reading()
-            return
+            return 0
         self._relay_after_head(data, r, n, ex.t_first_byte)
 
-    cdef void _relay_after_head(self, bytes data, Py_ssize_t r, Py_ssize_t n, double now):
+    cdef int _relay_after_head(self, bytes data, Py_ssize_t r, Py_ssize_t n, double now) except -1:
         self.state = UP_BODY
         self.deadline_kind = UDL_BODY
         self.deadline = now + self.body_timeout if self.body_timeout > 0 else 0.0
@@ -219,17 +220,17 @@ cdef class UpstreamConn:
             if r < n:
                 self.reusable = False
             self._complete()
-            return
+            return 0
         if r < n:
             self._body(data, r, n)
         if self.ex is not None:
             self.ex.flush_response()
 
-    cdef void set_policy_deadline(self, double timeout):
+    cdef int set_policy_deadline(self, double timeout) except -1:
         self.deadline_kind = UDL_POLICY
         self.deadline = monotonic() + timeout
 
-    cdef void continue_held(self):
+    cdef int continue_held(self) except -1:
         """The response phase let the held response through: relay it, and read on."""
         cdef bytes data = self.held
         cdef list tail = self.held_tail
@@ -248,7 +249,7 @@ cdef class UpstreamConn:
         if lost and self.ex is not None:
             self._lost(self.lost_exc, UP_BODY)
 
-    cdef void _body(self, bytes data, Py_ssize_t off, Py_ssize_t n):
+    cdef int _body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef Exchange ex = self.ex
         cdef const char* p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t take, pos, i
@@ -269,23 +270,23 @@ cdef class UpstreamConn:
                     self.reusable = False
                     count_failure(ex, FK_PROTOCOL_ERROR)
                     self._truncated(RF_UPSTREAM_PROTOCOL_ERROR)
-                    return
+                    return 0
                 for i in range(self.chunk.nspans):
                     ex.response_body(data, self.chunk.span_off[i], self.chunk.span_len[i])
                 if self.chunk.state == CS_DONE:
                     if pos < n:
                         self.reusable = False
                     self._complete()
-                    return
+                    return 0
         else:
             ex.response_body(data, off, n - off)
 
-    cdef void _complete(self):
+    cdef int _complete(self) except -1:
         self.response_complete = True
         self.deadline = 0.0
         self.ex.response_complete()
 
-    cdef void _truncated(self, int flag):
+    cdef int _truncated(self, int flag) except -1:
         cdef Exchange ex = self.ex
         self.ex = None
         self.close()
@@ -306,14 +307,14 @@ cdef class UpstreamConn:
             return
         self._lost(exc, was)
 
-    cdef void _lost(self, exc, int was):
+    cdef int _lost(self, exc, int was) except -1:
         cdef Exchange ex = self.ex
         self.state = UP_CLOSED
         self.deadline = 0.0
         self.worker.upstreams.discard(self)
         if ex is None:
             self.target.forget(self)
-            return
+            return 0
         self.ex = None
         if was == UP_BODY:
             if self.framing == FR_CLOSE and not self.response_complete and exc is None:
@@ -339,13 +340,13 @@ cdef class UpstreamConn:
         if self.ex is not None:
             self.ex.down.resume_reading_for(self.ex, PR_UPSTREAM)
 
-    cdef void pause_reading_for_client(self):
+    cdef int pause_reading_for_client(self) except -1:
         if not self.paused and self.transport is not None and self.connected:
             self.paused = True
             self.deadline = 0.0         # a slow client is not the upstream's fault
             self.transport.pause_reading()
 
-    cdef void resume_reading_for_client(self):
+    cdef int resume_reading_for_client(self) except -1:
         if self.paused and self.transport is not None and self.connected:
             self.paused = False
             if self.state == UP_BODY and self.body_timeout > 0:
@@ -358,7 +359,7 @@ cdef class UpstreamConn:
 
     # ---- endings -----------------------------------------------------------------------------
 
-    cdef void release(self, double now):
+    cdef int release(self, double now) except -1:
         """The exchange ended: back to the pool if this connection can carry another request."""
         self.ex = None
         if self.reusable and self.connected and self.state == UP_BODY and self.target.max_idle > 0:
@@ -372,7 +373,7 @@ cdef class UpstreamConn:
         else:
             self.close()
 
-    cdef void detach_and_close(self):
+    cdef int detach_and_close(self) except -1:
         self.ex = None
         self.close()
 
@@ -388,14 +389,14 @@ cdef class UpstreamConn:
                 self.transport.abort()
         self.target.forget(self)
 
-    cdef void on_deadline(self):
+    cdef int on_deadline(self) except -1:
         cdef Exchange ex = self.ex
         kind = self.deadline_kind
         self.deadline = 0.0
         self.ex = None
         self.close()
         if ex is None:
-            return
+            return 0
         count_failure(ex, deadline_failure_kind(kind))
         if kind == UDL_BODY:
             ex.response_truncated(RF_UPSTREAM_BODY_TIMEOUT)
