@@ -73,11 +73,12 @@ class BoundListener:
     family: int
     host: str
     port: int
+    tls: bool = False           # the address terminates TLS (its listeners have `tls`)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if self.family == socket.AF_INET6 else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _reuseport_socket(family: int, host: str, port: int) -> socket.socket:
@@ -135,7 +136,8 @@ def bind_placeholders(cfg: GatewayConfig, reuse_port: bool = False
                 continue
             sock = _bind_unless_served(listener.address, listener.host, listener.port, reuse_port)
             socks.append(sock)
-            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1])
+            tls = any(lst.tls is not None for lst in cfg.listeners if lst.address == listener.address)
+            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1], tls)
     except BaseException:
         for sock in socks:
             sock.close()
@@ -229,6 +231,11 @@ class Supervisor:
         except OSError as exc:
             log(f"cannot bind listener: {exc}", "listener_failed", "error")
             return 1
+        from .tls import make_endpoints
+
+        # before any fork: every worker inherits these contexts, and with them one set of session
+        # ticket keys (fastgw/tls.py)
+        self.tls_endpoints = make_endpoints(self.cfg, self.bound)
         if self.admin_settings is not None:
             try:
                 self.admin_sock = bind_admin(self.admin_settings, self.reuse_port)
@@ -360,7 +367,8 @@ class Supervisor:
             code = 1
             try:
                 self._forget_supervisor(ours.fileno(), keep={self.ready_w, theirs.fileno()})
-                code = run_worker(self.cfg, self.generation, index, self.bound, self.ready_w, theirs)
+                code = run_worker(self.cfg, self.generation, index, self.bound, self.ready_w, theirs,
+                                  self.tls_endpoints)
             except BaseException as exc:  # a worker must never unwind into the supervisor's code
                 events.flush_sink()
                 log(f"worker {index} failed: {exc!r}", "worker_failed", "error", worker=index)
@@ -596,7 +604,7 @@ class Supervisor:
 
 
 def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str, BoundListener], ready_w: int,
-               control: socket.socket) -> int:
+               control: socket.socket, tls_endpoints=None) -> int:
     import uvloop
 
     from . import _core, accesslog
@@ -610,18 +618,32 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
     accesslog.apply(worker, loop, cfg)
     traces = TraceExport(worker, loop)
     traces.configure(cfg.tracing)
+    from .tls import make_endpoints
+
+    if tls_endpoints is None:
+        tls_endpoints = make_endpoints(cfg, bound)
+    tls_endpoints.install(tls_endpoints.prepare(cfg))
     servers = []
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
-        servers.append(loop.run_until_complete(
-            loop.create_server(worker.protocol_factory(address), sock=sock, backlog=4096)))
+        endpoint = tls_endpoints.by_address.get(address)
+        if endpoint is None:
+            server = loop.create_server(worker.protocol_factory(address), sock=sock, backlog=4096)
+        else:
+            server = loop.create_server(worker.protocol_factory(address, endpoint), sock=sock, backlog=4096,
+                                        ssl=endpoint.ctx, ssl_handshake_timeout=endpoint.handshake_timeout)
+        servers.append(loop.run_until_complete(server))
     worker.start()
     done = loop.create_future()
 
+    tls_prepared: dict = {}
+
     def check(new_cfg: GatewayConfig) -> None:
         accesslog.check_sink(new_cfg)
+        tls_prepared["next"] = tls_endpoints.prepare(new_cfg)   # certificates that fail to load refuse it
 
     def applied(new_cfg: GatewayConfig) -> None:
+        tls_endpoints.install(tls_prepared.pop("next"))
         events.configure(new_cfg.logging)
         accesslog.apply(worker, loop, new_cfg)
         traces.configure(new_cfg.tracing)

@@ -20,6 +20,7 @@ from .base import Base, Name
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Policy
+from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
@@ -75,6 +76,8 @@ class Listener(Base, kw_only=True):
     hostname: str | None = None
     """Only requests whose Host matches this (exact or `*.suffix`) are served by this listener, and a
     route's hosts are intersected with it."""
+    tls: ListenerTls | None = None
+    """TLS termination (HTTPS): certificates chosen by SNI, client certificates (docs/tls.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,6 +131,8 @@ class Upstream(Base, kw_only=True):
     targets: list[Target]
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     keepalive: Keepalive = msgspec.field(default_factory=Keepalive)
+    tls: UpstreamTls | None = None
+    """TLS to the targets (docs/tls.md); connections are pooled apart by these settings."""
 
 
 class PathMatch(Base, kw_only=True):
