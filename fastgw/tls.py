@@ -23,7 +23,13 @@ import tempfile
 from dataclasses import dataclass
 
 from .config.schema import GatewayConfig, Listener
-from .config.tls import MOZILLA_INTERMEDIATE_CIPHERS, ClientCertificate, ListenerTls, UpstreamTls, load_pem_pair
+from .config.tls import (
+    MOZILLA_INTERMEDIATE_CIPHERS,
+    ClientCertificate,
+    ListenerTls,
+    UpstreamTls,
+    load_pem_pair,
+)
 
 __all__ = ["CertTable", "TlsEndpoint", "client_cert_info", "make_endpoints", "upstream_context"]
 
@@ -208,14 +214,14 @@ def _rdn_value(v: str) -> str:
         if ch in ',+"\\<>;=' or (i == 0 and ch in "# ") or (i == len(v) - 1 and ch == " "):
             out.append("\\" + ch)
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append("\\%02X" % ord(ch))      # never a CR or LF in a header
+            out.append(f"\\{ord(ch):02X}")      # never a CR or LF in a header
         else:
             out.append(ch)
     return "".join(out)
 
 
 def _clean(v: str) -> str:
-    return "".join(ch if 0x20 <= ord(ch) != 0x7F else "\\%02X" % ord(ch) for ch in v)
+    return "".join(ch if 0x20 <= ord(ch) != 0x7F else f"\\{ord(ch):02X}" for ch in v)
 
 
 def client_cert_info(sslobj) -> dict | None:

@@ -12,14 +12,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from support.certs import CA
 from support.client import wait_until
-from support.upstreams import EchoServer, TlsEchoServer
+from support.upstreams import TlsEchoServer
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
 REPO = Path(__file__).resolve().parents[2]

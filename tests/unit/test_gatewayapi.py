@@ -461,8 +461,7 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
 
     got = issues(UNSUPPORTED)
     assert got == [
-        ("$[0].spec.listeners[1].protocol", "not supported: protocol 'HTTPS' (TLS is not implemented yet)",
-         line_of("protocol: HTTPS")),
+        ("$[0].spec.listeners[1]", "an HTTPS listener needs tls.certificateRefs", line_of("- name: https")),
         ("$[1].spec.rules[0].timeouts", "not supported: timeouts", line_of("- timeouts")),
         ("$[1].spec.rules[0].sessionPersistence", "not supported: session persistence",
          line_of("sessionPersistence")),
@@ -477,8 +476,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].backendRefs[0].colour",
          "unknown field (expected one of: group, kind, name, namespace, port, weight, filters)", line_of("colour")),
         ("$[2].kind", "unsupported kind 'ConfigMap' (v1); supported: Gateway, HTTPRoute "
-         "(gateway.networking.k8s.io/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1)",
-         line_of("kind: ConfigMap")),
+         "(gateway.networking.k8s.io/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1), "
+         "Secret (v1, kubernetes.io/tls)", line_of("kind: ConfigMap")),
     ]
 
 
@@ -535,7 +534,7 @@ def test_check_reports_manifest_errors(tmp_path, capsys) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(UNSUPPORTED)
     assert main(["check", str(path)]) == 1
-    assert f"{path}:13: $[0].spec.listeners[1].protocol: not supported" in capsys.readouterr().err
+    assert f"{path}:11: $[0].spec.listeners[1]: an HTTPS listener needs" in capsys.readouterr().err
 
 
 def test_convert_round_trip(tmp_path, capsys) -> None:
