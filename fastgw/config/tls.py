@@ -144,7 +144,7 @@ def load_pem_pair(ctx: ssl.SSLContext, cert_file: str | None, key_file: str | No
     fd, tmp = tempfile.mkstemp(prefix="fastgw-tls-", suffix=".pem")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(key_text.rstrip("\n") + "\n" + cert_text)
+            f.write(cert_text.rstrip("\n") + "\n" + key_text)
         ctx.load_cert_chain(tmp)
     finally:
         os.unlink(tmp)
@@ -152,7 +152,8 @@ def load_pem_pair(ctx: ssl.SSLContext, cert_file: str | None, key_file: str | No
 
 def _load_error(exc: Exception) -> str:
     text = str(exc)
-    if isinstance(exc, ssl.SSLError) and "KEY_VALUES_MISMATCH" in text:
+    if isinstance(exc, ssl.SSLError) and ("KEY_VALUES_MISMATCH" in text or "NO_CERTIFICATE_ASSIGNED" in text):
+        # the second: a key of another type (ECDSA for an RSA certificate) has no certificate beside it
         return "the key does not match the certificate"
     if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
         return f"cannot read it: {exc.strerror or exc}"

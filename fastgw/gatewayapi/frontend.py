@@ -173,6 +173,8 @@ class _Builder:
         self.services: dict[str, Obj] = {}
         self.slices: dict[str, list[Obj]] = {}
         self.secrets: dict[str, Obj] = {}       # kubernetes.io/tls Secrets for HTTPS listeners
+        self.configmaps: dict[str, Obj] = {}    # CA bundles (key ca.crt) of BackendTLSPolicies
+        self.backend_tls: list[Obj] = []        # BackendTLSPolicies
         self.listeners: dict[str, list[_Listener]] = {}   # gateway key -> listeners
 
     # -- reporting and typed access ----------------------------------------------------------------
@@ -236,11 +238,12 @@ class _Builder:
                 continue
             expected = {"Gateway": _GATEWAY_VERSIONS, "HTTPRoute": _GATEWAY_VERSIONS,
                         "GatewayClass": _GATEWAY_VERSIONS, "Service": ("v1",),
-                        "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",)}.get(kind)
+                        "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",), "ConfigMap": ("v1",),
+                        "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3")}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
                          f"({GATEWAY_GROUP}/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1), "
-                         f"Secret (v1, kubernetes.io/tls)")
+                         f"Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy ({GATEWAY_GROUP}/v1)")
                 continue
             if api not in expected:
                 self.err(obj, ["apiVersion"], f"unsupported apiVersion {api!r} for {kind} "
@@ -267,6 +270,10 @@ class _Builder:
                 self.services[obj.key] = obj
             elif kind == "Secret":
                 self.secrets[obj.key] = obj
+            elif kind == "ConfigMap":
+                self.configmaps[obj.key] = obj
+            elif kind == "BackendTLSPolicy":
+                self.backend_tls.append(obj)
             elif kind == "EndpointSlice":
                 labels = obj.metadata.get("labels")
                 svc = labels.get(_SLICE_LABEL) if isinstance(labels, dict) else None
@@ -805,6 +812,11 @@ class _Builder:
             return name
         at: list[Token] = ["spec", "ports", index]
         app = sp.get("appProtocol")
+        tls = self._backend_tls(svc, sp)
+        if tls == "invalid":
+            return None    # Gateway API: a backend whose BackendTLSPolicy cannot be honoured answers 500
+        if tls is not None and app in ("https", "HTTPS", "kubernetes.io/https"):
+            app = None
         if app not in (None, "http", "HTTP", "kubernetes.io/http"):
             self.err(svc, [*at, "appProtocol"], f"not supported: appProtocol {app!r} (upstreams speak HTTP/1.1)")
         if sp.get("protocol", "TCP") != "TCP":
@@ -842,8 +854,59 @@ class _Builder:
                         origins[("upstreams", name, "targets", len(targets))] = (sl, ["endpoints", e, "addresses", a])
                         targets.append({"address": address})
         self.native["upstreams"][name] = {"targets": targets}
+        if tls is not None:
+            self.native["upstreams"][name]["tls"] = tls
         self.origins.update(origins)
         return name
+
+    def _backend_tls(self, svc: Obj, sp: dict[str, Any]) -> dict[str, Any] | str | None:
+        """The upstream `tls` a BackendTLSPolicy asks for this Service port: None (no policy), or
+        "invalid" (a CA reference that does not resolve to a PEM bundle). A policy naming the port
+        (sectionName) beats one for the whole Service; then the oldest, then by name, wins."""
+        found = []
+        for pol in self.backend_tls:
+            spec = pol.body.get("spec") if isinstance(pol.body.get("spec"), dict) else {}
+            for ref in spec.get("targetRefs") or []:
+                if not isinstance(ref, dict) or (ref.get("group", ""), ref.get("kind")) != ("", "Service"):
+                    continue
+                if pol.namespace != svc.namespace or ref.get("name") != svc.name:
+                    continue
+                section = ref.get("sectionName")
+                if section is not None and section != sp.get("name"):
+                    continue
+                ts = _timestamp(pol.metadata.get("creationTimestamp")) or datetime.datetime.max.replace(
+                    tzinfo=datetime.UTC)
+                found.append((section is None, ts, pol.name, pol, spec))
+        if not found:
+            return None
+        *_, pol, spec = min(found, key=lambda f: f[:3])
+        v = spec.get("validation") if isinstance(spec.get("validation"), dict) else {}
+        at: list[Token] = ["spec", "validation"]
+        hostname = v.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            self.err(pol, at, "validation.hostname is required (the SNI and the name verified)")
+            return "invalid"
+        for key in ("subjectAltNames",):
+            if v.get(key):
+                self.err(pol, [*at, key], "not supported: subjectAltNames (the certificate is verified for "
+                         "validation.hostname)")
+        tls: dict[str, Any] = {"server_name": hostname}
+        if v.get("wellKnownCACertificates") == "System":
+            return tls
+        bundle = []
+        for ref in v.get("caCertificateRefs") or []:
+            if not isinstance(ref, dict) or (ref.get("group", ""), ref.get("kind")) != ("", "ConfigMap"):
+                return "invalid"
+            cm = self.configmaps.get(f"{pol.namespace}/{ref.get('name')}")
+            data = cm.body.get("data") if cm is not None and isinstance(cm.body.get("data"), dict) else {}
+            pem = data.get("ca.crt")
+            if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
+                return "invalid"
+            bundle.append(pem)
+        if not bundle:
+            return "invalid"
+        tls["ca_pem"] = "\n".join(bundle)
+        return tls
 
     @staticmethod
     def _slice_port(sl: Obj, sp: dict[str, Any]) -> int | None:
