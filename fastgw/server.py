@@ -561,6 +561,11 @@ class Supervisor:
         if {lst.address for lst in cfg.listeners} != set(self.bound):
             notes.append("listener address changes take effect on restart; routes and upstreams are "
                          "reloaded now")
+        for address, b in self.bound.items():
+            tls = any(lst.tls is not None for lst in cfg.listeners if lst.address == address)
+            if address in {lst.address for lst in cfg.listeners} and tls != b.tls:
+                notes.append(f"{address} {'starts' if tls else 'stops'} terminating TLS on restart; until then "
+                             f"it goes on {'with' if b.tls else 'without'} TLS")
         if self.admin_settings is not None:
             if cfg.admin is None or cfg.admin.address != self.admin_settings.address:
                 notes.append(f"the admin listener stays on {self.admin_settings.address} until a restart")

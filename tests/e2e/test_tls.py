@@ -462,6 +462,10 @@ def test_handshake_timeout_and_a_thousand_silent_connections(pki, echo, gateway_
         half = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
         half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")   # a ClientHello that never ends
         silent.append(half)
+        plain = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")           # not TLS at all
+        garbage = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        garbage.sendall(b"\x16\x03\x01\x00\x05\xff\xff\xff\xff\xff" * 3)   # a malformed handshake record
         with httpx.Client(verify=client_ctx(pki)) as c:
             for _ in range(5):
                 assert c.get(f"https://localhost:{gw.port}/served").status_code == 200
@@ -476,6 +480,9 @@ def test_handshake_timeout_and_a_thousand_silent_connections(pki, echo, gateway_
                 return False
 
         assert closed(half)
+        assert closed(plain) and closed(garbage)
+        plain.close()
+        garbage.close()
         assert all(closed(s) for s in silent[:50])
     finally:
         for s in silent:
