@@ -273,6 +273,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         for index in range(self.nworkers):
             self._spawn(index)
+        self._spawn_task(self._rotate_ticket_keys())
         if self._watching():
             self._spawn_task(watch_config(self.config_path, lambda: self.cfg.server.watch_interval,
                                           lambda: self._reload_file("watch"), lambda: self.stopping))
@@ -291,6 +292,30 @@ class Supervisor:
         if code == 0:
             log("stopped", "stopped")
         return code
+
+    async def _rotate_ticket_keys(self) -> None:
+        """Every `session_ticket_rotation`: new session ticket keys for every TLS endpoint, the same
+        for all workers (fastgw/tls.py). A worker that misses one keeps resuming with its old keys
+        until the next; a worker forked later starts with the supervisor's current ones."""
+        from .tls import rotation_interval, ticket_keys
+
+        if not self.tls_endpoints.by_address:
+            return
+        if not ticket_keys().available:
+            log(f"session ticket keys are not rotated: {ticket_keys().why_not}", "tls_ticket_keys", "warning")
+            return
+        while True:
+            interval = rotation_interval(self.cfg, self.tls_endpoints.by_address)
+            await asyncio.sleep(interval if interval > 0 else 60.0)
+            if interval <= 0 or self.stopping or rotation_interval(self.cfg, self.tls_endpoints.by_address) <= 0:
+                continue
+            keys = self.tls_endpoints.new_ticket_keys()
+            children = [c for c in self.children.values()]
+            results = await asyncio.gather(*(c.channel.call("ticket_keys", {"keys": keys}, QUERY_TIMEOUT)
+                                             for c in children), return_exceptions=True)
+            missed = sum(1 for r in results if isinstance(r, BaseException))
+            log("session ticket keys rotated", "tls_ticket_keys_rotated", endpoints=len(keys),
+                workers=len(children) - missed, workers_missed=missed)
 
     def _on_signal(self, sig: int) -> None:
         if sig == signal.SIGCHLD:
@@ -676,7 +701,9 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
             loop.remove_signal_handler(signal.SIGTERM)
             loop.create_task(drain())
 
-    loop.run_until_complete(loop.create_unix_connection(lambda: ControlServer(ops.table(), on_term),
+    table = ops.table()
+    table["ticket_keys"] = lambda args: {"endpoints": tls_endpoints.set_ticket_keys(args["keys"])}
+    loop.run_until_complete(loop.create_unix_connection(lambda: ControlServer(table, on_term),
                                                         sock=control))
     # the supervisor owns reloads (it hands the config over the control channel): a SIGHUP sent to
     # a worker directly, as `pkill -HUP fastgw` does, must neither kill it nor reload it alone

@@ -10,12 +10,14 @@ session ticket keys from the front context, whose settings a reload updates in p
 
 The front contexts are made in the supervisor before the workers fork, so every worker holds the
 same session ticket keys and a ticket one worker issued resumes on any other. Python's ssl module
-exposes no way to set or rotate ticket keys (no SSL_CTX_set_tlsext_ticket_key_evp_cb), so the keys
-live as long as the supervisor; docs/tls.md says what that means.
+has no call to set ticket keys, so rotating them (`TicketKeys`) goes through ctypes to OpenSSL's
+SSL_CTX_ctrl(SSL_CTRL_SET_TLSEXT_TICKET_KEYS) on the SSL_CTX an SSLContext wraps; it checks itself
+once and is off, with an event line, where that does not work.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import ssl
@@ -257,6 +259,25 @@ class Endpoints:
         for address, p in prepared.items():
             self.by_address[address].install(p)
 
+    def new_ticket_keys(self) -> dict[str, str]:
+        """Fresh keys for every endpoint, set here (workers forked from now on inherit them) and
+        returned as hex for the running workers."""
+        out = {}
+        for address, endpoint in self.by_address.items():
+            keys = os.urandom(TICKET_KEYS_LEN)
+            ticket_keys().set(endpoint.ctx, keys)
+            out[address] = keys.hex()
+        return out
+
+    def set_ticket_keys(self, keys: dict[str, str]) -> int:
+        n = 0
+        for address, hexkeys in keys.items():
+            endpoint = self.by_address.get(address)
+            if endpoint is not None:
+                ticket_keys().set(endpoint.ctx, bytes.fromhex(hexkeys))
+                n += 1
+        return n
+
 
 def make_endpoints(cfg: GatewayConfig, addresses) -> Endpoints:
     """The front contexts of the TLS addresses among `addresses` (made once, before the fork)."""
@@ -266,6 +287,76 @@ def make_endpoints(cfg: GatewayConfig, addresses) -> Endpoints:
         if listeners:
             out[address] = TlsEndpoint(address, listeners[0].tls)
     return Endpoints(out)
+
+
+# -- session ticket keys ---------------------------------------------------------------------------
+
+TICKET_KEYS_LEN = 80          # key name 16, HMAC secret 32, AES key 32 (OpenSSL's tlsext_tick_* layout)
+_SET_TICKET_KEYS, _GET_TICKET_KEYS = 59, 58   # SSL_CTRL_SET/GET_TLSEXT_TICKET_KEYS
+
+
+class TicketKeys:
+    """Sets an SSLContext's session ticket keys. Python's ssl module has no such call: this reaches
+    OpenSSL's SSL_CTX_ctrl through ctypes, with the SSL_CTX* that CPython's `PySSLContext` keeps
+    right after its object header. `available` is False (and nothing is ever written) unless a
+    probe context reads back the keys it was given."""
+
+    def __init__(self) -> None:
+        self.why_not: str | None = None
+        try:
+            lib = ctypes.CDLL(ssl._ssl.__file__)      # resolves libssl's symbols through _ssl's dependencies
+            ctrl = lib.SSL_CTX_ctrl
+            ctrl.restype = ctypes.c_long
+            ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+            self._ctrl = ctrl
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            keys = os.urandom(TICKET_KEYS_LEN)
+            if not (self._set(probe, keys) and self.get(probe) == keys):
+                self.why_not = "OpenSSL did not take the ticket keys given to a probe context"
+        except (OSError, AttributeError, ValueError) as exc:
+            self.why_not = f"OpenSSL's SSL_CTX_ctrl is not reachable: {exc}"
+
+    @property
+    def available(self) -> bool:
+        return self.why_not is None
+
+    @staticmethod
+    def _ssl_ctx(ctx: ssl.SSLContext) -> int:
+        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        if not ptr:
+            raise ValueError("no SSL_CTX")
+        return ptr
+
+    def _set(self, ctx: ssl.SSLContext, keys: bytes) -> bool:
+        buf = ctypes.create_string_buffer(keys, TICKET_KEYS_LEN)
+        return self._ctrl(self._ssl_ctx(ctx), _SET_TICKET_KEYS, TICKET_KEYS_LEN, buf) == 1
+
+    def get(self, ctx: ssl.SSLContext) -> bytes:
+        buf = ctypes.create_string_buffer(TICKET_KEYS_LEN)
+        self._ctrl(self._ssl_ctx(ctx), _GET_TICKET_KEYS, TICKET_KEYS_LEN, buf)
+        return buf.raw
+
+    def set(self, ctx: ssl.SSLContext, keys: bytes) -> None:
+        if self.available and len(keys) == TICKET_KEYS_LEN:
+            self._set(ctx, keys)
+
+
+_ticket_keys: TicketKeys | None = None
+
+
+def ticket_keys() -> TicketKeys:
+    global _ticket_keys
+    if _ticket_keys is None:
+        _ticket_keys = TicketKeys()
+    return _ticket_keys
+
+
+def rotation_interval(cfg: GatewayConfig, addresses) -> float:
+    """The shortest positive `session_ticket_rotation` of the TLS listeners on `addresses` (0: none)."""
+    found = [lst.tls.session_ticket_rotation for lst in cfg.listeners
+             if lst.tls is not None and lst.address in addresses and lst.tls.session_tickets
+             and lst.tls.session_ticket_rotation > 0]
+    return min(found, default=0.0)
 
 
 # -- upstreams -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from msgspec import Meta
 
 from .base import Base
 from .positions import Token
-from .values import PositiveDuration, check_host_pattern
+from .values import Duration, PositiveDuration, check_host_pattern
 
 if TYPE_CHECKING:
     from .schema import GatewayConfig
@@ -96,11 +96,14 @@ class ListenerTls(Base, kw_only=True):
     session_tickets: bool = True
     """TLS session tickets (resumption without a full handshake); the ticket keys are shared by all
     workers (docs/tls.md)."""
+    session_ticket_rotation: Duration = 43200.0
+    """How often the supervisor gives every worker new ticket keys (0: never). Tickets issued before a
+    rotation no longer resume: their clients make one full handshake."""
 
     def endpoint_settings(self) -> tuple:
         """What listeners on one address must agree on."""
         return (self.min_version, self.ciphers, tuple(self.alpn), self.client_certificate,
-                self.handshake_timeout, self.session_tickets)
+                self.handshake_timeout, self.session_tickets, self.session_ticket_rotation)
 
 
 class UpstreamTls(Base, kw_only=True):

@@ -185,6 +185,43 @@ def test_session_resumption_across_workers(pki, sni_gw):
     assert reused == 12
 
 
+def test_ticket_keys_rotate_on_every_worker(pki, echo, gateway_factory):
+    """With a rotation every 2 s: a ticket from before a rotation makes a full handshake after it, and
+    a fresh ticket resumes on both workers (all of them got the same new keys)."""
+    gw = gateway_factory(config([tls_listener([cert(pki["default"])], session_ticket_rotation="2s")], echo),
+                         workers=2)
+    ctx = client_ctx(pki, version=ssl.TLSVersion.TLSv1_2)
+
+    def rotations() -> int:
+        return gw.stderr.count("session ticket keys rotated")
+
+    def fresh_session():
+        with handshake(gw.port, ctx, "localhost") as s:
+            get(s, host="localhost")
+            return s.session
+
+    wait_until(lambda: rotations() >= 1, what="a first rotation")
+    for _attempt in range(10):
+        before = rotations()
+        old = fresh_session()
+        wait_until(lambda b=before: rotations() > b, what="the next rotation")
+        between = rotations()
+        with handshake(gw.port, ctx, "localhost", session=old) as s:
+            old_reused = s.session_reused
+        session = fresh_session()
+        reused = 0
+        for _ in range(8):
+            with handshake(gw.port, ctx, "localhost", session=session) as s:
+                reused += s.session_reused
+        if rotations() != between:
+            continue            # a rotation fell inside the checks: try again
+        assert not old_reused
+        assert reused == 8
+        assert '"workers":2,"workers_missed":0' in gw.stderr
+        return
+    pytest.fail("no quiet window between rotations")
+
+
 # -- 421, redirects, HSTS --------------------------------------------------------------------------
 
 
