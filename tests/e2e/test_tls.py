@@ -379,6 +379,29 @@ def test_reload_swaps_certificates_keeps_connections_and_refuses_a_bad_one(pki, 
     old.close()
 
 
+def test_admin_api_config_swaps_certificates_and_refuses_a_bad_key(pki, echo, gateway_factory):
+    from support.admin import admin_client, with_admin
+
+    def cfg(c, k):
+        return with_admin(config([tls_listener([{"cert": str(c.cert_path), "key": str(k.key_path),
+                                                 "names": ["a.example.com"]}])], echo))
+
+    gw = gateway_factory(cfg(pki["a"], pki["a"]), workers=2)
+    ctx = client_ctx(pki)
+    ctx.check_hostname = False
+    with admin_client(gw) as admin:
+        r = admin.post("/config", json=cfg(pki["b"], pki["b"]))
+        assert r.status_code == 200 and r.json()["ok"], r.text
+        for _ in range(4):
+            with handshake(gw.port, ctx, "a.example.com") as s:
+                assert "b.example.com" in peer_names(s)
+        r = admin.post("/config", json=cfg(pki["a"], pki["b"]))
+        assert r.status_code == 400, r.text
+        assert "$.listeners[0].tls.certificates[0].cert" in r.text and "does not match" in r.text
+    with handshake(gw.port, ctx, "a.example.com") as s:
+        assert "b.example.com" in peer_names(s)
+
+
 def _check(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
     import yaml
 
