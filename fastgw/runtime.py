@@ -21,6 +21,7 @@ from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
 from .counters import compile_counters
 from .policychain import compile_chains
+from .tls import upstream_context, upstream_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,18 +244,22 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
     """Route tables are keyed by listener address as configured; each listening socket's
     connections carry that key (a listener added by a reload waits for a restart to be bound)."""
     old_groups = previous.groups if previous is not None else {}
-    old_targets: dict[str, _core.Target] = {}
+    old_targets: dict[tuple, _core.Target] = {}
     for group in old_groups.values():
         for target in group.targets:
-            old_targets[target.address] = target
+            old_targets[target.pool_key] = target
 
     groups: dict[str, _core.UpstreamGroup] = {}
     for name, up in cfg.upstreams.items():
         targets = []
+        tls_key = upstream_key(up.tls)
+        # one context per upstream; a target carried over keeps the one its pooled connections used
+        ssl_context = upstream_context(up.tls) if up.tls is not None and up.targets else None
         for t in up.targets:
             target = _core.Target(t.host, t.port, up.keepalive.max_idle, up.keepalive.idle_timeout,
-                                  up.keepalive.max_requests)
-            kept = old_targets.get(target.address)
+                                  up.keepalive.max_requests, ssl_context,
+                                  (up.tls.server_name or t.host) if up.tls is not None else None, tls_key)
+            kept = old_targets.get(target.pool_key)
             if kept is not None:
                 kept.max_idle = target.max_idle
                 kept.idle_timeout = target.idle_timeout

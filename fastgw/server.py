@@ -73,11 +73,12 @@ class BoundListener:
     family: int
     host: str
     port: int
+    tls: bool = False           # the address terminates TLS (its listeners have `tls`)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if self.family == socket.AF_INET6 else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _reuseport_socket(family: int, host: str, port: int) -> socket.socket:
@@ -135,7 +136,8 @@ def bind_placeholders(cfg: GatewayConfig, reuse_port: bool = False
                 continue
             sock = _bind_unless_served(listener.address, listener.host, listener.port, reuse_port)
             socks.append(sock)
-            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1])
+            tls = any(lst.tls is not None for lst in cfg.listeners if lst.address == listener.address)
+            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1], tls)
     except BaseException:
         for sock in socks:
             sock.close()
@@ -229,6 +231,11 @@ class Supervisor:
         except OSError as exc:
             log(f"cannot bind listener: {exc}", "listener_failed", "error")
             return 1
+        from .tls import make_endpoints
+
+        # before any fork: every worker inherits these contexts, and with them one set of session
+        # ticket keys (fastgw/tls.py)
+        self.tls_endpoints = make_endpoints(self.cfg, self.bound)
         if self.admin_settings is not None:
             try:
                 self.admin_sock = bind_admin(self.admin_settings, self.reuse_port)
@@ -266,6 +273,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         for index in range(self.nworkers):
             self._spawn(index)
+        self._spawn_task(self._rotate_ticket_keys())
         if self._watching():
             self._spawn_task(watch_config(self.config_path, lambda: self.cfg.server.watch_interval,
                                           lambda: self._reload_file("watch"), lambda: self.stopping))
@@ -284,6 +292,30 @@ class Supervisor:
         if code == 0:
             log("stopped", "stopped")
         return code
+
+    async def _rotate_ticket_keys(self) -> None:
+        """Every `session_ticket_rotation`: new session ticket keys for every TLS endpoint, the same
+        for all workers (fastgw/tls.py). A worker that misses one keeps resuming with its old keys
+        until the next; a worker forked later starts with the supervisor's current ones."""
+        from .tls import rotation_interval, ticket_keys
+
+        if not self.tls_endpoints.by_address:
+            return
+        if not ticket_keys().available:
+            log(f"session ticket keys are not rotated: {ticket_keys().why_not}", "tls_ticket_keys", "warning")
+            return
+        while True:
+            interval = rotation_interval(self.cfg, self.tls_endpoints.by_address)
+            await asyncio.sleep(interval if interval > 0 else 60.0)
+            if interval <= 0 or self.stopping or rotation_interval(self.cfg, self.tls_endpoints.by_address) <= 0:
+                continue
+            keys = self.tls_endpoints.new_ticket_keys()
+            children = [c for c in self.children.values()]
+            results = await asyncio.gather(*(c.channel.call("ticket_keys", {"keys": keys}, QUERY_TIMEOUT)
+                                             for c in children), return_exceptions=True)
+            missed = sum(1 for r in results if isinstance(r, BaseException))
+            log("session ticket keys rotated", "tls_ticket_keys_rotated", endpoints=len(keys),
+                workers=len(children) - missed, workers_missed=missed)
 
     def _on_signal(self, sig: int) -> None:
         if sig == signal.SIGCHLD:
@@ -360,7 +392,8 @@ class Supervisor:
             code = 1
             try:
                 self._forget_supervisor(ours.fileno(), keep={self.ready_w, theirs.fileno()})
-                code = run_worker(self.cfg, self.generation, index, self.bound, self.ready_w, theirs)
+                code = run_worker(self.cfg, self.generation, index, self.bound, self.ready_w, theirs,
+                                  self.tls_endpoints)
             except BaseException as exc:  # a worker must never unwind into the supervisor's code
                 events.flush_sink()
                 log(f"worker {index} failed: {exc!r}", "worker_failed", "error", worker=index)
@@ -553,6 +586,11 @@ class Supervisor:
         if {lst.address for lst in cfg.listeners} != set(self.bound):
             notes.append("listener address changes take effect on restart; routes and upstreams are "
                          "reloaded now")
+        for address, b in self.bound.items():
+            tls = any(lst.tls is not None for lst in cfg.listeners if lst.address == address)
+            if address in {lst.address for lst in cfg.listeners} and tls != b.tls:
+                notes.append(f"{address} {'starts' if tls else 'stops'} terminating TLS on restart; until then "
+                             f"it goes on {'with' if b.tls else 'without'} TLS")
         if self.admin_settings is not None:
             if cfg.admin is None or cfg.admin.address != self.admin_settings.address:
                 notes.append(f"the admin listener stays on {self.admin_settings.address} until a restart")
@@ -596,7 +634,7 @@ class Supervisor:
 
 
 def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str, BoundListener], ready_w: int,
-               control: socket.socket) -> int:
+               control: socket.socket, tls_endpoints=None) -> int:
     import uvloop
 
     from . import _core, accesslog
@@ -610,18 +648,32 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
     accesslog.apply(worker, loop, cfg)
     traces = TraceExport(worker, loop)
     traces.configure(cfg.tracing)
+    from .tls import make_endpoints
+
+    if tls_endpoints is None:
+        tls_endpoints = make_endpoints(cfg, bound)
+    tls_endpoints.install(tls_endpoints.prepare(cfg))
     servers = []
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
-        servers.append(loop.run_until_complete(
-            loop.create_server(worker.protocol_factory(address), sock=sock, backlog=4096)))
+        endpoint = tls_endpoints.by_address.get(address)
+        if endpoint is None:
+            server = loop.create_server(worker.protocol_factory(address), sock=sock, backlog=4096)
+        else:
+            server = loop.create_server(worker.protocol_factory(address, endpoint), sock=sock, backlog=4096,
+                                        ssl=endpoint.ctx, ssl_handshake_timeout=endpoint.handshake_timeout)
+        servers.append(loop.run_until_complete(server))
     worker.start()
     done = loop.create_future()
 
+    tls_prepared: dict = {}
+
     def check(new_cfg: GatewayConfig) -> None:
         accesslog.check_sink(new_cfg)
+        tls_prepared["next"] = tls_endpoints.prepare(new_cfg)   # certificates that fail to load refuse it
 
     def applied(new_cfg: GatewayConfig) -> None:
+        tls_endpoints.install(tls_prepared.pop("next"))
         events.configure(new_cfg.logging)
         accesslog.apply(worker, loop, new_cfg)
         traces.configure(new_cfg.tracing)
@@ -649,7 +701,9 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
             loop.remove_signal_handler(signal.SIGTERM)
             loop.create_task(drain())
 
-    loop.run_until_complete(loop.create_unix_connection(lambda: ControlServer(ops.table(), on_term),
+    table = ops.table()
+    table["ticket_keys"] = lambda args: {"endpoints": tls_endpoints.set_ticket_keys(args["keys"])}
+    loop.run_until_complete(loop.create_unix_connection(lambda: ControlServer(table, on_term),
                                                         sock=control))
     # the supervisor owns reloads (it hands the config over the control channel): a SIGHUP sent to
     # a worker directly, as `pkill -HUP fastgw` does, must neither kill it nor reload it alone

@@ -229,10 +229,13 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
     live: list[peers.Peer] = []
     sdir = tmp / scen.name
     sdir.mkdir()
+    tls = peers.make_certificate(sdir / "certs", scen.tls) if scen.tls else None
     try:
         for p in active:
             cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies,
-                                   scen.access_log, scen.fastgw_config)
+                                   scen.access_log, scen.fastgw_config, tls, scen.tls_resumption)
+            if p.name == "direct" and tls is not None:
+                continue        # the upstream speaks plain HTTP: no baseline for a TLS scenario
             if p.name == "direct":
                 procs[p.name], ports[p.name] = None, upstream.port
                 live.append(p)
@@ -251,7 +254,8 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
             bad = []
             for r in scen.requests:
                 try:
-                    st = peers.http_status(ports[p.name], r.method, r.path, r.headers, r.body or None)
+                    st = peers.http_status(ports[p.name], r.method, r.path, r.headers, r.body or None,
+                                           tls=tls is not None)
                 except OSError as e:
                     st = str(e)
                 if not (isinstance(st, int) and 200 <= st < 300):
@@ -264,7 +268,7 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
             for p in live:
                 load.run_wrk(
                     tools["wrk"],
-                    _url(ports[p.name]),
+                    _url(ports[p.name], scen.tls is not None),
                     scen.requests,
                     scen.connections,
                     a.warmup,
@@ -293,8 +297,8 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
             ol = {"rate": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": 0, "non_2xx": 0, "offered_rate": rate}
             if tools.get("httperf") and rate > 0 and a.open_loop > 0:
                 ol, raw = load.run_httperf(
-                    tools["httperf"], ports[p.name], scen.open_loop, rate, a.open_loop, load_cpus, sdir
-                )
+                    tools["httperf"], ports[p.name], scen.open_loop, rate, a.open_loop, load_cpus, sdir,
+                    tls=scen.tls is not None)
                 (sdir / f"httperf-{p.name}.txt").write_text(raw)
                 log(
                     f"  open loop {p.name:8s} {ol['rate']:8.0f} req/s offered {rate:.0f}  p99 {ol['p99_ms']:.1f} ms  errors {ol['errors']}"
@@ -315,15 +319,16 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
         peers.stop_all([pr for pr in procs.values() if pr is not None])
 
 
-def _url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
+def _url(port: int, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
 
 def measure(tools, scen, port, proc, upstream, duration, load_cpus, sdir) -> dict:
     roots = [upstream.pid] + ([proc.pid] if proc else [])
     with TreeSampler(roots) as s:
         w, _raw, wrk_cpu = load.run_wrk(
-            tools["wrk"], _url(port), scen.requests, scen.connections, duration, load_cpus, sdir
+            tools["wrk"], _url(port, scen.tls is not None), scen.requests, scen.connections, duration, load_cpus,
+            sdir
         )
     n = max(1, w["requests"])
     proxy_cpu = s.cpu_s[proc.pid] if proc else 0.0

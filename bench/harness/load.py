@@ -236,8 +236,9 @@ def run_httperf(
     duration_s: float,
     cpus: str | None,
     workdir: Path,
+    tls: bool = False,
 ) -> tuple[dict, str]:
-    """Opens one connection per request at `rate` per second for `duration_s` (open loop)."""
+    """Opens one connection per request at `rate` per second for `duration_s` (open loop); tls: HTTPS."""
     num = max(1, int(rate * duration_s))
     rate = max(1.0, rate)
     cmd = (["taskset", "-c", cpus] if cpus else []) + [
@@ -249,6 +250,8 @@ def run_httperf(
         "--verbose",
         "--verbose",
     ]
+    if tls:
+        cmd.append("--ssl")
     host = request.headers.get("Host")
     if host:
         cmd.append(f"--server-name={host}")

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -67,6 +68,11 @@ class PeerConfig:
     access_log: bool = False
     #: fastgw only: top-level config sections.
     config: dict = field(default_factory=dict)
+    #: (cert PEM file, key PEM file): the proxy terminates TLS with it (the same for every proxy).
+    tls: tuple[str, str] | None = None
+    #: False: no session tickets and no session cache, so that every connection is a full handshake
+    #: (wrk keeps a connection's session across its reconnections and would resume it).
+    tls_resumption: bool = True
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Proc:
     workdir: Path
     logfile: Path
     extra: dict = field(default_factory=dict)
+    tls: bool = False       # the port speaks HTTPS
 
     @property
     def pid(self) -> int:
@@ -126,6 +133,27 @@ def _spawn(
     return Proc(name=name, popen=popen, port=port, workdir=workdir, logfile=logfile)
 
 
+def _connection(port: int, tls: bool, timeout: float) -> http.client.HTTPConnection:
+    if not tls:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE       # the bench's own throwaway certificate
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+
+
+def make_certificate(workdir: Path, kind: str) -> tuple[str, str]:
+    """A self-signed certificate for the TLS scenarios, `ecdsa` (P-256) or `rsa` (2048), made with the
+    openssl command; every proxy serves this same one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    crt, key = workdir / f"{kind}.crt", workdir / f"{kind}.key"
+    alg = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ecdsa" else ["-newkey", "rsa:2048"]
+    subprocess.run(["openssl", "req", "-x509", *alg, "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2",
+                    "-subj", "/CN=bench.example.com", "-addext", "subjectAltName=DNS:bench.example.com"],
+                   check=True, capture_output=True)
+    return str(crt), str(key)
+
+
 def wait_ready(proc: Proc, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
     """Waits until the peer answers an HTTP request (any status); raises RuntimeError if it can't."""
     deadline = time.monotonic() + timeout
@@ -134,7 +162,7 @@ def wait_ready(proc: Proc, timeout: float = 15.0, host: str = "127.0.0.1") -> No
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=2)
+            conn = _connection(proc.port, proc.tls, 2)
             conn.request("GET", "/", headers={"Host": host})
             conn.getresponse().read()
             conn.close()
@@ -148,8 +176,9 @@ def wait_ready(proc: Proc, timeout: float = 15.0, host: str = "127.0.0.1") -> No
     )
 
 
-def http_status(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def http_status(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+                tls: bool = False) -> int:
+    conn = _connection(port, tls, 5)
     try:
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -261,10 +290,22 @@ class Nginx(Peer):
         if "route_header" in f:
             hname = GATEWAY_MATCH_HEADER[0].lower().replace("-", "_")
             hdr_check = f'if ($http_{hname} != "{GATEWAY_MATCH_HEADER[1]}") {{ return 404; }} '
+        tls = ""
+        if cfg.tls is not None:
+            # Mozilla intermediate, as fastgw's default; tickets on, as fastgw's
+            tls = (f"ssl_certificate {cfg.tls[0]}; ssl_certificate_key {cfg.tls[1]}; "
+                   "ssl_protocols TLSv1.2 TLSv1.3; ssl_prefer_server_ciphers off; "
+                   + ("ssl_session_tickets on; " if cfg.tls_resumption else
+                      "ssl_session_tickets off; ssl_session_cache off; ") +
+                   "ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:"
+                   "ECDHE-RSA-CHACHA20-POLY1305;")
+        ssl_flag = " ssl" if cfg.tls is not None else ""
         if cfg.routes is None:
             servers = f"""
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port}{ssl_flag} backlog=4096;
+    {tls}
     location / {{ proxy_pass http://origin; }}
   }}"""
         else:
@@ -338,7 +379,9 @@ http {{
 }}
 """)
         cmd = [self.path, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)]
-        return _spawn("nginx", cmd, cpus, d, port)
+        proc = _spawn("nginx", cmd, cpus, d, port)
+        proc.tls = cfg.tls is not None
+        return proc
 
 
 class HAProxy(Peer):
@@ -353,6 +396,8 @@ class HAProxy(Peer):
         return None if self.path else "haproxy is not installed"
 
     def start(self, cfg: PeerConfig, cpus: str | None, workdir: Path) -> Proc:
+        if cfg.tls is not None:
+            raise RuntimeError("the TLS scenarios compare fastgw with nginx only")
         d = workdir / "haproxy"
         d.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -445,7 +490,7 @@ class Fastgw(Peer):
             access_log = f"{{path: '{(workdir or Path('.')) / 'access.log'}', format: json}}"
         lines = [
             "# generated by bench/harness",
-            f"listeners: [{{address: 127.0.0.1:{port}}}]",
+            f"listeners: [{{address: 127.0.0.1:{port}{self._tls_yaml(cfg)}}}]",
             f"access_log: {access_log}",
             "upstreams:",
             f"  origin: {{targets: [{{address: 127.0.0.1:{cfg.upstream_port}}}], "
@@ -478,6 +523,13 @@ class Fastgw(Peer):
                 )
         lines += [f"{key}: {json.dumps(value)}" for key, value in cfg.config.items()]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _tls_yaml(cfg: PeerConfig) -> str:
+        if cfg.tls is None:
+            return ""
+        tickets = "" if cfg.tls_resumption else ", session_tickets: false"
+        return f", tls: {{certificates: [{{cert: '{cfg.tls[0]}', key: '{cfg.tls[1]}'}}]{tickets}}}"
 
     def probe(self, workdir: Path) -> frozenset[str]:
         """Adds to `features` the optional ones fastgw really does, not only accepts: for each, it runs
@@ -529,7 +581,9 @@ class Fastgw(Peer):
         pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, PYTHONPATH=pythonpath)
         cmd = self.cmd + ["run", "-c", str(conf)] + self._extra_run_args
-        return _spawn("fastgw", cmd, cpus, d, port, env)
+        proc = _spawn("fastgw", cmd, cpus, d, port, env)
+        proc.tls = cfg.tls is not None
+        return proc
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:

@@ -31,6 +31,11 @@ class Scenario:
     access_log: bool = False
     #: fastgw only: top-level config sections (`tracing:`, say), each a dict as in the config.
     fastgw_config: dict = field(default_factory=dict)
+    #: HTTPS (issue 13): the proxies terminate TLS with one self-signed certificate of this key type,
+    #: "ecdsa" (P-256) or "rsa" (2048); fastgw and nginx only.
+    tls: str | None = None
+    #: TLS session resumption allowed (False: every connection a full handshake).
+    tls_resumption: bool = True
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -148,6 +153,20 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
                                        "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
         ),
     }
+    # TLS termination (issue 13), fastgw against nginx with the same certificate and Mozilla
+    # intermediate settings: keep-alive requests (the per-request cost of TLS records), and one full
+    # handshake per request (Connection: close, resumption off on both sides: wrk would resume its
+    # session on every reconnection) for each key type.
+    close = Request("GET", "/", {"Connection": "close"})
+    all_["https"] = lambda: Scenario(
+        "https", "HTTPS keep-alive GET, 26 B response, 50 connections, ECDSA P-256 certificate", 50, [get26], get26,
+        tls="ecdsa")
+    all_["handshake-ecdsa"] = lambda: Scenario(
+        "handshake-ecdsa", "HTTPS, a full handshake per request (Connection: close), ECDSA P-256, 50 connections",
+        50, [close], close, tls="ecdsa", tls_resumption=False)
+    all_["handshake-rsa"] = lambda: Scenario(
+        "handshake-rsa", "HTTPS, a full handshake per request (Connection: close), RSA 2048, 50 connections",
+        50, [close], close, tls="rsa", tls_resumption=False)
     unknown = [n for n in names if n not in all_]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(all_)}")
@@ -167,4 +186,5 @@ def _gateway(n: int) -> Scenario:
     )
 
 
-SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin", "accesslog", "observed"]
+SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin", "accesslog", "observed",
+                  "https", "handshake-ecdsa", "handshake-rsa"]

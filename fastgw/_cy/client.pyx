@@ -32,16 +32,23 @@ cdef class ClientConn:
     cdef int64_t bytes_written
     cdef Py_ssize_t host_len
     cdef char hostbuf[MAX_HOST_LEN + 1]
+    # TLS termination (issue 13), set once from the handshake: None/False on plain listeners
+    cdef object tls_endpoint        # fastgw.tls.TlsEndpoint of the listening address
+    cdef readonly bint tls
+    cdef bytes sni                  # the server name the client asked for (lowercase), or None
+    cdef list cert_edits            # client certificate headers: upstream edits every request starts with
+    cdef readonly object client_cert   # the verified client certificate (fastgw.tls.client_cert_info)
 
     def __cinit__(self):
         head_init(&self.head, 1)
         wb_init(&self.out, 2048)
         wb_init(&self.uout, 2048)
 
-    def __init__(self, Worker worker, str listen_address=None):
+    def __init__(self, Worker worker, str listen_address=None, tls_endpoint=None):
         cdef int cap
         self.worker = worker
         self.listen_address = listen_address
+        self.tls_endpoint = tls_endpoint
         self.rt = worker.runtime
         cap = self.rt.head_limits.max_headers
         head_free(&self.head)
@@ -67,6 +74,10 @@ cdef class ClientConn:
             self.client_ip = (<str>peer[0]).encode()
         else:
             self.client_ip = b"unknown"
+        if self.tls_endpoint is not None:
+            self.tls = True
+            self.sni, self.cert_edits, self.client_cert = self.tls_endpoint.connection_info(
+                transport.get_extra_info("ssl_object"))
         self.worker.clients.add(self)
         self.worker.connections_total += 1
         self._set_deadline(DL_IDLE, self.rt.header_timeout)
@@ -304,6 +315,11 @@ cdef class ClientConn:
                 self.listen_address = next(iter(rt.listener_routers))   # made without a factory
             self.routes = rt.routes_for(self.listen_address, self.hostbuf, hl)
             self.routes_rt = rt if rt.single_listener(self.listen_address) else None
+            if self.sni is not None and self.routes_rt is None and rt.routes_for(
+                    self.listen_address, PyBytes_AS_STRING(self.sni), PyBytes_GET_SIZE(self.sni)) is not self.routes:
+                # Gateway API: the certificate was chosen for another listener than the Host's
+                ex.refusal = b"misdirected request: the Host is served by another listener than the TLS server name"
+                return 421
         ex.routes = self.routes
         return OUT_PROXY
 

@@ -220,6 +220,8 @@ cdef class Exchange:
         self.bytes_out_base = down.bytes_written
         self.t_accept = down.t_accept
         self.client_addr = down.client_ip
+        if down.cert_edits is not None:     # TLS client certificate headers (issue 13)
+            self.upstream_edits = list(down.cert_edits)
         self.t_head = monotonic()
         self.chain = self.rt.global_chain
         if h != NULL:                 # NULL: a head that never came whole
@@ -525,7 +527,10 @@ cdef class Exchange:
                     wb_put(out, p + f.value, f.value_len)
                     wb_put(out, b", ", 2)
         wb_put(out, PyBytes_AS_STRING(self.client_addr), PyBytes_GET_SIZE(self.client_addr))
-        wb_put(out, b"\r\nX-Forwarded-Proto: http\r\n", 27)
+        if self.down.tls:
+            wb_put(out, b"\r\nX-Forwarded-Proto: https\r\n", 28)
+        else:
+            wb_put(out, b"\r\nX-Forwarded-Proto: http\r\n", 27)
         if h.authority >= 0 or h.has_host:
             _put_line(out, b"X-Forwarded-Host: ", 18, client_host, client_host_len)
         wb_put(out, b"X-Request-Id: ", 14)
@@ -897,7 +902,7 @@ cdef class Exchange:
         cdef MessageHead* h = self.h
         cdef const char* p = self.p
         cdef Redirect r = self.filters.redirect
-        cdef bytes scheme = r.scheme if r.scheme is not None else b"http"
+        cdef bytes scheme = r.scheme if r.scheme is not None else (b"https" if self.down.tls else b"http")
         cdef int port
         cdef bytes host, path, location
         cdef bytes local_host = self.down.local_host

@@ -19,7 +19,11 @@ cdef class MirrorConn:
         self.queue = [head]
         self.queued = PyBytes_GET_SIZE(head)
         loop = worker.loop
-        task = loop.create_task(loop.create_connection(self, target.host, target.port))
+        if target.ssl_context is None:
+            task = loop.create_task(loop.create_connection(self, target.host, target.port))
+        else:
+            task = loop.create_task(loop.create_connection(self, target.host, target.port, ssl=target.ssl_context,
+                                                           server_hostname=target.server_hostname))
         task.add_done_callback(self._connect_done)
         self.timer = loop.call_later(timeout, self.drop)
 

@@ -205,6 +205,14 @@ cdef class RequestView:
         return self._live().request_id.decode("latin-1")
 
     @property
+    def client_cert(self):
+        """The verified TLS client certificate: {subject, sans, fingerprint}, or None (no TLS, none sent)."""
+        cdef object c = self._live().down.client_cert
+        if c is None:
+            return None
+        return {"subject": c["subject"], "sans": list(c["sans"]), "fingerprint": c["fingerprint"]}
+
+    @property
     def consumer(self):
         """The authenticated consumer (None until an authentication policy sets one)."""
         return None

@@ -28,12 +28,20 @@ cdef class Target:
     cdef public int max_requests
     cdef readonly bint retired
     cdef public int active            # exchanges dispatched to it and not yet finished (least request)
+    # TLS to the target (issue 13): None for plain TCP; the pool key says what the connections share
+    cdef readonly object ssl_context
+    cdef readonly str server_hostname
+    cdef readonly object pool_key
 
-    def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests):
+    def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests,
+                 ssl_context=None, str server_hostname=None, tls_key=None):
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
         self.host = host
         self.port = port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.address_bytes = self.address.encode()
+        self.pool_key = (self.address, tls_key)
         self.idle = []
         self.n_idle = 0
         self.max_idle = max_idle

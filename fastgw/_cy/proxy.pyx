@@ -23,6 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 import functools
 import os
 import socket as _socket
+from ssl import SSLError as _SSLError
 import struct as _struct
 
 cdef bytes _LINGER_RESET = _struct.pack("ii", 1, 0)
@@ -110,7 +111,7 @@ cdef dict _REASONS = {
     301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
     307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
-    417: b"Expectation Failed", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    417: b"Expectation Failed", 421: b"Misdirected Request", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
@@ -239,10 +240,11 @@ cdef class Worker:
     def __call__(self):
         return ClientConn(self)
 
-    def protocol_factory(self, str listen_address):
+    def protocol_factory(self, str listen_address, tls_endpoint=None):
         """The protocol factory for one listening socket: its connections route with the tables
-        of the listeners configured on that address."""
-        return functools.partial(ClientConn, self, listen_address)
+        of the listeners configured on that address. tls_endpoint: the address's
+        fastgw.tls.TlsEndpoint when it terminates TLS."""
+        return functools.partial(ClientConn, self, listen_address, tls_endpoint)
 
     def start(self):
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)

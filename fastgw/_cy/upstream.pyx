@@ -69,8 +69,13 @@ cdef class UpstreamConn:
         self.deadline_kind = UDL_CONNECT
         self.deadline = monotonic() + timeout if timeout > 0 else 0.0
         loop = self.worker.loop
-        self.connect_task = loop.create_task(
-            loop.create_connection(self, self.target.host, self.target.port))
+        if self.target.ssl_context is None:
+            self.connect_task = loop.create_task(
+                loop.create_connection(self, self.target.host, self.target.port))
+        else:
+            self.connect_task = loop.create_task(loop.create_connection(
+                self, self.target.host, self.target.port, ssl=self.target.ssl_context,
+                server_hostname=self.target.server_hostname, ssl_handshake_timeout=timeout))
         self.connect_task.add_done_callback(self._connect_done)
 
     def _connect_done(self, task):
@@ -90,6 +95,8 @@ cdef class UpstreamConn:
                 ex.upstream_failed(self, 502, b"upstream connection refused", False, RF_UPSTREAM_CONNECT_FAILURE)
             elif isinstance(exc, _socket.gaierror):
                 ex.upstream_failed(self, 502, b"upstream name not resolved", False, RF_UPSTREAM_CONNECT_FAILURE)
+            elif isinstance(exc, _SSLError):
+                ex.upstream_failed(self, 502, b"upstream TLS handshake failed", False, RF_UPSTREAM_CONNECT_FAILURE)
             else:
                 ex.upstream_failed(self, 502, b"upstream connect failed", False, RF_UPSTREAM_CONNECT_FAILURE)
 

@@ -44,4 +44,17 @@ def redacted_config(cfg: GatewayConfig) -> dict:
     admin = data.get("admin")
     if admin and admin.get("token") is not None:
         admin["token"] = REDACTED
+    _redact_tls_keys(data)
     return data
+
+
+def _redact_tls_keys(data: dict) -> None:
+    """Inline private keys of TLS listeners and upstreams (docs/tls.md)."""
+    for listener in data.get("listeners") or ():
+        for c in ((listener.get("tls") or {}).get("certificates")) or ():
+            if c.get("key_pem") is not None:
+                c["key_pem"] = REDACTED
+    for up in (data.get("upstreams") or {}).values():
+        tls = up.get("tls") or {}
+        if tls.get("key_pem") is not None:
+            tls["key_pem"] = REDACTED

@@ -22,6 +22,7 @@ from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Policy
+from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
@@ -77,6 +78,8 @@ class Listener(Base, kw_only=True):
     hostname: str | None = None
     """Only requests whose Host matches this (exact or `*.suffix`) are served by this listener, and a
     route's hosts are intersected with it."""
+    tls: ListenerTls | None = None
+    """TLS termination (HTTPS): certificates chosen by SNI, client certificates (docs/tls.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +142,8 @@ class Upstream(Base, kw_only=True):
     failover: bool = True
     """An idempotent request without a body whose connection to a target fails before any response
     byte (refused, connect timeout, reset) is sent once to another target (nginx's default)."""
+    tls: UpstreamTls | None = None
+    """TLS to the targets (docs/tls.md); connections are pooled apart by these settings."""
 
 
 class PathMatch(Base, kw_only=True):

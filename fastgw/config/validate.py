@@ -14,6 +14,7 @@ from .metrics import check_metrics
 from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
+from .tls import check_tls
 from .tracing import check_tracing
 from .values import check_host_pattern, check_path, parse_address
 
@@ -283,4 +284,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     check_logs(cfg, out)
     check_tracing(cfg, out)
     check_admin(cfg, out)
+    check_tls(cfg, out)
     return out

@@ -8,6 +8,8 @@ path is `$[<document index>].<object path>` with the YAML line of that node.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import ipaddress
 from collections.abc import Mapping
@@ -170,6 +172,9 @@ class _Builder:
         self.routes: list[Obj] = []
         self.services: dict[str, Obj] = {}
         self.slices: dict[str, list[Obj]] = {}
+        self.secrets: dict[str, Obj] = {}       # kubernetes.io/tls Secrets for HTTPS listeners
+        self.configmaps: dict[str, Obj] = {}    # CA bundles (key ca.crt) of BackendTLSPolicies
+        self.backend_tls: list[Obj] = []        # BackendTLSPolicies
         self.listeners: dict[str, list[_Listener]] = {}   # gateway key -> listeners
 
     # -- reporting and typed access ----------------------------------------------------------------
@@ -233,10 +238,12 @@ class _Builder:
                 continue
             expected = {"Gateway": _GATEWAY_VERSIONS, "HTTPRoute": _GATEWAY_VERSIONS,
                         "GatewayClass": _GATEWAY_VERSIONS, "Service": ("v1",),
-                        "EndpointSlice": ("discovery.k8s.io/v1",)}.get(kind)
+                        "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",), "ConfigMap": ("v1",),
+                        "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3")}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
-                         f"({GATEWAY_GROUP}/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1)")
+                         f"({GATEWAY_GROUP}/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1), "
+                         f"Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy ({GATEWAY_GROUP}/v1)")
                 continue
             if api not in expected:
                 self.err(obj, ["apiVersion"], f"unsupported apiVersion {api!r} for {kind} "
@@ -261,6 +268,12 @@ class _Builder:
                 self.routes.append(obj)
             elif kind == "Service":
                 self.services[obj.key] = obj
+            elif kind == "Secret":
+                self.secrets[obj.key] = obj
+            elif kind == "ConfigMap":
+                self.configmaps[obj.key] = obj
+            elif kind == "BackendTLSPolicy":
+                self.backend_tls.append(obj)
             elif kind == "EndpointSlice":
                 labels = obj.metadata.get("labels")
                 svc = labels.get(_SLICE_LABEL) if isinstance(labels, dict) else None
@@ -322,16 +335,22 @@ class _Builder:
             for i, item in enumerate(self.items(gw, ["spec"], spec, "listeners")):
                 at: list[Token] = ["spec", "listeners", i]
                 li = self.fields(gw, at, item, {"name": None, "hostname": None, "port": None, "protocol": None,
-                                                "tls": f"not supported: {_TLS}",
-                                                "allowedRoutes": None})
+                                                "tls": None, "allowedRoutes": None})
                 name = self.string(gw, at, li, "name", required=True)
                 port = self.integer(gw, at, li, "port", required=True)
                 hostname = self.string(gw, at, li, "hostname")
                 protocol = self.string(gw, at, li, "protocol", required=True)
-                if protocol is not None and protocol != "HTTP":
-                    reason = _TLS if protocol in ("HTTPS", "TLS") else "only HTTP listeners are supported"
+                if protocol is not None and protocol not in ("HTTP", "HTTPS"):
+                    reason = _TLS if protocol == "TLS" else "only HTTP and HTTPS listeners are supported"
                     self.err(gw, [*at, "protocol"], f"not supported: protocol {protocol!r} ({reason})")
                     continue
+                tls = None
+                if protocol == "HTTPS":
+                    tls = self._listener_tls(gw, at, li)
+                    if tls is None:
+                        continue
+                elif "tls" in li:
+                    self.err(gw, [*at, "tls"], "'tls' is for HTTPS listeners only")
                 from_, kinds = self._allowed_routes(gw, [*at, "allowedRoutes"], li.get("allowedRoutes"))
                 if name is None or port is None or protocol is None:
                     continue
@@ -340,15 +359,82 @@ class _Builder:
                                             "address": f"{shown_host}:{self._port(gw, port)}"}
                 if hostname is not None:
                     listener["hostname"] = hostname
+                if tls is not None:
+                    listener["tls"] = tls
                 index = len(self.native["listeners"])
                 self.native["listeners"].append(listener)
                 self.origins[("listeners", index)] = (gw, at)
                 self.origins[("listeners", index, "address")] = (gw, [*at, "port"])
                 self.origins[("listeners", index, "hostname")] = (gw, [*at, "hostname"])
                 self.origins[("listeners", index, "name")] = (gw, [*at, "name"])
+                if tls is not None:
+                    self.origins[("listeners", index, "tls")] = (gw, [*at, "tls"])
+                    for k in range(len(tls["certificates"])):
+                        self.origins[("listeners", index, "tls", "certificates", k)] = (
+                            gw, [*at, "tls", "certificateRefs", k])
                 out.append(_Listener(gw, name, native_name, port, hostname.lower() if hostname else None,
                                      from_, kinds))
             self.listeners[gw.key] = out
+
+    def _listener_tls(self, gw: Obj, at: list[Token], li: dict[str, Any]) -> dict[str, Any] | None:
+        """An HTTPS listener's `tls`: Terminate with the certificates of its kubernetes.io/tls Secrets."""
+        if "tls" not in li:
+            self.err(gw, at, "an HTTPS listener needs tls.certificateRefs")
+            return None
+        tat = [*at, "tls"]
+        tls = self.fields(gw, tat, li["tls"], {"mode": None, "certificateRefs": None, "options": None,
+                                              "frontendValidation": "not supported: frontendValidation"})
+        mode = tls.get("mode", "Terminate")
+        if mode != "Terminate":
+            self.err(gw, [*tat, "mode"], f"not supported: mode {mode!r} on an HTTPS listener (Terminate only)")
+            return None
+        certs = []
+        for j, ref in enumerate(self.items(gw, tat, tls, "certificateRefs")):
+            rat = [*tat, "certificateRefs", j]
+            r = self.fields(gw, rat, ref, {"group": None, "kind": None, "name": None, "namespace": None})
+            group, kind = r.get("group", ""), r.get("kind", "Secret")
+            if (group, kind) != ("", "Secret"):
+                self.err(gw, rat, f"not supported: a certificateRef of kind {kind!r} in group {group!r} "
+                         "(only core Secrets)")
+                continue
+            name = self.string(gw, rat, r, "name", required=True)
+            if name is None:
+                continue
+            key = f"{r.get('namespace') or gw.namespace}/{name}"
+            secret = self.secrets.get(key)
+            if secret is None:
+                self.err(gw, [*rat, "name"], f"Secret {key!r} not found in the manifests")
+                continue
+            pair = self._tls_secret(secret)
+            if pair is not None:
+                certs.append({"cert_pem": pair[0], "key_pem": pair[1]})
+        if not certs:
+            if not tls.get("certificateRefs"):
+                self.err(gw, tat, "an HTTPS listener needs at least one certificateRef")
+            return None
+        return {"certificates": certs}
+
+    def _tls_secret(self, secret: Obj) -> tuple[str, str] | None:
+        body = secret.body
+        if body.get("type") != "kubernetes.io/tls":
+            self.err(secret, ["type"], "a certificate Secret must be of type kubernetes.io/tls")
+            return None
+        out = []
+        for k in ("tls.crt", "tls.key"):
+            string_data = body.get("stringData") if isinstance(body.get("stringData"), dict) else {}
+            data = body.get("data") if isinstance(body.get("data"), dict) else {}
+            if isinstance(string_data.get(k), str):
+                out.append(string_data[k])
+            elif isinstance(data.get(k), str):
+                try:
+                    out.append(base64.b64decode(data[k], validate=True).decode("ascii"))
+                except (binascii.Error, UnicodeDecodeError):
+                    self.err(secret, ["data", k], "not base64 of a PEM text")
+                    return None
+            else:
+                self.err(secret, ["data"], f"a kubernetes.io/tls Secret needs data[{k!r}]")
+                return None
+        return out[0], out[1]
 
     def _allowed_routes(self, gw: Obj, at: list[Token], node: Any) -> tuple[str, list[tuple[str, str]] | None]:
         ar = self.fields(gw, at, node, {"namespaces": None, "kinds": None})
@@ -726,6 +812,11 @@ class _Builder:
             return name
         at: list[Token] = ["spec", "ports", index]
         app = sp.get("appProtocol")
+        tls = self._backend_tls(svc, sp)
+        if tls == "invalid":
+            return None    # Gateway API: a backend whose BackendTLSPolicy cannot be honoured answers 500
+        if tls is not None and app in ("https", "HTTPS", "kubernetes.io/https"):
+            app = None
         if app not in (None, "http", "HTTP", "kubernetes.io/http"):
             self.err(svc, [*at, "appProtocol"], f"not supported: appProtocol {app!r} (upstreams speak HTTP/1.1)")
         if sp.get("protocol", "TCP") != "TCP":
@@ -763,8 +854,59 @@ class _Builder:
                         origins[("upstreams", name, "targets", len(targets))] = (sl, ["endpoints", e, "addresses", a])
                         targets.append({"address": address})
         self.native["upstreams"][name] = {"targets": targets}
+        if tls is not None:
+            self.native["upstreams"][name]["tls"] = tls
         self.origins.update(origins)
         return name
+
+    def _backend_tls(self, svc: Obj, sp: dict[str, Any]) -> dict[str, Any] | str | None:
+        """The upstream `tls` a BackendTLSPolicy asks for this Service port: None (no policy), or
+        "invalid" (a CA reference that does not resolve to a PEM bundle). A policy naming the port
+        (sectionName) beats one for the whole Service; then the oldest, then by name, wins."""
+        found = []
+        for pol in self.backend_tls:
+            spec = pol.body.get("spec") if isinstance(pol.body.get("spec"), dict) else {}
+            for ref in spec.get("targetRefs") or []:
+                if not isinstance(ref, dict) or (ref.get("group", ""), ref.get("kind")) != ("", "Service"):
+                    continue
+                if pol.namespace != svc.namespace or ref.get("name") != svc.name:
+                    continue
+                section = ref.get("sectionName")
+                if section is not None and section != sp.get("name"):
+                    continue
+                ts = _timestamp(pol.metadata.get("creationTimestamp")) or datetime.datetime.max.replace(
+                    tzinfo=datetime.UTC)
+                found.append((section is None, ts, pol.name, pol, spec))
+        if not found:
+            return None
+        *_, pol, spec = min(found, key=lambda f: f[:3])
+        v = spec.get("validation") if isinstance(spec.get("validation"), dict) else {}
+        at: list[Token] = ["spec", "validation"]
+        hostname = v.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            self.err(pol, at, "validation.hostname is required (the SNI and the name verified)")
+            return "invalid"
+        for key in ("subjectAltNames",):
+            if v.get(key):
+                self.err(pol, [*at, key], "not supported: subjectAltNames (the certificate is verified for "
+                         "validation.hostname)")
+        tls: dict[str, Any] = {"server_name": hostname}
+        if v.get("wellKnownCACertificates") == "System":
+            return tls
+        bundle = []
+        for ref in v.get("caCertificateRefs") or []:
+            if not isinstance(ref, dict) or (ref.get("group", ""), ref.get("kind")) != ("", "ConfigMap"):
+                return "invalid"
+            cm = self.configmaps.get(f"{pol.namespace}/{ref.get('name')}")
+            data = cm.body.get("data") if cm is not None and isinstance(cm.body.get("data"), dict) else {}
+            pem = data.get("ca.crt")
+            if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
+                return "invalid"
+            bundle.append(pem)
+        if not bundle:
+            return "invalid"
+        tls["ca_pem"] = "\n".join(bundle)
+        return tls
 
     @staticmethod
     def _slice_port(sl: Obj, sp: dict[str, Any]) -> int | None:

@@ -7,12 +7,14 @@ repository in `../shared/conformance/`; its `conventions` block defines every fi
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,7 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "conformance" / "gateway-api-cases.json"
 NAMESPACE = "gateway-conformance-infra"
 BACKENDS = ("infra-backend-v1", "infra-backend-v2", "infra-backend-v3")
-TLS_REASON = "TLS is not implemented yet"
+# The misdirected-request cases ask for HTTP/2 over TLS (protocol H2). fastgw speaks HTTP/1.1 only
+# (ALPN http/1.1), so they run over HTTP/1.1 on TLS: what they check, the listener chosen by SNI
+# against the one the Host names (421), is the same on either protocol.
 
 
 def _main_checkout(repo: Path) -> Path | None:
@@ -88,6 +92,45 @@ def load_known_failures(path: Path) -> dict[str, str]:
         case_id, _, reason = line.partition(" ")
         out[case_id] = reason.strip() or "known failure"
     return out
+
+
+def conformance_certificate() -> tuple[str, str]:
+    """(cert PEM, key PEM) of `tls-validity-checks-certificate` as the Go suite makes it: self-signed
+    RSA 2048, DNS SANs `*.org` and `*.wildcard.org`, and `*` (not a valid DNS name) as a URI SAN.
+    Made once per run."""
+    global _CERT
+    if _CERT is None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Kubernetes Gateway API")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=365))
+                .add_extension(x509.SubjectAlternativeName([
+                    x509.DNSName("*.org"), x509.DNSName("*.wildcard.org"), x509.UniformResourceIdentifier("*")]),
+                    critical=False)
+                .sign(key, hashes.SHA256()))
+        _CERT = (cert.public_bytes(serialization.Encoding.PEM).decode(),
+                 key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()).decode())
+    return _CERT
+
+
+_CERT: tuple[str, str] | None = None
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """Trusts the suite's self-signed certificate. Its names (`*.org`) are ones OpenSSL will not match
+    as a wildcard (too few labels), and the cases check statuses, not names: no hostname check."""
+    ctx = ssl.create_default_context(cadata=conformance_certificate()[0])
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def needs_tls(case: dict[str, Any]) -> bool:
@@ -209,12 +252,17 @@ def plan_suite(suite: dict[str, Any], backend_ports: dict[str, int]) -> SuitePla
     port_map: dict[tuple[str, int], int] = {}
     kept: set[str] = set()
     skipped: set[str] = set()
+    secrets: set[str] = set()
     for gw in suite["gateways"]:
         listeners = []
         for li in gw["listeners"]:
-            if li["protocol"] != "HTTP":
+            if li["protocol"] not in ("HTTP", "HTTPS"):
                 continue
-            out = {"name": li["name"], "port": li["port"], "protocol": "HTTP"}
+            out = {"name": li["name"], "port": li["port"], "protocol": li["protocol"]}
+            if li["protocol"] == "HTTPS":
+                refs = (li.get("tls") or {}).get("certificateRefs") or []
+                out["tls"] = {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": r} for r in refs]}
+                secrets.update(refs)
             if li.get("hostname"):
                 out["hostname"] = li["hostname"]
             out["allowedRoutes"] = {"namespaces": {"from": "All"}}
@@ -249,6 +297,12 @@ def plan_suite(suite: dict[str, Any], backend_ports: dict[str, int]) -> SuitePla
         docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                      "metadata": {"name": route["name"], "namespace": NAMESPACE, "creationTimestamp": ts},
                      "spec": spec})
+    for name in sorted(secrets):
+        crt, key = conformance_certificate()
+        docs.append({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                     "metadata": {"name": name, "namespace": NAMESPACE},
+                     "data": {"tls.crt": base64.b64encode(crt.encode()).decode(),
+                              "tls.key": base64.b64encode(key.encode()).decode()}})
     for name in BACKENDS:
         docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NAMESPACE},
                      "spec": {"selector": {"app": name},
@@ -286,8 +340,8 @@ class GatewayProcess:
             for raw in self.proc.stderr:
                 line = raw.decode(errors="replace").rstrip()
                 self.stderr.append(line)
-                if "listening on http://" in line:
-                    listening.add(line.rsplit("http://", 1)[1])
+                if "listening on http://" in line or "listening on https://" in line:
+                    listening.add(line.rsplit("://", 1)[1])
                     if len(listening) >= len(self.addresses):
                         ready.set()
             ready.set()
@@ -377,14 +431,15 @@ def _read_response(sock: socket.socket, method: str) -> Response:
 
 
 def send(port: int, method: str, target: str, host: str, headers: list[tuple[str, str]],
-         timeout: float = 5.0) -> Response:
+         timeout: float = 5.0, sni: str | None = None, tls: bool = False) -> Response:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "User-Agent: Go-http-client/1.1"]
     lines += [f"{k}: {v}" for k, v in headers]
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     last: Exception | None = None
     for _attempt in range(3):
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+                sock = client_tls_context().wrap_socket(raw, server_hostname=sni) if tls else raw
                 sock.sendall(data)
                 return _read_response(sock, method)
         except (ConnectionError, TimeoutError, OSError) as e:
@@ -465,7 +520,8 @@ class CaseRunner:
         echo = ",".join(f"{k}:{v}" for k, v in (req.get("backend_set_response_headers") or {}).items())
         headers.append(("X-Echo-Set-Header", echo))
         headers += extra or []
-        return send(port, req.get("method") or "GET", req["path"], host, headers), host
+        return send(port, req.get("method") or "GET", req["path"], host, headers,
+                    sni=req.get("sni"), tls=needs_tls(case)), host
 
     def check(self, case: dict[str, Any]) -> None:
         kind = case.get("kind")

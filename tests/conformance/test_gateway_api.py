@@ -18,7 +18,6 @@ from fastgw.config import load_config
 from fastgw.gatewayapi import config_to_dict, load_manifests
 
 from .harness import (
-    TLS_REASON,
     CaseRunner,
     EchoBackends,
     GatewayProcess,
@@ -27,7 +26,6 @@ from .harness import (
     load_data,
     load_known_failures,
     missing_data_message,
-    needs_tls,
     plan_suite,
 )
 
@@ -51,9 +49,7 @@ def _params() -> list[Any]:
     for suite in DATA["suites"]:
         for case in suite["cases"]:
             marks = []
-            if needs_tls(case):
-                marks.append(pytest.mark.skip(reason=TLS_REASON))
-            elif case["id"] in KNOWN:
+            if case["id"] in KNOWN:
                 marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[case["id"]]))
             out.append(pytest.param(suite["name"], case["id"], id=case["id"], marks=marks))
     return out

@@ -542,3 +542,34 @@ def stale_after_first(conn: Conn) -> None:
     conn.sock.shutdown(socket.SHUT_RDWR)
 
 
+
+
+class TlsEchoServer(EchoServer):
+    """EchoServer over TLS (issue 13's upstream TLS tests). Each handshake's SNI, ALPN and client
+    certificate (DER, or None) are kept in `handshakes`."""
+
+    def __init__(self, name: str, ctx, *, sni_seen: bool = True):
+        import ssl as _ssl
+
+        self.ctx = ctx
+        self.handshakes: list[dict] = []
+        self._ssl = _ssl
+        if sni_seen:
+            def on_sni(sslobj, server_name, _ctx):
+                sslobj.fastgw_test_sni = server_name
+            ctx.sni_callback = on_sni
+        super().__init__(name)
+
+    def _run_conn(self, sock, rec) -> None:
+        try:
+            tls = self.ctx.wrap_socket(sock, server_side=True)
+        except (OSError, self._ssl.SSLError) as exc:
+            with self.lock:
+                self.handshakes.append({"error": repr(exc)})
+            sock.close()
+            return
+        with self.lock:
+            self.handshakes.append({"sni": getattr(tls, "fastgw_test_sni", None),
+                                    "alpn": tls.selected_alpn_protocol(),
+                                    "client_cert": tls.getpeercert(binary_form=True)})
+        super()._run_conn(tls, rec)

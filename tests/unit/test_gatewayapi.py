@@ -439,7 +439,7 @@ UNSUPPORTED = textwrap.dedent("""\
           colour: blue
     ---
     apiVersion: v1
-    kind: ConfigMap
+    kind: Pod
     metadata:
       name: cm
     ---
@@ -461,8 +461,7 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
 
     got = issues(UNSUPPORTED)
     assert got == [
-        ("$[0].spec.listeners[1].protocol", "not supported: protocol 'HTTPS' (TLS is not implemented yet)",
-         line_of("protocol: HTTPS")),
+        ("$[0].spec.listeners[1]", "an HTTPS listener needs tls.certificateRefs", line_of("- name: https")),
         ("$[1].spec.rules[0].timeouts", "not supported: timeouts", line_of("- timeouts")),
         ("$[1].spec.rules[0].sessionPersistence", "not supported: session persistence",
          line_of("sessionPersistence")),
@@ -476,9 +475,10 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].retry", "not supported: retries", line_of("retry:")),
         ("$[1].spec.rules[0].backendRefs[0].colour",
          "unknown field (expected one of: group, kind, name, namespace, port, weight, filters)", line_of("colour")),
-        ("$[2].kind", "unsupported kind 'ConfigMap' (v1); supported: Gateway, HTTPRoute "
-         "(gateway.networking.k8s.io/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1)",
-         line_of("kind: ConfigMap")),
+        ("$[2].kind", "unsupported kind 'Pod' (v1); supported: Gateway, HTTPRoute "
+         "(gateway.networking.k8s.io/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1), "
+         "Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy (gateway.networking.k8s.io/v1)",
+         line_of("kind: Pod")),
     ]
 
 
@@ -535,7 +535,7 @@ def test_check_reports_manifest_errors(tmp_path, capsys) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(UNSUPPORTED)
     assert main(["check", str(path)]) == 1
-    assert f"{path}:13: $[0].spec.listeners[1].protocol: not supported" in capsys.readouterr().err
+    assert f"{path}:11: $[0].spec.listeners[1]: an HTTPS listener needs" in capsys.readouterr().err
 
 
 def test_convert_round_trip(tmp_path, capsys) -> None:
