@@ -119,6 +119,8 @@ cdef class Exchange:
     # tracing (tracecontext.pyx): all zero while tracing is off
     cdef TraceCtx tc
     cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
+    # tunnels (tunnel.pyx): the Upgrade value forwarded when the route allows the switch, else None
+    cdef bytes upgrade
 
     cdef void init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h):
         self.down = down
@@ -348,6 +350,8 @@ cdef class Exchange:
             self._answer_before_upstream(data, off, n, outcome)
             return
         self.retry_ok = self.req_framing == FR_NONE and _idempotent(self.p + self.h.method, self.h.method_len)
+        if self.h.upgrade >= 0:
+            self.upgrade = upgrade_requested(self)
         self._build_upstream_head()
         self.up_head = wb_bytes(&down.uout)
         self.up_queue = [self.up_head]
@@ -452,6 +456,8 @@ cdef class Exchange:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, h.content_length)
             wb_put(out, b"\r\n", 2)
+        if self.upgrade is not None:
+            put_upgrade_request_fields(self, out)
         wb_put(out, b"\r\n", 2)
 
     # ---- request body --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Policy
 from .tracing import Tracing
+from .tunnels import ListenerProtocol, Tunnel
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
@@ -75,6 +76,9 @@ class Listener(Base, kw_only=True):
     hostname: str | None = None
     """Only requests whose Host matches this (exact or `*.suffix`) are served by this listener, and a
     route's hosts are intersected with it."""
+    protocol: ListenerProtocol = "http"
+    """`tcp`: each connection is piped to its route's upstream; `tls-passthrough`: the ClientHello's
+    SNI picks the route and the TLS bytes are piped, not terminated (docs/tunnels.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -287,6 +291,8 @@ class Route(Base, kw_only=True):
     """Names of top-level policies this route opts out of."""
     access_log: bool | RouteAccessLog | None = None
     """`false` turns this route's access lines off; `{sample: 0.1}` samples them (docs/observability.md)."""
+    tunnel: Tunnel | None = None
+    """WebSocket and other Upgrade tunnels, and the pipe of a tcp / tls-passthrough route (docs/tunnels.md)."""
 
     @property
     def all_matches(self) -> list[Match]:

@@ -13,6 +13,7 @@ from .policies import check_policies
 from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
 from .tracing import check_tracing
+from .tunnels import check_streams
 from .values import check_host_pattern, check_path, parse_address
 
 __all__ = ["Problem", "check_config"]
@@ -279,4 +280,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     check_logs(cfg, out)
     check_tracing(cfg, out)
     check_admin(cfg, out)
+    check_streams(cfg, out)
     return out
