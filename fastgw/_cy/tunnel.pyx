@@ -162,6 +162,7 @@ cdef void switch_protocols(Exchange ex, UpstreamConn up, bytes data, Py_ssize_t 
     if chosen is None or not _lists_protocol(ex.upgrade, chosen):
         up.ex = None
         up.close()
+        ex.down.keep_alive = False          # the client may already be speaking the protocol it asked for
         count_failure(ex, FK_PROTOCOL_ERROR)
         ex.upstream_failed(up, 502, b"upstream switched to a protocol the client did not ask for", False,
                            RF_UPSTREAM_PROTOCOL_ERROR)

@@ -185,3 +185,151 @@ def _log(gw):
     if not gw.log_path.exists():
         return []
     return [json.loads(x) for x in gw.log_path.read_text().splitlines() if x]
+
+
+UPGRADE_HEAD = (b"GET /raw HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: %s\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def switching(protocol: bytes, wait: float = 0.5):
+    """A raw upstream that reads the upgrade head, notes whether any byte came after it before its
+    answer (nothing may: the 101 rule), answers 101 with `protocol`, then echoes in upper case."""
+    def handler(conn):
+        req = conn.read_request()
+        if req is None:
+            return
+        conn.sock.settimeout(wait)
+        try:
+            early = conn.sock.recv(100)
+        except TimeoutError:
+            early = b""
+        conn.server.note(f"early={len(early)}")
+        conn.sock.settimeout(10)
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n\r\n" % protocol)
+        while True:
+            data = conn.sock.recv(65536)
+            if not data:
+                conn.sock.shutdown(socket.SHUT_WR)
+                return
+            conn.send(data.upper())
+    return handler
+
+
+@pytest.fixture(scope="module")
+def raw_gw(module_gateway_factory):
+    ok = RawUpstream(switching(b"foo"), "foo")
+    other = RawUpstream(switching(b"bar"), "bar")
+    cfg = simple_config(upstreams={"foo": upstream_config(ok.address), "bar": upstream_config(other.address)},
+                        routes=[
+                            {"name": "bar", "match": {"path": {"prefix": "/raw"}, "headers": [{"name": "x-to",
+                             "value": "bar"}]}, "upstream": "bar", "tunnel": {"upgrades": ["foo"]}},
+                            {"name": "foo", "match": {"path": {"prefix": "/"}}, "upstream": "foo",
+                             "tunnel": {"upgrades": ["foo", "websocket"], "idle_timeout": "1s"}},
+                        ])
+    g = module_gateway_factory(cfg)
+    g.foo, g.bar = ok, other
+    yield g
+    ok.close()
+    other.close()
+
+
+def test_bytes_after_the_head_wait_for_the_101_then_tunnel_with_half_close(raw_gw):
+    s = socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10)
+    s.sendall(UPGRADE_HEAD % b"foo" + b"early bytes")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nupgrade: foo\r\n" in head.lower() and b"\r\nconnection: upgrade\r\n" in head.lower()
+    assert "early=0" in raw_gw.foo.events
+    rest = head.partition(b"\r\n\r\n")[2]
+    while len(rest) < len(b"EARLY BYTES"):
+        rest += s.recv(65536)
+    assert rest == b"EARLY BYTES"
+    s.sendall(b"more")
+    assert s.recv(100) == b"MORE"
+    s.shutdown(socket.SHUT_WR)          # a FIN goes through as a FIN; the upstream answers with its own
+    assert s.recv(100) == b""
+    s.close()
+
+
+def test_an_upstream_switching_to_a_protocol_not_asked_for_is_a_502(raw_gw):
+    s = socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10)
+    s.sendall(UPGRADE_HEAD.replace(b"Host: a\r\n", b"Host: a\r\nX-To: bar\r\n") % b"foo")
+    data = b""
+    while True:
+        got = s.recv(65536)
+        if not got:
+            break
+        data += got
+    assert data.startswith(b"HTTP/1.1 502 ")
+    assert b"protocol the client did not ask for" in data
+
+
+def test_the_tunnel_idle_timeout_is_its_own(raw_gw):
+    s = socket.create_connection(("127.0.0.1", raw_gw.port), timeout=10)
+    s.sendall(UPGRADE_HEAD % b"foo")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    for _ in range(3):                 # activity keeps it open past the idle timeout
+        time.sleep(0.5)
+        s.sendall(b"x")
+        assert s.recv(10) == b"X"
+    t0 = time.monotonic()
+    assert s.recv(10) == b""           # then silence closes it
+    assert time.monotonic() - t0 < 10
+    s.close()
+
+
+def test_websockets_client_to_a_wsproto_upstream(module_gateway_factory):
+    from support.ws import WsprotoServer
+    up = WsprotoServer()
+    try:
+        g = module_gateway_factory(simple_config(up.address))
+        with open_ws(g) as ws:
+            ws.send("to wsproto")
+            assert ws.recv(timeout=10) == "to wsproto"
+            ws.send(b"\x02" * 300000)
+            assert ws.recv(timeout=10) == b"\x02" * 300000
+    finally:
+        up.close()
+
+
+def test_a_reload_leaves_open_tunnels_on_their_runtime(gateway_factory, ws_up, ws_up2):
+    routes = lambda up: [{"name": "ws", "match": {"path": {"prefix": "/"}}, "upstream": up}]  # noqa: E731
+    ups = {"one": upstream_config(ws_up.address), "two": upstream_config(ws_up2.address)}
+    cfg = simple_config(upstreams=ups, routes=routes("one"))
+    g = gateway_factory(cfg)
+    with open_ws(g, "/name") as old:
+        assert old.recv(timeout=10) == "one"
+        for i in range(3):
+            g.reload(simple_config(upstreams=ups, routes=routes("two" if i % 2 == 0 else "one")))
+            wait_until(lambda: _name_of_new(g) == ("two" if i % 2 == 0 else "one"), what="the reload")
+            old.send(f"still {i}")
+            assert old.recv(timeout=10) == f"still {i}"
+
+
+def _name_of_new(g):
+    with open_ws(g, "/name") as ws:
+        return ws.recv(timeout=10)
+
+
+def test_sigterm_drains_then_closes_tunnels_with_1001(gateway_factory, ws_up):
+    cfg = simple_config(ws_up.address, server={"drain_timeout": "1s"})
+    g = gateway_factory(cfg)
+    n = len(ws_up.closes)
+    with open_ws(g) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        g.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ws.send("while draining")       # the drain lets tunnels go on ...
+        assert ws.recv(timeout=10) == "while draining"
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)         # ... then ends them with a close frame, not a reset
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    assert g.wait(30) == 0
+    wait_until(lambda: len(ws_up.closes) > n, what="the upstream's close")
+    assert ws_up.closes[-1] == 1001

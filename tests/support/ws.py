@@ -119,4 +119,55 @@ class WsprotoClient:
         self.sock.close()
 
 
-__all__ = ["BytesMessage", "CloseConnection", "Ping", "TextMessage", "WsEchoServer", "WsprotoClient"]
+__all__ = ["BytesMessage", "CloseConnection", "Ping", "TextMessage", "WsEchoServer", "WsprotoClient", "WsprotoServer"]
+
+
+class WsprotoServer:
+    """An echo WebSocket server on wsproto (the second implementation), a thread per connection."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        parts: list = []
+        try:
+            while True:
+                data = c.recv(65536)
+                ws.receive_data(data or None)
+                for ev in ws.events():
+                    if isinstance(ev, Request):
+                        c.sendall(ws.send(AcceptConnection()))
+                    elif isinstance(ev, Message):
+                        parts.append(ev.data)
+                        if ev.message_finished:
+                            whole = "".join(parts) if isinstance(ev, TextMessage) else b"".join(parts)
+                            parts = []
+                            msg = TextMessage(data=whole) if isinstance(whole, str) else BytesMessage(data=whole)
+                            c.sendall(ws.send(msg))
+                    elif isinstance(ev, Ping):
+                        c.sendall(ws.send(ev.response()))
+                    elif isinstance(ev, CloseConnection):
+                        c.sendall(ws.send(ev.response()))
+                        c.close()
+                        return
+                if not data:
+                    c.close()
+                    return
+        except OSError:
+            c.close()
+
+    def close(self) -> None:
+        self.sock.close()
