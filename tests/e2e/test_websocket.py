@@ -305,8 +305,9 @@ def test_a_reload_leaves_open_tunnels_on_their_runtime(gateway_factory, ws_up, w
     with open_ws(g, "/name") as old:
         assert old.recv(timeout=10) == "one"
         for i in range(3):
-            g.reload(simple_config(upstreams=ups, routes=routes("two" if i % 2 == 0 else "one")))
-            wait_until(lambda: _name_of_new(g) == ("two" if i % 2 == 0 else "one"), what="the reload")
+            want = "two" if i % 2 == 0 else "one"
+            g.reload(simple_config(upstreams=ups, routes=routes(want)))
+            wait_until(lambda want=want: _name_of_new(g) == want, what="the reload")
             old.send(f"still {i}")
             assert old.recv(timeout=10) == f"still {i}"
 
