@@ -455,6 +455,16 @@ cdef class Tunnel:
     # ---- what the Admin API and tests read -------------------------------------------------------
 
     @property
+    def kind(self):
+        if self.ex is not None or self.listener is None:
+            return "websocket" if self.websocket else "upgrade"
+        return self.listener.mode
+
+    @property
+    def is_open(self):
+        return self.state == T_OPEN
+
+    @property
     def bytes_from_client(self):
         return self.down.nbytes
 

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 import pytest
+from support.admin import admin_client, with_admin
 from support.client import wait_until
 from support.gateway import upstream_config
 from support.streams import TcpEcho, client_context, make_cert, refragment, server_context
@@ -47,7 +48,7 @@ def tcp_world(module_gateway_factory):
     cfg = stream_config("tcp", [{"name": "pipe", "listeners": ["edge"], "upstream": "pair",
                                  "tunnel": {"idle_timeout": "1s"}}], ups,
                         limits={"header_timeout": "1s"})
-    g = module_gateway_factory(cfg)
+    g = module_gateway_factory(with_admin(cfg))
     yield g, (a, b, c)
     for s in (a, b, c):
         s.close()
@@ -80,6 +81,25 @@ def test_a_silent_tcp_tunnel_is_closed_by_its_idle_timeout(tcp_world):
     assert s.recv(2) in (b"a:", b"b:")
     assert s.recv(10) == b""
     s.close()
+
+
+def test_stream_connections_and_bytes_are_in_the_metrics(tcp_world):
+    g, _ = tcp_world
+    s = socket.create_connection((EDGE, g.ports[1]), timeout=10)
+    s.sendall(b"x" * 1000)
+    s.shutdown(socket.SHUT_WR)
+    assert len(recv_all(s)) == 1002
+    s.close()
+    with admin_client(g) as c:
+        def sample(name):
+            for line in c.get("/metrics").text.splitlines():
+                if line.startswith(name + "{") and 'route="pipe"' in line:
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+        wait_until(lambda: sample("fastgw_stream_received_bytes_total") >= 1000, what="stream bytes in /metrics")
+        assert sample("fastgw_stream_connections_total") >= 1
+        assert sample("fastgw_stream_sent_bytes_total") >= 1002
+        assert "fastgw_tunnels_open{kind=\"tcp\"}" in c.get("/metrics").text
 
 
 def test_the_http_listener_beside_it_still_serves_http(tcp_world):
