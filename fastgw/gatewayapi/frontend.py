@@ -18,6 +18,7 @@ from ..config.errors import ConfigError, ConfigIssue
 from ..config.positions import Token, format_path, parse_path
 from ..config.schema import GatewayConfig
 from .manifests import Issues, Obj, read_manifest_files, read_manifests
+from .streams import ROUTE_PROTOCOL, STREAM_ROUTE_VERSIONS, listener_protocol, map_stream_routes, passthrough
 
 __all__ = ["GATEWAY_GROUP", "PortMap", "load_manifests", "manifests_to_native"]
 
@@ -125,6 +126,7 @@ def _map(objs: list[Obj], issues: Issues, host: str | None, port_map: PortMap | 
     b.collect(objs)
     b.map_gateways()
     b.map_routes()
+    map_stream_routes(b)
     return b.native, b.origins, issues
 
 
@@ -151,12 +153,13 @@ def _timestamp(value: Any) -> datetime.datetime | None:
 
 
 class _Listener:
-    __slots__ = ("gateway", "name", "native", "port", "hostname", "from_", "kinds")
+    __slots__ = ("gateway", "name", "native", "port", "hostname", "from_", "kinds", "protocol")
 
     def __init__(self, gateway: Obj, name: str, native: str, port: int, hostname: str | None,
-                 from_: str, kinds: list[tuple[str, str]] | None):
+                 from_: str, kinds: list[tuple[str, str]] | None, protocol: str = "http"):
         self.gateway, self.name, self.native, self.port = gateway, name, native, port
         self.hostname, self.from_, self.kinds = hostname, from_, kinds
+        self.protocol = protocol
 
 
 class _Builder:
@@ -168,6 +171,7 @@ class _Builder:
         self.origins: dict[tuple[Token, ...], Origin] = {}
         self.gateways: dict[str, Obj] = {}
         self.routes: list[Obj] = []
+        self.stream_routes: list[Obj] = []      # TCPRoutes and TLSRoutes (streams.py)
         self.services: dict[str, Obj] = {}
         self.slices: dict[str, list[Obj]] = {}
         self.listeners: dict[str, list[_Listener]] = {}   # gateway key -> listeners
@@ -233,10 +237,11 @@ class _Builder:
                 continue
             expected = {"Gateway": _GATEWAY_VERSIONS, "HTTPRoute": _GATEWAY_VERSIONS,
                         "GatewayClass": _GATEWAY_VERSIONS, "Service": ("v1",),
-                        "EndpointSlice": ("discovery.k8s.io/v1",)}.get(kind)
+                        "EndpointSlice": ("discovery.k8s.io/v1",), **STREAM_ROUTE_VERSIONS}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
-                         f"({GATEWAY_GROUP}/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1)")
+                         f"({GATEWAY_GROUP}/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
+                         "(discovery.k8s.io/v1)")
                 continue
             if api not in expected:
                 self.err(obj, ["apiVersion"], f"unsupported apiVersion {api!r} for {kind} "
@@ -259,6 +264,8 @@ class _Builder:
                 self.gateways[obj.key] = obj
             elif kind == "HTTPRoute":
                 self.routes.append(obj)
+            elif kind in STREAM_ROUTE_VERSIONS:
+                self.stream_routes.append(obj)
             elif kind == "Service":
                 self.services[obj.key] = obj
             elif kind == "EndpointSlice":
@@ -322,13 +329,14 @@ class _Builder:
             for i, item in enumerate(self.items(gw, ["spec"], spec, "listeners")):
                 at: list[Token] = ["spec", "listeners", i]
                 li = self.fields(gw, at, item, {"name": None, "hostname": None, "port": None, "protocol": None,
-                                                "tls": f"not supported: {_TLS}",
+                                                "tls": None if passthrough(item) else f"not supported: {_TLS}",
                                                 "allowedRoutes": None})
                 name = self.string(gw, at, li, "name", required=True)
                 port = self.integer(gw, at, li, "port", required=True)
                 hostname = self.string(gw, at, li, "hostname")
                 protocol = self.string(gw, at, li, "protocol", required=True)
-                if protocol is not None and protocol != "HTTP":
+                native_protocol = listener_protocol(li)
+                if protocol is not None and native_protocol is None:
                     reason = _TLS if protocol in ("HTTPS", "TLS") else "only HTTP listeners are supported"
                     self.err(gw, [*at, "protocol"], f"not supported: protocol {protocol!r} ({reason})")
                     continue
@@ -340,6 +348,8 @@ class _Builder:
                                             "address": f"{shown_host}:{self._port(gw, port)}"}
                 if hostname is not None:
                     listener["hostname"] = hostname
+                if native_protocol != "http":
+                    listener["protocol"] = native_protocol
                 index = len(self.native["listeners"])
                 self.native["listeners"].append(listener)
                 self.origins[("listeners", index)] = (gw, at)
@@ -347,7 +357,7 @@ class _Builder:
                 self.origins[("listeners", index, "hostname")] = (gw, [*at, "hostname"])
                 self.origins[("listeners", index, "name")] = (gw, [*at, "name"])
                 out.append(_Listener(gw, name, native_name, port, hostname.lower() if hostname else None,
-                                     from_, kinds))
+                                     from_, kinds, native_protocol or "http"))
             self.listeners[gw.key] = out
 
     def _allowed_routes(self, gw: Obj, at: list[Token], node: Any) -> tuple[str, list[tuple[str, str]] | None]:
@@ -369,7 +379,8 @@ class _Builder:
 
     # -- HTTPRoutes --------------------------------------------------------------------------------
 
-    def _attach(self, route: Obj, spec: dict[str, Any], hostnames: list[str]) -> list[str]:
+    def _attach(self, route: Obj, spec: dict[str, Any], hostnames: list[str],
+                route_kind: str = "HTTPRoute") -> list[str]:
         """Native listener names the route attaches to, in parentRefs order."""
         out: list[str] = []
         for i, item in enumerate(self.items(route, ["spec"], spec, "parentRefs")):
@@ -397,7 +408,9 @@ class _Builder:
                     continue
                 if li.from_ == "Same" and li.gateway.namespace != route.namespace:
                     continue
-                if li.kinds is not None and (GATEWAY_GROUP, "HTTPRoute") not in li.kinds:
+                if li.kinds is not None and (GATEWAY_GROUP, route_kind) not in li.kinds:
+                    continue
+                if li.protocol != ROUTE_PROTOCOL[route_kind]:
                     continue
                 if li.hostname is not None and hostnames and not any(
                         _host_intersects(li.hostname, h) for h in hostnames):
