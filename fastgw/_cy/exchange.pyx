@@ -356,8 +356,8 @@ cdef class Exchange:
         self.up_head = wb_bytes(&down.uout)
         self.up_queue = [self.up_head]
         self.up_queued = PyBytes_GET_SIZE(self.up_head)
-        if self.filters is not None and self.filters.mirror_group is not None:
-            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None and self.upgrade is None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)   # a tunnel is not mirrored
         down.request_dispatched(self)
         # Body bytes that came with the head are checked before anything is sent upstream, so a
         # request malformed anywhere in its first packet reaches the upstream not at all.

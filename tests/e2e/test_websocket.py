@@ -334,3 +334,57 @@ def test_sigterm_drains_then_closes_tunnels_with_1001(gateway_factory, ws_up):
     assert g.wait(30) == 0
     wait_until(lambda: len(ws_up.closes) > n, what="the upstream's close")
     assert ws_up.closes[-1] == 1001
+
+
+@pytest.mark.parametrize("extra,why", [
+    (b"Connection: keep-alive\r\nUpgrade: websocket\r\n", "Connection does not name upgrade"),
+    (b"Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n", "a request with a body"),
+])
+def test_an_upgrade_that_is_no_offer_is_served_as_http_without_it(gw, extra, why):
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    body = b"hi" if b"Content-Length" in extra else b""
+    s.sendall(b"GET /plain/offer HTTP/1.1\r\nHost: a\r\n" + extra + b"\r\n" + body)
+    assert _read_response(s).startswith(b"HTTP/1.1 200"), why
+    got = gw.http_echo.requests[-1]
+    assert got.target == "/plain/offer"
+    assert got.headers.get("upgrade") is None, why
+    s.close()
+
+
+NODE_PEER = os.path.join(os.path.dirname(__file__), "..", "support", "js", "ws_peer.js")
+NODE_ENV = {**os.environ, "NODE_PATH": "/usr/share/nodejs"}
+
+
+def _node_ws() -> bool:
+    import shutil
+    return shutil.which("node") is not None and os.path.isdir("/usr/share/nodejs/ws")
+
+
+needs_node_ws = pytest.mark.skipif(not _node_ws() and not os.environ.get("CI"),
+                                   reason="node and Debian's node-ws are not installed (.ci/run installs them)")
+
+
+@needs_node_ws
+def test_node_ws_client_through_the_gateway(gw):
+    import subprocess
+    r = subprocess.run(["node", NODE_PEER, "client", ws_url(gw, "/")], capture_output=True, text=True,
+                       timeout=60, env=NODE_ENV)
+    assert r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+@needs_node_ws
+def test_websockets_client_to_a_node_ws_upstream(module_gateway_factory):
+    import subprocess
+    server = subprocess.Popen(["node", NODE_PEER, "server"], stdout=subprocess.PIPE, text=True, env=NODE_ENV)
+    try:
+        port = int(server.stdout.readline())
+        g = module_gateway_factory(simple_config(f"127.0.0.1:{port}"))
+        with open_ws(g) as ws:
+            assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            ws.send("to node")
+            assert ws.recv(timeout=10) == "to node"
+            ws.send(b"\x03" * 500000)
+            assert ws.recv(timeout=10) == b"\x03" * 500000
+    finally:
+        server.terminate()
+        server.wait(10)
