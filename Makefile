@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CORE_SRC := fastgw/_core.pyx $(wildcard fastgw/_cy/*.pyx fastgw/_cy/*.pxi fastgw/_cy/*.pxd)
 
-.PHONY: run test lint annotate build clean bench bench-quick
+.PHONY: run test lint annotate build clean bench bench-quick bench-ws
 
 # .venv: the build requirements read from pyproject.toml, then fastgw installed editable with its runtime and
 # test dependencies but without the core (FASTGW_SKIP_CORE=1, see setup.py). The core is compiled by the
@@ -54,3 +54,9 @@ bench: build
 
 bench-quick: build
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+# Tunnels (docs/tunnels.md): WebSocket echo of 1 KiB messages through fastgw and nginx (proxy CPU per
+# message), then 1,000 open WebSockets through 10 reloads (none may drop).
+bench-ws: build
+	$(PY) -m bench.harness.wsecho
+	$(PY) -m bench.harness.wsreloads

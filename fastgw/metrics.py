@@ -273,3 +273,6 @@ def render(snapshots: list[dict], process: dict) -> str:
     for name in sorted(merged):
         lines.extend(merged[name].lines())
     return "\n".join(lines) + "\n"
+
+
+from . import tunnels as _tunnels  # noqa: E402,F401  (registers the tunnel and stream families)

@@ -281,8 +281,13 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
 
     global_chain, chains, policies = compile_chains(cfg, previous)
     routes = {r.name: _compile_route(r, cfg, groups, chains[r.name]) for r in cfg.routes}
+    for r in cfg.routes:
+        if r.tunnel is not None:
+            routes[r.name].tunnels = _core.TunnelSettings(r.tunnel.allowed(), r.tunnel.idle_timeout)
     by_address: dict[str, list[Listener]] = {}
     for listener in cfg.listeners:
+        if listener.protocol != "http":
+            continue                # a stream listener (compile_streams)
         by_address.setdefault(listener.address, []).append(listener)
     listener_routers = {}
     host_independent = set()
@@ -317,7 +322,31 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         tracing=_core.TraceSettings(cfg.tracing.sample_rate) if cfg.tracing.enabled else None,
     )
     runtime.metrics = compile_counters(cfg, routes, groups, previous)
+    runtime.streams = compile_streams(cfg, routes)
     return runtime
+
+
+def compile_streams(cfg: GatewayConfig, routes: dict) -> dict[str, _core.StreamListener]:
+    """tcp and tls-passthrough addresses -> their routes (only routes that name the listener attach),
+    hosts intersected with the listener's hostname."""
+    streams: dict[str, _core.StreamListener] = {}
+    attached: dict[str, list] = {}
+    modes: dict[str, str] = {}
+    for listener in cfg.listeners:
+        if listener.protocol == "http":
+            continue
+        modes[listener.address] = listener.protocol
+        entries = attached.setdefault(listener.address, [])
+        for route in cfg.routes:
+            if route.listeners is None or listener.name not in route.listeners:
+                continue
+            for m in route.all_matches:
+                hosts = intersect_hosts(m.hosts, listener.hostname)
+                if hosts != []:
+                    entries.append((hosts, routes[route.name]))
+    for address, entries in attached.items():
+        streams[address] = _core.StreamListener(modes[address], entries, cfg.limits.header_timeout)
+    return streams
 
 
 def retired_targets(old: _core.Runtime, new: _core.Runtime) -> list[_core.Target]:

@@ -685,9 +685,13 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
             server.close()
         worker.begin_drain()
         deadline = loop.time() + worker.runtime.drain_timeout
-        while worker.active_clients() and loop.time() < deadline:
+        while (worker.active_clients() or worker.active_tunnels()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         worker.close_all()
+        # WebSocket tunnels were sent a close frame (1001): their peers' answers are awaited a moment
+        grace = loop.time() + 1.5
+        while worker.active_tunnels() and loop.time() < grace:
+            await asyncio.sleep(0.05)
         await traces.close(timeout=max(0.5, min(5.0, deadline - loop.time())))
         if not done.done():
             done.set_result(None)

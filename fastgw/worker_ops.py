@@ -60,6 +60,7 @@ class WorkerOps:
             "connections_total": w.connections_total,
             "requests_total": w.requests_total,
             "upstream_connections_active": w.active_upstreams(),
+            "tunnels_active": w.active_tunnels(),      # upgraded and stream connections (docs/tunnels.md)
             "draining": bool(w.draining),
         }
 

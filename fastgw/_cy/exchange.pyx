@@ -125,6 +125,8 @@ cdef class Exchange:
     # tracing (tracecontext.pyx): all zero while tracing is off
     cdef TraceCtx tc
     cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
+    # tunnels (tunnel.pyx): the Upgrade value forwarded when the route allows the switch, else None
+    cdef bytes upgrade
 
     cdef int reset(self) except -1:
         """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
@@ -158,6 +160,7 @@ cdef class Exchange:
         self.target_index = 0
         self.next_target = None
         self.sticky_line = None
+        self.upgrade = None
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0
@@ -438,12 +441,14 @@ cdef class Exchange:
             self._answer_before_upstream(data, off, n, outcome)
             return 0
         self.retry_ok = self.req_framing == FR_NONE and _idempotent(self.p + self.h.method, self.h.method_len)
+        if self.h.upgrade >= 0:
+            self.upgrade = upgrade_requested(self)
         self._build_upstream_head()
         self.up_head = wb_bytes(&down.uout)
         self.up_queue = [self.up_head]
         self.up_queued = PyBytes_GET_SIZE(self.up_head)
-        if self.filters is not None and self.filters.mirror_group is not None:
-            self.mirror = start_mirror(self.worker, self.filters, self.up_head)
+        if self.filters is not None and self.filters.mirror_group is not None and self.upgrade is None:
+            self.mirror = start_mirror(self.worker, self.filters, self.up_head)   # a tunnel is not mirrored
         down.request_dispatched(self)
         # Body bytes that came with the head are checked before anything is sent upstream, so a
         # request malformed anywhere in its first packet reaches the upstream not at all.
@@ -548,6 +553,8 @@ cdef class Exchange:
             wb_put(out, b"Content-Length: ", 16)
             wb_put_int(out, h.content_length)
             wb_put(out, b"\r\n", 2)
+        if self.upgrade is not None:
+            put_upgrade_request_fields(self, out)
         wb_put(out, b"\r\n", 2)
 
     # ---- request body --------------------------------------------------------------------------

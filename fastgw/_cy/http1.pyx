@@ -60,6 +60,8 @@ cdef struct MessageHead:
     Py_ssize_t request_id
     Py_ssize_t request_id_len
     int n_xff
+    Py_ssize_t upgrade               # Upgrade field value (a protocol switch the route may allow), else -1
+    Py_ssize_t upgrade_len
     # error
     int error_status
     const char* error_reason
@@ -290,6 +292,8 @@ cdef inline void _head_reset(MessageHead* h) noexcept nogil:
     h.request_id = -1
     h.request_id_len = 0
     h.n_xff = 0
+    h.upgrade = -1
+    h.upgrade_len = 0
     h.error_status = 0
     h.error_reason = NULL
 
@@ -553,7 +557,14 @@ cdef int _field_semantics(MessageHead* h, const char* buf, int kind, Py_ssize_t 
     if kind == HK_UPGRADE:
         if _ci_eq(buf + vstart, vend - vstart, b"h2c", 3):
             return 0       # an optional upgrade: ignored, the request is served as HTTP/1.1
-        return _fail(h, 501, b"protocol upgrade is not supported")
+        if h.upgrade >= 0:
+            return _fail(h, 400, b"duplicate Upgrade header")
+        if vend == vstart:
+            return _fail(h, 400, b"empty Upgrade header")
+        # the route decides (tunnel.pyx): switched after a 101, else served as HTTP/1.1 without it
+        h.upgrade = vstart
+        h.upgrade_len = vend - vstart
+        return 0
     if kind == HK_X_REQUEST_ID:
         if h.request_id >= 0 or h.request_id_len < 0:
             h.request_id = -1            # repeated: not well formed, a new one is generated

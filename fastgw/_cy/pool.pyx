@@ -11,6 +11,8 @@ cdef class UpstreamStats
 cdef class RuntimeMetrics
 cdef class TargetPicker
 cdef class OutlierState
+cdef class TunnelSettings
+cdef class StreamListener
 
 
 cdef class Target:
@@ -234,6 +236,7 @@ cdef class Route:
     cdef SmoothWeightedRR balancer
     cdef readonly PolicyChain chain
     cdef public RouteMetrics metrics  # None: metrics are off
+    cdef public TunnelSettings tunnels  # upgrades allowed and the tunnels' idle timeout (None: the defaults)
 
     def __init__(self, str name, list backends, max_body, PolicyChain chain=None):
         self.name = name
@@ -286,6 +289,7 @@ cdef class Runtime:
     cdef readonly int path_flags              # PN_* flags of normalize_path
     cdef public RuntimeMetrics metrics        # None: metrics are off (set by fastgw/counters.py)
     cdef readonly TraceSettings tracing       # None: tracing off, and the request path skips it
+    cdef public dict streams                  # tcp and tls-passthrough addresses -> StreamListener (tcpproxy.pyx)
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,

@@ -214,6 +214,7 @@ cdef class Worker:
     cdef object loop
     cdef set clients
     cdef set upstreams
+    cdef set tunnels                 # open tunnels (tunnel.pyx): upgrades and stream listeners' connections
     cdef bytes rid_prefix
     cdef uint64_t rid_counter
     cdef readonly bint draining
@@ -230,6 +231,7 @@ cdef class Worker:
         self.runtime = runtime
         self.clients = set()
         self.upstreams = set()
+        self.tunnels = set()
         self.rid_prefix = os.urandom(6).hex().encode() + b"-"
         self.rid_counter = 0
         self.draining = False
@@ -244,6 +246,8 @@ cdef class Worker:
         """The protocol factory for one listening socket: its connections route with the tables
         of the listeners configured on that address. tls_endpoint: the address's
         fastgw.tls.TlsEndpoint when it terminates TLS."""
+        if self.runtime.streams and listen_address in self.runtime.streams:
+            return functools.partial(stream_connection, self, listen_address)    # tcpproxy.pyx
         return functools.partial(ClientConn, self, listen_address, tls_endpoint)
 
     def start(self):
@@ -258,9 +262,13 @@ cdef class Worker:
         cdef double now = monotonic()
         cdef ClientConn c
         cdef UpstreamConn u
+        cdef Tunnel t
         for c in list(self.clients):
             if c.deadline > 0 and now >= c.deadline:
                 c.on_deadline()
+        if self.tunnels:
+            for t in list(self.tunnels):
+                t.tick(now)
         for u in list(self.upstreams):
             if u.deadline > 0 and now >= u.deadline:
                 u.on_deadline()
@@ -283,6 +291,12 @@ cdef class Worker:
 
     def active_clients(self):
         return len(self.clients)
+
+    def active_tunnels(self):
+        return len(self.tunnels)
+
+    def tunnel_list(self):
+        return list(self.tunnels)
 
     @property
     def spans_dropped(self):
@@ -318,6 +332,8 @@ cdef class Worker:
             c.abort()
         for u in list(self.upstreams):
             u.close()
+        for t in list(self.tunnels):
+            t.going_away()
 
     cdef bytes new_request_id(self):
         """The prefix and the counter in lowercase hex (as b"%x" writes it), made in C: one bytes

@@ -178,6 +178,10 @@ cdef class UpstreamConn:
                 ex.upstream_failed(self, 502, h.error_reason, False, RF_UPSTREAM_PROTOCOL_ERROR)
                 return 0
             if h.status < 200:
+                if h.status == 101 and ex.upgrade is not None:
+                    self.buf = b""
+                    switch_protocols(ex, self, data, r, n)     # tunnel.pyx
+                    return 0
                 if h.status == 101:
                     self.ex = None
                     self.close()

@@ -24,6 +24,7 @@ from .metrics import Metrics
 from .policies import Policy
 from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
+from .tunnels import ListenerProtocol, Tunnel
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
 __all__ = [
@@ -80,6 +81,9 @@ class Listener(Base, kw_only=True):
     route's hosts are intersected with it."""
     tls: ListenerTls | None = None
     """TLS termination (HTTPS): certificates chosen by SNI, client certificates (docs/tls.md)."""
+    protocol: ListenerProtocol = "http"
+    """`tcp`: each connection is piped to its route's upstream; `tls-passthrough`: the ClientHello's
+    SNI picks the route and the TLS bytes are piped, not terminated (docs/tunnels.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -303,6 +307,8 @@ class Route(Base, kw_only=True):
     """Names of top-level policies this route opts out of."""
     access_log: bool | RouteAccessLog | None = None
     """`false` turns this route's access lines off; `{sample: 0.1}` samples them (docs/observability.md)."""
+    tunnel: Tunnel | None = None
+    """WebSocket and other Upgrade tunnels, and the pipe of a tcp / tls-passthrough route (docs/tunnels.md)."""
 
     @property
     def all_matches(self) -> list[Match]:

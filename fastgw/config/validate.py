@@ -16,6 +16,7 @@ from .positions import Token
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
 from .tls import check_tls
 from .tracing import check_tracing
+from .tunnels import check_streams
 from .values import check_host_pattern, check_path, parse_address
 
 __all__ = ["Problem", "check_config"]
@@ -285,4 +286,5 @@ def check_config(cfg: GatewayConfig) -> list[Problem]:
     check_tracing(cfg, out)
     check_admin(cfg, out)
     check_tls(cfg, out)
+    check_streams(cfg, out)
     return out

@@ -20,6 +20,7 @@ from ..config.errors import ConfigError, ConfigIssue
 from ..config.positions import Token, format_path, parse_path
 from ..config.schema import GatewayConfig
 from .manifests import Issues, Obj, read_manifest_files, read_manifests
+from .streams import ROUTE_PROTOCOL, STREAM_ROUTE_VERSIONS, listener_protocol, map_stream_routes
 
 __all__ = ["GATEWAY_GROUP", "PortMap", "load_manifests", "manifests_to_native"]
 
@@ -31,7 +32,6 @@ _SLICE_LABEL = "kubernetes.io/service-name"
 #: `(gateway, port)` / `("namespace/gateway", port)` for one Gateway; values are the port to bind.
 PortMap = Mapping[int | tuple[str, int], int]
 
-_TLS = "TLS is not implemented yet"
 _FILTER_FIELDS = {
     "RequestHeaderModifier": "requestHeaderModifier",
     "ResponseHeaderModifier": "responseHeaderModifier",
@@ -127,6 +127,7 @@ def _map(objs: list[Obj], issues: Issues, host: str | None, port_map: PortMap | 
     b.collect(objs)
     b.map_gateways()
     b.map_routes()
+    map_stream_routes(b)
     return b.native, b.origins, issues
 
 
@@ -153,12 +154,13 @@ def _timestamp(value: Any) -> datetime.datetime | None:
 
 
 class _Listener:
-    __slots__ = ("gateway", "name", "native", "port", "hostname", "from_", "kinds")
+    __slots__ = ("gateway", "name", "native", "port", "hostname", "from_", "kinds", "protocol")
 
     def __init__(self, gateway: Obj, name: str, native: str, port: int, hostname: str | None,
-                 from_: str, kinds: list[tuple[str, str]] | None):
+                 from_: str, kinds: list[tuple[str, str]] | None, protocol: str = "http"):
         self.gateway, self.name, self.native, self.port = gateway, name, native, port
         self.hostname, self.from_, self.kinds = hostname, from_, kinds
+        self.protocol = protocol
 
 
 class _Builder:
@@ -170,6 +172,7 @@ class _Builder:
         self.origins: dict[tuple[Token, ...], Origin] = {}
         self.gateways: dict[str, Obj] = {}
         self.routes: list[Obj] = []
+        self.stream_routes: list[Obj] = []      # TCPRoutes and TLSRoutes (streams.py)
         self.services: dict[str, Obj] = {}
         self.slices: dict[str, list[Obj]] = {}
         self.secrets: dict[str, Obj] = {}       # kubernetes.io/tls Secrets for HTTPS listeners
@@ -239,11 +242,13 @@ class _Builder:
             expected = {"Gateway": _GATEWAY_VERSIONS, "HTTPRoute": _GATEWAY_VERSIONS,
                         "GatewayClass": _GATEWAY_VERSIONS, "Service": ("v1",),
                         "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",), "ConfigMap": ("v1",),
-                        "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3")}.get(kind)
+                        "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3"),
+                        **STREAM_ROUTE_VERSIONS}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
-                         f"({GATEWAY_GROUP}/v1 or v1beta1), Service (v1), EndpointSlice (discovery.k8s.io/v1), "
-                         f"Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy ({GATEWAY_GROUP}/v1)")
+                         f"({GATEWAY_GROUP}/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
+                         f"(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
+                         f"({GATEWAY_GROUP}/v1)")
                 continue
             if api not in expected:
                 self.err(obj, ["apiVersion"], f"unsupported apiVersion {api!r} for {kind} "
@@ -266,6 +271,8 @@ class _Builder:
                 self.gateways[obj.key] = obj
             elif kind == "HTTPRoute":
                 self.routes.append(obj)
+            elif kind in STREAM_ROUTE_VERSIONS:
+                self.stream_routes.append(obj)
             elif kind == "Service":
                 self.services[obj.key] = obj
             elif kind == "Secret":
@@ -326,7 +333,7 @@ class _Builder:
             spec = self.fields(gw, ["spec"], gw.body.get("spec"), {
                 "gatewayClassName": None, "listeners": None, "addresses": None, "infrastructure": None,
                 "allowedListeners": "not supported: ListenerSets",
-                "tls": f"not supported: Gateway TLS settings ({_TLS})",
+                "tls": "not supported: Gateway-level TLS settings (spec.tls)",
                 "defaultScope": "not supported: default Gateways",
             })
             host = self._bind_host(gw, spec)
@@ -340,8 +347,10 @@ class _Builder:
                 port = self.integer(gw, at, li, "port", required=True)
                 hostname = self.string(gw, at, li, "hostname")
                 protocol = self.string(gw, at, li, "protocol", required=True)
-                if protocol is not None and protocol not in ("HTTP", "HTTPS"):
-                    reason = _TLS if protocol == "TLS" else "only HTTP and HTTPS listeners are supported"
+                native_protocol = "http" if protocol == "HTTPS" else listener_protocol(li)
+                if protocol is not None and native_protocol is None:
+                    reason = ("TLS listeners are supported in Passthrough mode (TLSRoute); HTTPS terminates"
+                              if protocol == "TLS" else "only HTTP, HTTPS, TCP and TLS listeners are supported")
                     self.err(gw, [*at, "protocol"], f"not supported: protocol {protocol!r} ({reason})")
                     continue
                 tls = None
@@ -349,8 +358,8 @@ class _Builder:
                     tls = self._listener_tls(gw, at, li)
                     if tls is None:
                         continue
-                elif "tls" in li:
-                    self.err(gw, [*at, "tls"], "'tls' is for HTTPS listeners only")
+                elif "tls" in li and native_protocol != "tls-passthrough":
+                    self.err(gw, [*at, "tls"], "'tls' is for HTTPS and TLS Passthrough listeners only")
                 from_, kinds = self._allowed_routes(gw, [*at, "allowedRoutes"], li.get("allowedRoutes"))
                 if name is None or port is None or protocol is None:
                     continue
@@ -361,6 +370,8 @@ class _Builder:
                     listener["hostname"] = hostname
                 if tls is not None:
                     listener["tls"] = tls
+                if native_protocol != "http":
+                    listener["protocol"] = native_protocol
                 index = len(self.native["listeners"])
                 self.native["listeners"].append(listener)
                 self.origins[("listeners", index)] = (gw, at)
@@ -373,7 +384,7 @@ class _Builder:
                         self.origins[("listeners", index, "tls", "certificates", k)] = (
                             gw, [*at, "tls", "certificateRefs", k])
                 out.append(_Listener(gw, name, native_name, port, hostname.lower() if hostname else None,
-                                     from_, kinds))
+                                     from_, kinds, native_protocol or "http"))
             self.listeners[gw.key] = out
 
     def _listener_tls(self, gw: Obj, at: list[Token], li: dict[str, Any]) -> dict[str, Any] | None:
@@ -455,7 +466,8 @@ class _Builder:
 
     # -- HTTPRoutes --------------------------------------------------------------------------------
 
-    def _attach(self, route: Obj, spec: dict[str, Any], hostnames: list[str]) -> list[str]:
+    def _attach(self, route: Obj, spec: dict[str, Any], hostnames: list[str],
+                route_kind: str = "HTTPRoute") -> list[str]:
         """Native listener names the route attaches to, in parentRefs order."""
         out: list[str] = []
         for i, item in enumerate(self.items(route, ["spec"], spec, "parentRefs")):
@@ -483,7 +495,9 @@ class _Builder:
                     continue
                 if li.from_ == "Same" and li.gateway.namespace != route.namespace:
                     continue
-                if li.kinds is not None and (GATEWAY_GROUP, "HTTPRoute") not in li.kinds:
+                if li.kinds is not None and (GATEWAY_GROUP, route_kind) not in li.kinds:
+                    continue
+                if li.protocol != ROUTE_PROTOCOL[route_kind]:
                     continue
                 if li.hostname is not None and hostnames and not any(
                         _host_intersects(li.hostname, h) for h in hostnames):

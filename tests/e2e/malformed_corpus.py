@@ -144,9 +144,9 @@ _RAW: list[tuple] = [
     ("too-many-fields", _req(b"GET / HTTP/1.1", *[b"X-F%d: v" % i for i in range(100)]), 431),
     ("field-block-too-large", _req(b"GET / HTTP/1.1", b"X-Big: " + b"v" * 70000), 431),
     ("expect-unknown", _req(b"GET / HTTP/1.1", b"Expect: something-else"), 417),
-    ("upgrade-websocket", _req(b"GET /ws HTTP/1.1", b"Connection: Upgrade", b"Upgrade: websocket",
-                               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13",
-                               close=False), 501),
+    ("upgrade-twice", _req(b"GET /ws HTTP/1.1", b"Connection: Upgrade", b"Upgrade: websocket",
+                           b"Upgrade: websocket", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                           b"Sec-WebSocket-Version: 13"), BAD),
 
     # ---- Content-Length (RFC 9112 section 6.3) ----
     ("cl-duplicate-equal", _post(b"Content-Length: 5", b"Content-Length: 5", body=b"hello"), BAD),

@@ -83,7 +83,7 @@ def test_check_standard_input_errors_name_stdin_with_lines() -> None:
     done = fastgw_cli("check", "-", stdin="listeners:\n  - address: 127.0.0.1:8080\n    nmae: x\n")
     assert done.returncode == 1
     assert done.stderr == ("<stdin>:3: $.listeners[0].nmae: unknown field (did you mean 'name'? "
-                           "expected one of: address, name, hostname, tls)\n")
+                           "expected one of: address, name, hostname, tls, protocol)\n")
 
 
 def test_check_format_flag_overrides_the_extension_and_the_sniffing(tmp_path) -> None:

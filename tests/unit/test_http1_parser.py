@@ -119,7 +119,8 @@ BAD = [
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
     (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 501),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: \r\nConnection: Upgrade\r\n\r\n", 400),
     (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
     (b"GET http://" + b"a" * 300 + b"/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),   # authority over 255 bytes
     (b"GET / HTTP/1.1\r\nHost: " + b"a" * 300 + b"\r\n\r\n", 400),
@@ -134,6 +135,11 @@ def test_refused_with_status(raw, status):
     with pytest.raises(HTTPParseError) as e:
         parse_request(raw)
     assert e.value.status == status
+
+
+def test_upgrade_websocket_is_parsed_for_the_route_to_decide():
+    r = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    assert r["method"] == b"GET"
 
 
 def test_upgrade_h2c_is_ignored():

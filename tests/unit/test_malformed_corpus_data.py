@@ -41,7 +41,7 @@ STRICTER_THAN_LLHTTP = {
     "too-many-fields": "431 limit",
     "field-block-too-large": "431 limit",
     "expect-unknown": "417",
-    "upgrade-websocket": "501: upgrades not supported",
+    "upgrade-twice": "one Upgrade field: the protocol a tunnel switches to is not a guess",
     "te-gzip-chunked": "only exactly 'chunked' is supported",
     "te-on-http10": "RFC 9112 6.1: TE on HTTP/1.0 is a framing fault",
     "chunk-ext-too-long": "4 KiB chunk extension limit",
