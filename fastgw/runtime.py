@@ -21,7 +21,7 @@ from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
 from .counters import compile_counters
 from .policychain import compile_chains
-from .tls import upstream_context, upstream_key
+from .tls import upstream_context, upstream_key, upstream_peer_check
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +255,12 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         tls_key = upstream_key(up.tls)
         # one context per upstream; a target carried over keeps the one its pooled connections used
         ssl_context = upstream_context(up.tls) if up.tls is not None and up.targets else None
+        peer_check = upstream_peer_check(up.tls) if up.tls is not None else None
         for t in up.targets:
             target = _core.Target(t.host, t.port, up.keepalive.max_idle, up.keepalive.idle_timeout,
                                   up.keepalive.max_requests, ssl_context,
-                                  (up.tls.server_name or t.host) if up.tls is not None else None, tls_key)
+                                  (up.tls.server_name or t.host) if up.tls is not None else None, tls_key,
+                                  peer_check)
             kept = old_targets.get(target.pool_key)
             if kept is not None:
                 kept.max_idle = target.max_idle

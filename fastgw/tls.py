@@ -33,7 +33,7 @@ from .config.tls import (
     load_pem_pair,
 )
 
-__all__ = ["CertTable", "TlsEndpoint", "client_cert_info", "make_endpoints", "upstream_context"]
+__all__ = ["CertTable", "TlsEndpoint", "client_cert_info", "make_endpoints", "upstream_context", "upstream_peer_check"]
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -376,8 +376,37 @@ def upstream_key(tls: UpstreamTls | None) -> tuple | None:
         digest.update(b"\0")
     for inline in (tls.ca_pem, tls.cert_pem, tls.key_pem):
         digest.update((inline or "").encode() + b"\0")
+    sans = tuple((s.hostname, s.uri) for s in tls.subject_alt_names or ())
     return (tls.server_name, tls.verify, tls.ca_file, tls.cert, tls.key, tuple(tls.alpn or ()), tls.min_version,
-            digest.hexdigest())
+            sans, digest.hexdigest())
+
+
+def _dns_match(pattern: str, name: str) -> bool:
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, dot, rest = name.partition(".")
+        return bool(head) and dot == "." and rest == pattern[2:]
+    return pattern == name
+
+
+def upstream_peer_check(tls: UpstreamTls):
+    """The check of an upstream's verified certificate against `subject_alt_names` (None: the
+    context's own hostname check does it). Called by the core once the handshake is done."""
+    if not tls.verify or not tls.subject_alt_names:
+        return None
+    want_dns = [s.hostname for s in tls.subject_alt_names if s.hostname is not None]
+    want_uri = {s.uri for s in tls.subject_alt_names if s.uri is not None}
+
+    def check(sslobj) -> bool:
+        cert = sslobj.getpeercert() if sslobj is not None else None
+        for kind, value in (cert or {}).get("subjectAltName", ()):
+            if kind == "URI" and value in want_uri:
+                return True
+            if kind == "DNS" and any(_dns_match(value, w) for w in want_dns):
+                return True
+        return False
+
+    return check
 
 
 def upstream_context(tls: UpstreamTls) -> ssl.SSLContext:
@@ -385,7 +414,8 @@ def upstream_context(tls: UpstreamTls) -> ssl.SSLContext:
     ctx.minimum_version = _VERSIONS[tls.min_version]
     if tls.verify:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.check_hostname = True
+        # with subject_alt_names the chain is OpenSSL's to verify and the name upstream_peer_check's
+        ctx.check_hostname = not tls.subject_alt_names
         if tls.ca_file is None and tls.ca_pem is None:
             ctx.load_default_certs()
         else:

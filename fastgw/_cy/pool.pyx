@@ -34,10 +34,12 @@ cdef class Target:
     cdef readonly object ssl_context
     cdef readonly str server_hostname
     cdef readonly object pool_key
+    cdef readonly object peer_check     # callable(ssl_object) -> bool, or None: the names to accept
 
     def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests,
-                 ssl_context=None, str server_hostname=None, tls_key=None):
+                 ssl_context=None, str server_hostname=None, tls_key=None, peer_check=None):
         self.ssl_context = ssl_context
+        self.peer_check = peer_check
         self.server_hostname = server_hostname
         self.host = host
         self.port = port

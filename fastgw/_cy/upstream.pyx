@@ -125,6 +125,16 @@ cdef class UpstreamConn:
         if self.ex is None:
             transport.close()
             return
+        if self.target.peer_check is not None and not self.target.peer_check(transport.get_extra_info("ssl_object")):
+            # the certificate chains to a trusted CA but carries none of the names asked for
+            self.state = UP_CLOSED
+            self.worker.upstreams.discard(self)
+            transport.abort()
+            ex = self.ex
+            self.ex = None
+            count_failure(ex, connect_failure_kind(_SSLError()))
+            ex.upstream_failed(self, 502, b"upstream TLS handshake failed", False, RF_UPSTREAM_CONNECT_FAILURE)
+            return
         self.ex.upstream_connected()
 
     def data_received(self, bytes data):

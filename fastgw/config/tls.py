@@ -24,7 +24,7 @@ from .values import Duration, PositiveDuration, check_host_pattern
 if TYPE_CHECKING:
     from .schema import GatewayConfig
 
-__all__ = ["ClientCertHeaders", "ClientCertificate", "ListenerTls", "TlsCertificate", "UpstreamTls",
+__all__ = ["ClientCertHeaders", "ClientCertificate", "ListenerTls", "SubjectAltName", "TlsCertificate", "UpstreamTls",
            "check_tls", "load_pem_pair", "MOZILLA_INTERMEDIATE_CIPHERS"]
 
 # Mozilla's "intermediate" TLS 1.2 suites (https://ssl-config.mozilla.org, guideline 5.7), in its
@@ -106,6 +106,15 @@ class ListenerTls(Base, kw_only=True):
                 self.handshake_timeout, self.session_tickets, self.session_ticket_rotation)
 
 
+class SubjectAltName(Base, kw_only=True):
+    """A name the upstream's certificate may carry instead of `server_name`: exactly one of them."""
+
+    hostname: str | None = None
+    """A DNS name (the certificate's `*.suffix` names match one label)."""
+    uri: str | None = None
+    """A URI SAN, compared exactly (`spiffe://cluster.local/ns/billing/sa/api`)."""
+
+
 class UpstreamTls(Base, kw_only=True):
     """TLS to an upstream's targets."""
 
@@ -124,6 +133,9 @@ class UpstreamTls(Base, kw_only=True):
     key_pem: str | None = None
     alpn: list[Annotated[str, Meta(min_length=1)]] | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    subject_alt_names: list[SubjectAltName] | None = None
+    """With `verify`: the certificate must carry one of these (Gateway API BackendTLSPolicy
+    `subjectAltNames`) instead of `server_name`, which is still the SNI."""
 
 
 def _text(path: str | None, inline: str | None) -> str | None:
@@ -250,6 +262,9 @@ def check_tls(cfg: GatewayConfig, out: list) -> None:
         _check_ca(tls.ca_file, tls.ca_pem, base, out, required=False)
         if any(x is not None for x in (tls.cert, tls.key, tls.cert_pem, tls.key_pem)):
             _check_pair(tls, base, out)
+        for k, san in enumerate(tls.subject_alt_names or ()):
+            if (san.hostname is None) == (san.uri is None):
+                out.append(([*base, "subject_alt_names", k], "give exactly one of 'hostname' or 'uri'"))
         if tls.verify and tls.server_name is None:
             from .values import parse_address
 

@@ -900,11 +900,18 @@ class _Builder:
         if not isinstance(hostname, str) or not hostname:
             self.err(pol, at, "validation.hostname is required (the SNI and the name verified)")
             return "invalid"
-        for key in ("subjectAltNames",):
-            if v.get(key):
-                self.err(pol, [*at, key], "not supported: subjectAltNames (the certificate is verified for "
-                         "validation.hostname)")
         tls: dict[str, Any] = {"server_name": hostname}
+        sans = []
+        for k, san in enumerate(v.get("subjectAltNames") or []):
+            kind = san.get("type") if isinstance(san, dict) else None
+            if kind == "Hostname" and isinstance(san.get("hostname"), str):
+                sans.append({"hostname": san["hostname"]})
+            elif kind == "URI" and isinstance(san.get("uri"), str):
+                sans.append({"uri": san["uri"]})
+            else:
+                self.err(pol, [*at, "subjectAltNames", k], "expected {type: Hostname, hostname} or {type: URI, uri}")
+        if sans:
+            tls["subject_alt_names"] = sans
         if v.get("wellKnownCACertificates") == "System":
             return tls
         bundle = []

@@ -42,7 +42,7 @@ def pki(tmp_path_factory):
         "alice": ca.issue("alice", [], client=True, cn="alice", org="Example",
                           uris=["spiffe://example.com/alice"], emails=["alice@example.com"]),
         "mallory": other_ca.issue("mallory", [], client=True, cn="mallory"),
-        "upstream": ca.issue("upstream", ["upstream.internal"], kind="ecdsa"),
+        "upstream": ca.issue("upstream", ["upstream.internal"], kind="ecdsa", uris=["spiffe://example.com/up"]),
         "gw-client": ca.issue("gw-client", [], client=True, cn="fastgw"),
     }
 
@@ -485,6 +485,14 @@ def test_upstream_tls_verified_with_sni_client_cert_and_separate_pools(pki, gate
                          "tls": {**base, "ca_file": str(pki["other_ca"].cert_path)}},
             "wrong-name": {"targets": [{"address": up.address}], "tls": {**base, "server_name": "other.internal"}},
             "plain": {"targets": [{"address": up.address}]},
+            "san-uri": {"targets": [{"address": up.address}],
+                        "tls": {**base, "server_name": "sni-only.internal",
+                                "subject_alt_names": [{"hostname": "nope.internal"}, {"uri": "spiffe://example.com/up"}]}},
+            "san-dns": {"targets": [{"address": up.address}],
+                        "tls": {**base, "server_name": "sni-only.internal",
+                                "subject_alt_names": [{"hostname": "upstream.internal"}]}},
+            "san-none": {"targets": [{"address": up.address}],
+                         "tls": {**base, "subject_alt_names": [{"uri": "spiffe://example.com/other"}]}},
         }
         routes = [{"name": n, "match": {"path": {"prefix": f"/{n}"}}, "upstream": n} for n in upstreams]
         gw = gateway_factory({"listeners": [{"address": "127.0.0.1:0"}], "upstreams": upstreams, "routes": routes})
@@ -497,7 +505,14 @@ def test_upstream_tls_verified_with_sni_client_cert_and_separate_pools(pki, gate
             assert r.status_code == 502 and "TLS" in r.json()["error"]
             assert c.get(gw.url_for("/wrong-name")).status_code == 502
             assert c.get(gw.url_for("/plain")).status_code == 502
-        ok = [h for h in up.handshakes if "error" not in h]
+            before = len(up.handshakes)
+            assert c.get(gw.url_for("/san-uri")).status_code == 200
+            assert c.get(gw.url_for("/san-dns")).status_code == 200
+            r = c.get(gw.url_for("/san-none"))
+            assert r.status_code == 502 and "TLS" in r.json()["error"]
+        san_checked = up.handshakes[before:]
+        assert [h.get("sni") for h in san_checked[:2]] == ["sni-only.internal"] * 2
+        ok = [h for h in up.handshakes[:before] if "error" not in h]
         assert {h["sni"] for h in ok} == {"upstream.internal"}
         assert {h["alpn"] for h in ok} == {"http/1.1"}
         from cryptography import x509

@@ -92,6 +92,18 @@ def test_backend_tls_policy_maps_to_upstream_tls(pki):
     load_manifests(dump(*docs), "m.yaml")
 
 
+def test_backend_tls_policy_subject_alt_names(pki):
+    ca, _ = pki
+    docs = [gateway(), route(), service(), slice_(), configmap("ca", ca.cert_pem),
+            policy("p", hostname="abc.example.com", caCertificateRefs=[{"group": "", "kind": "ConfigMap", "name": "ca"}],
+                   subjectAltNames=[{"type": "Hostname", "hostname": "abc.example.com"},
+                                    {"type": "URI", "uri": "spiffe://abc.example.com/test-identity"}])]
+    (up,) = native(*docs)["upstreams"].values()
+    assert up["tls"]["subject_alt_names"] == [{"hostname": "abc.example.com"},
+                                              {"uri": "spiffe://abc.example.com/test-identity"}]
+    load_manifests(dump(*docs), "m.yaml")
+
+
 @pytest.mark.parametrize("ref", [
     {"group": "", "kind": "ConfigMap", "name": "nonexistent"},
     {"group": "", "kind": "ConfigMap", "name": "empty"},
