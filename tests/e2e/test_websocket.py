@@ -388,3 +388,51 @@ def test_websockets_client_to_a_node_ws_upstream(module_gateway_factory):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def flood_after_101(total: int):
+    """After the 101, sends `total` bytes as fast as the tunnel takes them, and notes how far it got before a
+    send stalled for 2 s."""
+    def handler(conn):
+        if conn.read_request() is None:
+            return
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n")
+        conn.sock.settimeout(2)
+        chunk = b"z" * 65536
+        sent = 0
+        try:
+            while sent < total:
+                sent += conn.sock.send(chunk)
+        except (TimeoutError, OSError):
+            pass
+        conn.server.note(f"sent={sent}")
+        conn.sock.settimeout(30)
+        try:
+            while sent < total:
+                sent += conn.sock.send(chunk)
+        except OSError:
+            pass
+    return handler
+
+
+def test_a_reader_that_does_not_read_holds_the_sender_back(module_gateway_factory):
+    total = 256 << 20
+    up = RawUpstream(flood_after_101(total), "flood")
+    try:
+        g = module_gateway_factory(simple_config(up.address, routes=[
+            {"name": "f", "match": {"path": {"prefix": "/"}}, "upstream": "echo", "tunnel": {"upgrades": ["foo"]}}]))
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(UPGRADE_HEAD % b"foo")
+        wait_until(lambda: any(e.startswith("sent=") for e in up.events), timeout=60, what="the sender to stall")
+        sent = int(next(e for e in up.events if e.startswith("sent="))[5:])
+        # kernel buffers on both hops plus the gateway's write buffer, far from everything
+        assert sent < 64 << 20, sent
+        got = 0
+        while got < sent:                # and it goes on once the reader reads
+            data = s.recv(1 << 20)
+            assert data
+            got += len(data)
+        s.close()
+    finally:
+        up.close()
