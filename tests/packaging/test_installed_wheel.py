@@ -173,6 +173,21 @@ def test_sdist_holds_the_sources_not_the_generated_c(built: Built) -> None:
     assert not [n for n in names if n.endswith((".c", ".so"))]
 
 
+def test_docker_build_context_holds_every_file_of_the_sdist(built: Built) -> None:
+    """The Dockerfile builds with the same `python -m build` (the wheel from the sdist), so the image's
+    wheel is this one when .dockerignore lets every file of this sdist through (tests/deploy/test_dockerfile.py)."""
+    from support.dockerfile import dockerignore, in_context
+
+    rules = dockerignore(REPO / ".dockerignore")
+    with tarfile.open(built.sdist) as t:
+        members = [PurePosixPath(m.name).relative_to(f"fastgw-{VERSION}").as_posix() for m in t.getmembers()
+                   if m.isfile()]
+    generated = ("PKG-INFO", "setup.cfg", "fastgw.egg-info/")    # written by the sdist build itself
+    sources = [m for m in members if not m.startswith(generated)]
+    assert "fastgw/_core.pyx" in sources
+    assert [m for m in sources if not in_context(m, rules)] == []
+
+
 # -- the installed commands, from outside the tree -------------------------------------------------
 
 
