@@ -290,7 +290,10 @@ def test_service_monitor_scrapes_the_admin_service_with_the_token(value_set: str
 
 @pytest.mark.parametrize("values,message", [
     ({"redis": {"enabled": True, "address": "redis:6379"}}, "not both"),
-    ({"podAntiAffinity": "sometimes"}, "is not soft, hard or none"),
+    ({"podAntiAffinity": "sometimes"}, "/podAntiAffinity"),          # values.schema.json
+    ({"servce": {"type": "NodePort"}}, "'servce' not allowed"),       # a misspelt value is no silent default
+    ({"service": {"type": "Ingress"}}, "/service/type"),
+    ({"containerPorts": {"http": 80}}, "/containerPorts/http"),      # below 1024: a non-root pod cannot bind it
     ({"config": {"files": {"notes.txt": "x"}}}, "only .yaml, .yml, .json and .toml"),
     ({"config": {"files": {"00-helm-chart.yaml": "x: 1"}}}, "the chart's own file"),
     ({"podDisruptionBudget": {"minAvailable": 1}}, "not both"),
