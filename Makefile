@@ -36,7 +36,7 @@ test: build
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check fastgw tests bench examples setup.py
+	$(VENV)/bin/ruff check fastgw tests bench examples deploy setup.py
 
 annotate: $(VENV)/.installed
 	FASTGW_TESTING=1 FASTGW_ANNOTATE=1 $(PY) setup.py -q build_ext --inplace

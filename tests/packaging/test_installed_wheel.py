@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -171,6 +172,22 @@ def test_sdist_holds_the_sources_not_the_generated_c(built: Built) -> None:
     assert {"pyproject.toml", "setup.py", "LICENSE", "README.md", "CHANGELOG.md",
             "examples/quickstart.yaml"} <= names
     assert not [n for n in names if n.endswith((".c", ".so"))]
+
+
+def test_docker_build_context_holds_every_file_of_the_sdist(built: Built) -> None:
+    """The Dockerfile builds with the same `python -m build` (the wheel from the sdist), so the image's
+    wheel is this one when .dockerignore lets every file of this sdist through (tests/deploy/test_dockerfile.py)."""
+    from support.dockerfile import dockerignore, in_context
+
+    rules = dockerignore(REPO / ".dockerignore")
+    with tarfile.open(built.sdist) as t:
+        members = [PurePosixPath(m.name).relative_to(f"fastgw-{VERSION}").as_posix() for m in t.getmembers()
+                   if m.isfile()]
+    # written by the sdist build itself (setup.py writes the features switch at every build)
+    generated = ("PKG-INFO", "setup.cfg", "fastgw.egg-info/", "fastgw/_cy/features.pxi")
+    sources = [m for m in members if not m.startswith(generated)]
+    assert "fastgw/_core.pyx" in sources
+    assert [m for m in sources if not in_context(m, rules)] == []
 
 
 # -- the installed commands, from outside the tree -------------------------------------------------
@@ -481,3 +498,70 @@ def test_run_serves_the_admin_api(fastgw, upstream, outside: Path) -> None:
     finally:
         rc = gw.stop()
     assert rc == 0, "\n".join(gw.lines)
+
+
+def _can_make_a_read_only_root() -> str | None:
+    """Why this machine cannot run a process on a read-only root (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root, to make a mount namespace and switch to an unprivileged user"
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        return "needs unshare and setpriv (util-linux)"
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            "mount --rbind -o ro / / && ! touch /tmp/.fastgw-ro-probe 2>/dev/null"],
+                           capture_output=True, text=True, timeout=30)
+    Path("/tmp/.fastgw-ro-probe").unlink(missing_ok=True)
+    return None if probe.returncode == 0 else f"cannot remount / read-only in a mount namespace: {probe.stderr.strip()}"
+
+
+def _q(p: Path | str) -> str:
+    return shlex.quote(str(p))
+
+
+def test_runs_as_the_image_user_on_a_read_only_root(fastgw, upstream, outside: Path) -> None:
+    """What the image and the chart promise (docs/kubernetes.md): the installed gateway runs as uid 10001
+    with every filesystem read-only but one tmpfs for TMPDIR (an emptyDir at /tmp in the pod), serves,
+    reports ready, and exits 0 on SIGTERM."""
+    why = _can_make_a_read_only_root()
+    if why:
+        pytest.skip(why)
+    _, up_port = upstream
+    venv_bin = Path(fastgw.env["VIRTUAL_ENV"]) / "bin"
+    # uid 10001 must reach the venv and the config through pytest's private (0700) temporary folders
+    opened = [p for p in (venv_bin.parent.parent, *venv_bin.parent.parent.parents)
+              if p.is_relative_to(Path(os.path.realpath(os.environ.get("TMPDIR", "/tmp")))) and p.stat().st_mode & 0o001 == 0]
+    modes = {p: p.stat().st_mode for p in opened}
+    d = venv_bin.parent.parent / "ro-root"
+    (d / "tmp").mkdir(parents=True)
+    cfg = {"listeners": [{"address": "127.0.0.1:0"}],
+           "upstreams": {"echo": {"targets": [{"address": f"127.0.0.1:{up_port}"}]}},
+           "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}],
+           "server": {"drain_timeout": 0.5}, "admin": {"address": "127.0.0.1:0"}}
+    path = _write_native(d, "gw", cfg)["yaml"]
+    env = dict(fastgw.env, HOME="/nonexistent", TMPDIR=str(d / "tmp"), PYTHONDONTWRITEBYTECODE="1")
+    inner = (f"mount --rbind -o ro / / && mount -t tmpfs -o mode=1777,size=16m tmpfs {_q(d / 'tmp')} "
+             f"&& exec setpriv --reuid=10001 --regid=10001 --clear-groups --inh-caps=-all "
+             f"{_q(venv_bin / 'fastgw')} run -c {_q(path)} --workers 2")
+    try:
+        for p in opened:
+            p.chmod(p.stat().st_mode | 0o001)
+        gw = Proc(["unshare", "-m", "--propagation", "private", "sh", "-c", inner], Path("/"), env)
+        try:
+            admin = gw.wait_for(re.compile(r"admin API listening on (http://[^\s\"]+)")).group(1)
+            m = gw.wait_for(LISTEN_RE)
+            status = Path(f"/proc/{gw.proc.pid}/status").read_text()
+            assert re.search(r"^Uid:\s+10001\s+10001\s+10001\s+10001$", status, re.M), status
+            with httpx.Client(timeout=10, trust_env=False) as client:
+                r = client.get(f"http://{m.group(1)}:{m.group(2)}/read-only")
+                assert r.status_code == 200 and r.json()["target"] == "/read-only", r.text
+                deadline = time.monotonic() + 15
+                while client.get(f"{admin}/readyz").status_code != 200:
+                    assert time.monotonic() < deadline, "never ready"
+                    time.sleep(0.1)
+        finally:
+            rc = gw.stop()
+        assert rc == 0, "\n".join(gw.lines)
+        bad = [line for line in gw.lines if re.search(r"Read-only file system|Permission denied|Traceback", line)]
+        assert bad == [], "\n".join(gw.lines)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
