@@ -425,8 +425,8 @@ UNSUPPORTED = textwrap.dedent("""\
         filters:
         - type: ExtensionRef
           extensionRef: {group: example.com, kind: Foo, name: bar}
-        - type: CORS
-          cors: {allowOrigins: ["*"]}
+        - type: ExternalAuth
+          externalAuth: {protocol: HTTP, backendRef: {name: svc, port: 8080}}
         - type: RequestMirror
           requestMirror: {backendRef: {name: svc, port: 8080}}
         - type: RequestMirror
@@ -467,7 +467,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].sessionPersistence", "not supported: session persistence",
          line_of("sessionPersistence")),
         ("$[1].spec.rules[0].filters[0].type", "not supported: ExtensionRef filters", line_of("- type: ExtensionRef")),
-        ("$[1].spec.rules[0].filters[1].type", "not supported: the CORS filter", line_of("- type: CORS")),
+        ("$[1].spec.rules[0].filters[1].type", "not supported: the ExternalAuth filter",
+         line_of("- type: ExternalAuth")),
         ("$[1].spec.rules[0].filters[3].type", "not supported: more than one RequestMirror filter",
          line_of("- type: RequestMirror", line_of("- type: RequestMirror"))),
         ("$[1].spec.rules[0].filters[4].type",
