@@ -290,3 +290,23 @@ def test_jwks_down_or_slow_answers_within_its_deadline(world, keys):
     # the server would answer with the right key after 5 s: a 503 is the fetch's own 0.5 s deadline
     assert_gateway_error(get(gw, "/stalled/x", t), 503)
     wait_until(lambda: stalled.fetches >= 1, what="the stalled JWKS server to be asked")
+
+
+def test_a_reload_keeps_the_jwks_keys(world, keys):
+    """SIGHUP with the same JWKS URL: the worker goes on with the keys it has, no refetch storm."""
+    from support.logs import wait_event
+
+    gw, jwks, _ = world
+    with jwks.lock:
+        jwks.keys = [keys.jwk("k1"), keys.jwk("k2")]
+    t = token(keys, "RS256", kid="k2", key=RSAKey.import_key(keys.rsa_jwks["k2"]), iss=JWKS_ISS)
+    assert get(gw, "/jwks/before", t).status == 200
+    fetches = jwks.fetches
+    mark = gw.stderr_line_count()
+    cfg = dict(gw.config)
+    cfg["routes"] = [*gw.config["routes"][:-1], {"name": "added", "match": {"path": {"prefix": "/added"}},
+                                                 "upstream": "echo"}, gw.config["routes"][-1]]
+    gw.reload(cfg)
+    wait_event(gw, "reload_applied", since=mark)
+    assert get(gw, "/jwks/after", t).status == 200
+    assert jwks.fetches == fetches
