@@ -197,6 +197,7 @@ class Jwks:
     def adopt(self, old: Jwks) -> None:
         self.keys, self.fetched, self.expires = old.keys, old.fetched, old.expires
         self.last_attempt, self.failed = old.last_attempt, old.failed
+        self._client = old._client        # its pooled connection to the JWKS server too
         if old.fetch is not None and not old.fetch.done():
             self.fetch = old.fetch
 
