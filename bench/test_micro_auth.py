@@ -12,10 +12,10 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from fastgw._core import JwtVerified
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
-from fastgw._core import JwtVerified
 from fastgw.config.jwt import JwtIssuer, JwtKey, JwtPolicy
 from fastgw.jwt_auth import Verifier
 
