@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +28,9 @@ ALL_ALGS = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS38
 SECRET = "an HMAC secret long enough for HS512 ......................................"
 STATIC_ISS = "https://static.example"
 JWKS_ISS = "https://jwks.example"
+
+
+RFC = json.loads((Path(__file__).resolve().parents[1] / "data" / "jose" / "rfc7520.json").read_text())
 
 
 def _pem(private) -> str:
@@ -128,6 +132,8 @@ def world(tmp_path_factory, keys, echo, module_gateway_factory):
         route("down", "/down", {"issuers": [jwks_issuer(JWKS_ISS, f"http://{closed.address}/jwks")]}),
         route("down-deny", "/deny", {"issuers": [jwks_issuer(JWKS_ISS, f"http://{closed.address}/jwks")],
                                      "jwks_failure": "deny"}),
+        route("rfc7515", "/rfc7515", {"issuers": [{"issuer": "joe", "algorithms": ["HS256"],
+                                                   "keys": [{"jwk": RFC["keys"]["rfc7515-a1"]}]}]}),
         {"name": "open", "match": {"path": {"prefix": "/"}}, "upstream": "echo"},
     ])
     gw = module_gateway_factory(cfg)
@@ -217,6 +223,15 @@ def test_a_cached_token_is_refused_once_it_expires(world, keys):
     assert get(gw, "/exact/x", t).status == 200
     time.sleep(3.1)
     assert_refused(get(gw, "/exact/x", t), "token expired")
+
+
+def test_the_rfc7515_example_jwt_reaches_its_claims_and_is_expired(world):
+    """RFC 7515 A.1's HS256 JWT: its signature checks with its key; its exp (2011) is long past."""
+    gw, _, _ = world
+    jwt_a1 = RFC["jwts"][0]["compact"]
+    assert_refused(get(gw, "/rfc7515/x", jwt_a1), "token expired")
+    head, payload, sig = jwt_a1.split(".")
+    assert_refused(get(gw, "/rfc7515/x", f"{head}.{payload}.{sig[:-2]}AA"), "invalid signature")
 
 
 def test_alg_none_is_always_refused(world, keys):

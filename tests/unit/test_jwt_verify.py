@@ -185,3 +185,22 @@ def test_inline_secrets_are_redacted_in_the_admin_config(tmp_path):
     keys = data["routes"][0]["policies"][0]["issuers"][0]["keys"]
     assert keys[0]["secret"] == REDACTED and keys[1]["jwk"]["k"] == REDACTED
     assert "very-secret" not in json.dumps(data)
+
+
+@pytest.mark.parametrize("vector", DATA["jwts"], ids=[v["id"] for v in DATA["jwts"]])
+def test_rfc_jwt_through_the_verifier(vector):
+    from fastgw._core import JwtVerified
+
+    from fastgw.config.jwt import JwtIssuer, JwtPolicy
+    from fastgw.jwt_auth import Verifier
+
+    key = JwtKey(jwk=DATA["keys"][vector["key"]])
+    verifier = Verifier(JwtPolicy(issuers=[JwtIssuer(issuer=vector["iss"], algorithms=[vector["alg"]], keys=[key])],
+                                  leeway=0.0, claims_to_headers={"http://example.com/is_root": "X-Root"}))
+    token = vector["compact"].encode()
+    ok = verifier.check(token, vector["exp"] - 100.0, None)
+    assert type(ok) is JwtVerified and ok.issuer == vector["iss"] and ok.claims["http://example.com/is_root"] is True
+    assert ok.until == vector["exp"]                       # cached no longer than the token lives
+    assert verifier.check(token, vector["exp"] + 1.0, None).reason == "token expired"
+    other = Verifier(JwtPolicy(issuers=[JwtIssuer(issuer=vector["iss"], algorithms=["HS384"], keys=[key])]))
+    assert other.check(token, vector["exp"] - 100.0, None).reason == "algorithm not allowed"
