@@ -12,6 +12,9 @@ from __future__ import annotations
 from . import _core
 from .accesslog import access_log_policy
 from .config import GatewayConfig
+from .config.cors import CorsPolicy
+from .config.external_auth import ExternalAuthPolicy
+from .config.jwt import JwtPolicy
 from .config.policies import (
     NoopPolicy,
     PluginPolicy,
@@ -40,6 +43,15 @@ def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
             if previous is not None and callable(carry) and isinstance(previous, _core.PluginPolicy):
                 carry(previous.instance)
         policy = _core.PluginPolicy(name, key, entry.module, instance, entry.timeout, entry.budget, entry)
+    elif isinstance(entry, JwtPolicy):
+        from .jwt_auth import build_jwt_policy
+        policy = build_jwt_policy(entry, name, key)
+    elif isinstance(entry, ExternalAuthPolicy):
+        from .external_auth import build_external_auth_policy
+        policy = build_external_auth_policy(entry, name, key)
+    elif isinstance(entry, CorsPolicy):
+        from .cors import build_cors_policy
+        policy = build_cors_policy(entry, name, key)
     else:  # pragma: no cover - the schema's union is closed
         raise TypeError(f"unknown policy {entry!r}")
     if key in old:

@@ -167,10 +167,59 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
     all_["handshake-rsa"] = lambda: Scenario(
         "handshake-rsa", "HTTPS, a full handshake per request (Connection: close), RSA 2048, 50 connections",
         50, [close], close, tls="rsa", tls_resumption=False)
+    # Authentication (issue 10): the same RS256 token on every request, so after the first it is the
+    # cache of verified tokens that answers: the figure is a cached JWT's cost (compare get26_bearer:
+    # the same request, the same header, no policy). bench/test_micro_auth.py has the first-seen cost.
+    all_["jwt_cached"] = lambda: _jwt_cached()
+    all_["get26_bearer"] = lambda: Scenario(
+        "get26_bearer", "GET, 26 B response, 50 connections, a bearer token no one checks (jwt_cached's baseline)",
+        50, [_bearer_request()], _bearer_request())
     unknown = [n for n in names if n not in all_]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(all_)}")
     return [all_[n]() for n in names]
+
+
+_BENCH_JWT: tuple[str, str] | None = None
+
+
+def _bench_jwt() -> tuple[str, str]:
+    """(public key PEM, an RS256 token valid for a day), made once per run."""
+    global _BENCH_JWT
+    if _BENCH_JWT is None:
+        import time
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from joserfc import jwt
+        from joserfc.jwk import RSAKey
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        now = int(time.time())
+        token = jwt.encode({"alg": "RS256", "kid": "bench"},
+                           {"iss": "https://idp.bench", "sub": "bench-user", "aud": "api", "iat": now,
+                            "exp": now + 86400}, RSAKey.import_key(key), algorithms=["RS256"])
+        _BENCH_JWT = (pem, token)
+    return _BENCH_JWT
+
+
+def _bearer_request() -> Request:
+    return Request("GET", "/", {"Authorization": f"Bearer {_bench_jwt()[1]}"})
+
+
+def _jwt_cached() -> Scenario:
+    pem, _ = _bench_jwt()
+    req = _bearer_request()
+    return Scenario(
+        "jwt_cached",
+        "GET, 26 B response, 50 connections; fastgw's route verifies an RS256 bearer token (cached after the "
+        "first request); nginx and HAProxy proxy it unchecked",
+        50, [req], req,
+        fastgw_policies=[{"type": "jwt", "issuers": [{"issuer": "https://idp.bench", "algorithms": ["RS256"],
+                                                      "audiences": ["api"], "keys": [{"pem": pem}]}]}],
+    )
 
 
 def _gateway(n: int) -> Scenario:

@@ -110,6 +110,9 @@ cdef class Exchange:
     cdef bint paused
     cdef public object view          # the plugins' RequestView, made on first use
     cdef list upstream_edits         # plugins' (lowercase name, line or None, drop) for the upstream head
+    # authentication (jwt, external_auth): a method's own refusal, (status, JSON message or None,
+    # header lines, body), which its refuse() answers with in place of the plain 401
+    cdef object auth_answer
     # log
     cdef readonly int flags
     cdef int outcome
@@ -161,6 +164,7 @@ cdef class Exchange:
         self.next_target = None
         self.sticky_line = None
         self.upgrade = None
+        self.auth_answer = None
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0

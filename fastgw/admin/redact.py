@@ -29,6 +29,13 @@ def _scrub_policies(policies: list | None) -> None:
     for policy in policies or ():
         if isinstance(policy.get("config"), dict):
             policy["config"] = _scrub(policy["config"])
+        if policy.get("type") == "jwt":            # inline HMAC secrets (files and env names are not secret)
+            for issuer in policy.get("issuers") or ():
+                for key in issuer.get("keys") or ():
+                    if key.get("secret") is not None:
+                        key["secret"] = REDACTED
+                    if isinstance(key.get("jwk"), dict) and "k" in key["jwk"]:
+                        key["jwk"] = {**key["jwk"], "k": REDACTED}
 
 
 def redacted_route(route: dict) -> dict:

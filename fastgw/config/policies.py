@@ -71,7 +71,12 @@ class PluginPolicy(PolicyBase, tag="plugin", kw_only=True):
     """A hook slower than this is logged (at most once a second per plugin and phase)."""
 
 
-Policy = NoopPolicy | RespondPolicy | PluginPolicy
+# the auth policies' Structs live in their own modules, which build on PolicyBase above
+from .cors import CorsPolicy, check_cors  # noqa: E402
+from .external_auth import ExternalAuthPolicy, check_external_auth  # noqa: E402
+from .jwt import JwtPolicy, check_jwt  # noqa: E402
+
+Policy = NoopPolicy | RespondPolicy | PluginPolicy | JwtPolicy | ExternalAuthPolicy | CorsPolicy
 
 HOOKS = ("on_request", "on_response", "on_log")
 
@@ -134,6 +139,12 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
                     out.append(([*path, "headers", key], f"not a valid header name: {key!r}"))
                 elif any(c in value for c in "\r\n\0"):
                     out.append(([*path, "headers", key], "a header value cannot contain CR, LF or NUL"))
+        if isinstance(policy, JwtPolicy):
+            check_jwt(policy, path, out)
+        elif isinstance(policy, ExternalAuthPolicy):
+            check_external_auth(policy, path, out)
+        elif isinstance(policy, CorsPolicy):
+            check_cors(policy, path, out)
         if isinstance(policy, PluginPolicy):
             try:
                 cls = load_plugin_class(policy.module)

@@ -26,6 +26,9 @@ def _plain(value: Any) -> Any:
                 continue
             if v != default or (isinstance(value, Backend) and f.name == "upstream"):
                 out[f.encode_name] = _plain(v)
+        tagged = value.__struct_config__
+        if tagged.tag_field is not None:      # a member of a tagged union (a policy) says which
+            out = {tagged.tag_field: tagged.tag, **out}
         return out
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

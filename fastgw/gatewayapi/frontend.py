@@ -43,7 +43,6 @@ _FILTER_FIELDS = {
     "ExtensionRef": "extensionRef",
 }
 _UNSUPPORTED_FILTERS = {
-    "CORS": "the CORS filter",
     "ExternalAuth": "the ExternalAuth filter",
     "ExtensionRef": "ExtensionRef filters",
 }
@@ -53,6 +52,7 @@ _NATIVE_FILTER_KEY = {
     "RequestRedirect": "redirect",
     "URLRewrite": "rewrite",
     "RequestMirror": "mirror",
+    "CORS": "cors",           # not a native filter: the rule's route gets a `cors` policy (see _rule)
 }
 
 
@@ -558,6 +558,12 @@ class _Builder:
             matches.append(self._match(route, mat, m, hostnames, origins, ("matches", j)))
         out["matches"] = matches
         filters, forigins = self._filters(route, at, r.get("filters"), rule_level=True)
+        cors = filters.pop("cors", None)
+        if cors is not None:
+            out["policies"] = [cors]
+            origins[("policies", 0)] = forigins.pop(("cors",))
+            for tokens in [t for t in forigins if t[:1] == ("cors",)]:
+                origins[("policies", 0, *tokens[1:])] = forigins.pop(tokens)
         if filters:
             out["filters"] = filters
             for tokens, origin in forigins.items():
@@ -672,7 +678,12 @@ class _Builder:
                 continue
             sat = [*fat, field]
             spec = f[field]
-            if key in ("request_headers", "response_headers"):
+            if key == "cors" and not rule_level:
+                self.err(route, [*fat, "type"], "not supported: a CORS filter on a backendRef")
+                continue
+            if key == "cors":
+                value = self._cors(route, sat, spec, origins)
+            elif key in ("request_headers", "response_headers"):
                 value = self._header_filter(route, sat, spec, origins, (key,))
             elif key == "redirect":
                 value = self._redirect(route, sat, spec)
@@ -685,6 +696,40 @@ class _Builder:
             out[key] = value
             origins[(key,)] = (route, sat)
         return out, origins
+
+    def _cors(self, route: Obj, at: list[Token], node: Any,
+              origins: dict[tuple[Token, ...], Origin]) -> dict[str, Any]:
+        """HTTPCORSFilter as the native `cors` policy (docs/cors.md, same semantics)."""
+        c = self.fields(route, at, node, {"allowOrigins": None, "allowCredentials": None, "allowMethods": None,
+                                          "allowHeaders": None, "exposeHeaders": None, "maxAge": None})
+        out: dict[str, Any] = {"type": "cors"}
+        credentials = c.get("allowCredentials")
+        if credentials is not None:
+            credentials = self.typed(route, [*at, "allowCredentials"], credentials, bool, "true or false")
+            if credentials is not None:
+                out["allow_credentials"] = credentials
+                origins[("cors", "allow_credentials")] = (route, [*at, "allowCredentials"])
+        for src, dst in (("allowOrigins", "allow_origins"), ("allowMethods", "allow_methods"),
+                         ("allowHeaders", "allow_headers"), ("exposeHeaders", "expose_headers")):
+            values = []
+            for i, v in enumerate(self.items(route, at, c, src)):
+                v = self.typed(route, [*at, src, i], v, str, "a string")
+                if v is not None:
+                    origins[("cors", dst, len(values))] = (route, [*at, src, i])
+                    values.append(v)
+            if values:
+                out[dst] = values
+                origins[("cors", dst)] = (route, [*at, src])
+        if credentials and out.get("allow_origins") == ["*"]:
+            # the filter echoes any Origin with credentials; the native config makes that explicit
+            del out["allow_origins"]
+            out["allow_origin_regex"] = [".*"]
+            origins[("cors", "allow_origin_regex", 0)] = (route, [*at, "allowOrigins", 0])
+        max_age = self.integer(route, at, c, "maxAge")
+        if max_age is not None:
+            out["max_age"] = max_age
+            origins[("cors", "max_age")] = (route, [*at, "maxAge"])
+        return out
 
     def _header_filter(self, route: Obj, at: list[Token], node: Any,
                        origins: dict[tuple[Token, ...], Origin], prefix: tuple[Token, ...]) -> dict[str, Any]:

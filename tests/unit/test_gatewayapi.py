@@ -425,8 +425,8 @@ UNSUPPORTED = textwrap.dedent("""\
         filters:
         - type: ExtensionRef
           extensionRef: {group: example.com, kind: Foo, name: bar}
-        - type: CORS
-          cors: {allowOrigins: ["*"]}
+        - type: ExternalAuth
+          externalAuth: {protocol: HTTP, backendRef: {name: svc, port: 8080}}
         - type: RequestMirror
           requestMirror: {backendRef: {name: svc, port: 8080}}
         - type: RequestMirror
@@ -466,7 +466,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].sessionPersistence", "not supported: session persistence",
          line_of("sessionPersistence")),
         ("$[1].spec.rules[0].filters[0].type", "not supported: ExtensionRef filters", line_of("- type: ExtensionRef")),
-        ("$[1].spec.rules[0].filters[1].type", "not supported: the CORS filter", line_of("- type: CORS")),
+        ("$[1].spec.rules[0].filters[1].type", "not supported: the ExternalAuth filter",
+         line_of("- type: ExternalAuth")),
         ("$[1].spec.rules[0].filters[3].type", "not supported: more than one RequestMirror filter",
          line_of("- type: RequestMirror", line_of("- type: RequestMirror"))),
         ("$[1].spec.rules[0].filters[4].type",
@@ -600,3 +601,36 @@ def test_bad_hostname_reported_at_its_list_item_once():
     got = [(i.path, i.line) for i in exc.value.errors]
     assert len(got) == 1, got
     assert got[0][0] == "$[3].spec.hostnames[1]", got
+
+
+# -- CORS (docs/cors.md) ---------------------------------------------------------------------------
+
+
+def test_cors_filter_becomes_the_routes_cors_policy() -> None:
+    cors = {"allowOrigins": ["https://www.foo.com", "https://*.bar.com"], "allowMethods": ["GET", "OPTIONS"],
+            "allowHeaders": ["x-a"], "exposeHeaders": ["x-b"], "allowCredentials": True, "maxAge": 3600}
+    r = only_route(*base(route(rules=[{"filters": [{"type": "CORS", "cors": cors}],
+                                       "backendRefs": [{"name": "svc", "port": 8080}]}])))
+    assert r["policies"] == [{"type": "cors", "allow_origins": ["https://www.foo.com", "https://*.bar.com"],
+                              "allow_methods": ["GET", "OPTIONS"], "allow_headers": ["x-a"],
+                              "expose_headers": ["x-b"], "allow_credentials": True, "max_age": 3600}]
+    assert "filters" not in r or "cors" not in r["filters"]
+
+
+def test_cors_wildcard_origin_with_credentials_is_the_explicit_echo() -> None:
+    cors = {"allowOrigins": ["*"], "allowCredentials": True}
+    r = only_route(*base(route(rules=[{"filters": [{"type": "CORS", "cors": cors}],
+                                       "backendRefs": [{"name": "svc", "port": 8080}]}])))
+    assert r["policies"] == [{"type": "cors", "allow_origin_regex": [".*"], "allow_credentials": True}]
+
+
+def test_cors_problems_point_at_the_manifest() -> None:
+    text = dump(*base(route(rules=[{"filters": [{"type": "CORS", "cors": {"allowOrigins": ["ftp://x"]}}],
+                                    "backendRefs": [{"name": "svc", "port": 8080,
+                                                     "filters": [{"type": "CORS", "cors": {}}]}]}])))
+    got = [(p, m) for p, m, _ in issues(text)]
+    assert ("$[3].spec.rules[0].backendRefs[0].filters[0].type", "not supported: a CORS filter on a backendRef") in got
+    text = dump(*base(route(rules=[{"filters": [{"type": "CORS", "cors": {"allowOrigins": ["ftp://x"]}}],
+                                    "backendRefs": [{"name": "svc", "port": 8080}]}])))
+    got = [(p, m) for p, m, _ in issues(text)]
+    assert any(p == "$[3].spec.rules[0].filters[0].cors.allowOrigins[0]" and "not an origin" in m for p, m in got), got

@@ -1,0 +1,124 @@
+# The `external_auth` authentication method (docs/auth-jwt.md): forward auth, as Traefik's
+# forwardAuth and Envoy's ext_authz HTTP mode. The request's method, path and selected headers go to
+# the auth service (fastgw/external_auth.py: a pooled httpx client on the worker's loop) while the
+# exchange is paused; a 2xx answer lets it through with the named answer headers put on the upstream
+# request, any other answer is sent to the client as the auth service gave it, and a failure or
+# timeout answers 503 or lets through, as configured.
+
+cdef class ExternalAuth(AuthMethod):
+    cdef readonly object client
+    cdef tuple request_headers           # lowercase names of client headers sent along
+    cdef tuple upstream_headers          # (lowercase name, name) copied from a 2xx answer
+    cdef frozenset client_headers        # lowercase names passed on with a refusal
+    cdef bytes consumer_header
+    cdef bint allow_on_failure
+    cdef double pause_timeout
+
+    def __init__(self, str name, str key, client, request_headers, upstream_headers, client_headers,
+                 bytes consumer_header, bint allow_on_failure, double pause_timeout, config=None):
+        AuthMethod.__init__(self, name, "external_auth", key, config, b"")
+        self.client = client
+        self.request_headers = tuple(request_headers)
+        self.upstream_headers = tuple(upstream_headers)
+        self.client_headers = frozenset(client_headers)
+        self.consumer_header = consumer_header
+        self.allow_on_failure = allow_on_failure
+        self.pause_timeout = pause_timeout
+
+    def adopt(self, Policy old):
+        # the same auth service: its pooled connections go on serving
+        if isinstance(old, ExternalAuth) and (<ExternalAuth>old).client.origin == self.client.origin:
+            self.client._client = (<ExternalAuth>old).client._client
+
+    def describe(self):
+        return "external_auth " + self.client.origin + self.client.prefix
+
+    cdef int authenticate(self, Exchange ex) except -1:
+        cdef bytes name, target, query = ex.query_bytes
+        cdef object value
+        cdef list headers = []
+        host = ex.header_value(b"host")
+        if host is not None:
+            headers.append((b"host", host))
+        for name in self.request_headers:
+            value = ex.header_value(name)
+            if value is not None:
+                headers.append((name, value))
+        target = ex.path_bytes or b"/"
+        if query:
+            target = target + b"?" + query
+        method = ex.method
+        headers.append((b"x-forwarded-method", method.encode("latin-1")))
+        headers.append((b"x-forwarded-uri", target))
+        if host is not None:
+            headers.append((b"x-forwarded-host", host))
+        headers.append((b"x-forwarded-proto", b"http"))
+        headers.append((b"x-forwarded-for", ex.client_addr))
+        if ex.request_id is not None:
+            headers.append((b"x-request-id", ex.request_id))
+        task = ex.worker.loop.create_task(self.client.ask(method, target, headers))
+        ex.pending = task
+        ex.pause_deadline(self.pause_timeout)
+        task.add_done_callback(_ExtAuthDone(self, ex))
+        return AUTH_PAUSED
+
+    cdef void refuse(self, Exchange ex, int result) except *:
+        auth_refuse(self, ex, result)
+
+    cdef void answered(self, Exchange ex, task) except *:
+        cdef int status
+        cdef list fields, edits
+        cdef bytes lname, cname, n, v, lines
+        if task.cancelled():            # the exchange ended or timed out first
+            return
+        ex.pending = None
+        exc = task.exception()
+        if exc is not None:
+            self.client.report(exc)
+            if self.allow_on_failure:
+                self.auth_done(ex, AUTH_OK)
+                return
+            ex.auth_answer = (503, b"authentication service unavailable", b"", None)
+            self.auth_done(ex, AUTH_DENIED)
+            return
+        status, fields, body = task.result()
+        if 200 <= status < 300:
+            if self.upstream_headers:
+                edits = ex.upstream_edits
+                if edits is None:
+                    edits = ex.upstream_edits = []
+                for lname, cname in self.upstream_headers:
+                    edits.append((lname, None, True))     # what the client sent under that name goes
+                    for n, v in fields:
+                        if n.lower() == lname and not (b"\r" in v or b"\n" in v or b"\0" in v):
+                            edits.append((lname, cname + b": " + v + b"\r\n", False))
+            if self.consumer_header is not None:
+                for n, v in fields:
+                    if n.lower() == self.consumer_header:
+                        ex.consumer_name = v
+                        break
+            self.auth_done(ex, AUTH_OK)
+            return
+        if status < 200 or status > 599:
+            status = 502
+        lines = b"".join([n + b": " + v + b"\r\n" for n, v in fields
+                          if n.lower() in self.client_headers and not (b"\r" in v or b"\n" in v)])
+        ex.auth_answer = (status, None, lines, body if not ex.head_method else b"")
+        self.auth_done(ex, AUTH_DENIED)
+
+
+cdef class _ExtAuthDone:
+    cdef ExternalAuth policy
+    cdef Exchange ex
+
+    def __init__(self, ExternalAuth policy, Exchange ex):
+        self.policy = policy
+        self.ex = ex
+
+    def __call__(self, task):
+        try:
+            self.policy.answered(self.ex, task)
+        except Exception as exc:
+            _report_policy_error(self.policy, "request", exc)
+            self.ex.fail(500, b"external auth failed", RF_POLICY_ERROR)
+            self.ex.resume()
