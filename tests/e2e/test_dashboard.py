@@ -56,6 +56,7 @@ def _dead_address() -> str:
 
 
 def test_dashboard_shows_live_traffic(browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -74,7 +75,8 @@ def test_dashboard_shows_live_traffic(browser):
                     assert client.get(gw.url_for("/broken")).status_code == 502
 
             browser.get(f"{admin_url(gw)}/dashboard?interval_ms=250#token={TOKEN}")
-            wait = WebDriverWait(browser, 20)
+            # the tables are redrawn every poll: an element found may be replaced before it is read
+            wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
 
             def requests_shown(route):
                 def shown(driver):
@@ -84,9 +86,10 @@ def test_dashboard_shows_live_traffic(browser):
 
             wait.until(lambda d: requests_shown("all")(d) >= PROXIED)
             wait.until(lambda d: requests_shown("broken")(d) >= FAILED)
-            broken = browser.find_element(By.CSS_SELECTOR, '#per-route tr[data-route="broken"]')
-            assert "100.0%" in broken.text          # every request to it failed with a 502
-            assert int(browser.find_element(By.ID, "tile-total").get_attribute("data-value")) >= PROXIED + FAILED
+            # every request to it failed with a 502
+            wait.until(lambda d: "100.0%" in d.find_element(By.CSS_SELECTOR, '#per-route tr[data-route="broken"]').text)
+            wait.until(lambda d: int(d.find_element(By.ID, "tile-total").get_attribute("data-value") or 0)
+                       >= PROXIED + FAILED)
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#targets tr[data-target="{address}"]'))
             # the tables fill one after another within a poll
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#routes tr[data-route="broken"]'))
