@@ -104,6 +104,12 @@ cdef class Exchange:
     cdef bint paused
     cdef public object view          # the plugins' RequestView, made on first use
     cdef list upstream_edits         # plugins' (lowercase name, line or None, drop) for the upstream head
+    # auth (auth.pyx, apikey.pyx, iprules.pyx): the combinator waiting on a paused method; the query
+    # sent upstream once a credential was taken out of it ("?..." or b""); the X-Forwarded-For
+    # value a trusted-proxy policy rebuilt (what it could not vouch for left out). None: as received
+    cdef object auth_waiter
+    cdef bytes up_query
+    cdef bytes xff_out
     # log
     cdef readonly int flags
     cdef int outcome
@@ -384,6 +390,9 @@ cdef class Exchange:
         cdef const char* query = p + h.target + h.path_len
         cdef Py_ssize_t query_len = h.target_len - h.path_len
         cdef list edits = self.upstream_edits       # plugins' edits: None on most routes
+        if self.up_query is not None:
+            query = PyBytes_AS_STRING(self.up_query)
+            query_len = PyBytes_GET_SIZE(self.up_query)
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
@@ -426,14 +435,17 @@ cdef class Exchange:
                     continue
                 _put_field(out, p, f)
         wb_put(out, b"X-Forwarded-For: ", 17)
-        if h.n_xff:
-            for i in range(h.nfields):
-                f = &h.fields[i]
-                if f.kind == HK_X_FORWARDED_FOR and f.value_len and not (
-                        h.nconn_tokens and _named_by_connection(h, p, f)):
-                    wb_put(out, p + f.value, f.value_len)
-                    wb_put(out, b", ", 2)
-        wb_put(out, PyBytes_AS_STRING(self.client_addr), PyBytes_GET_SIZE(self.client_addr))
+        if self.xff_out is not None:
+            wb_put(out, PyBytes_AS_STRING(self.xff_out), PyBytes_GET_SIZE(self.xff_out))
+        else:
+            if h.n_xff:
+                for i in range(h.nfields):
+                    f = &h.fields[i]
+                    if f.kind == HK_X_FORWARDED_FOR and f.value_len and not (
+                            h.nconn_tokens and _named_by_connection(h, p, f)):
+                        wb_put(out, p + f.value, f.value_len)
+                        wb_put(out, b", ", 2)
+            wb_put(out, PyBytes_AS_STRING(self.client_addr), PyBytes_GET_SIZE(self.client_addr))
         wb_put(out, b"\r\nX-Forwarded-Proto: http\r\n", 27)
         if h.authority >= 0 or h.has_host:
             _put_line(out, b"X-Forwarded-Host: ", 18, client_host, client_host_len)

@@ -21,7 +21,7 @@ from .values import PositiveDuration
 if TYPE_CHECKING:
     from .schema import GatewayConfig
 
-__all__ = ["NoopPolicy", "PluginPolicy", "Policy", "PolicyBase", "RespondPolicy", "check_policies",
+__all__ = ["Consumer", "NoopPolicy", "PluginPolicy", "Policy", "PolicyBase", "RespondPolicy", "check_policies",
            "load_plugin_class", "plugin_config"]
 
 ModuleRef = Annotated[
@@ -71,7 +71,21 @@ class PluginPolicy(PolicyBase, tag="plugin", kw_only=True):
     """A hook slower than this is logged (at most once a second per plugin and phase)."""
 
 
-Policy = NoopPolicy | RespondPolicy | PluginPolicy
+from .auth import (  # noqa: E402  (auth.py subclasses PolicyBase, above)
+    ApiKeyPolicy,
+    AuthPolicy,
+    BasicAuthPolicy,
+    Consumer,
+    GroupsPolicy,
+    IpAllowPolicy,
+    IpDenyPolicy,
+    TrustedProxiesPolicy,
+    check_auth,
+    check_auth_policy,
+)
+
+Policy = (NoopPolicy | RespondPolicy | PluginPolicy | ApiKeyPolicy | BasicAuthPolicy | AuthPolicy | GroupsPolicy
+          | IpAllowPolicy | IpDenyPolicy | TrustedProxiesPolicy)
 
 HOOKS = ("on_request", "on_response", "on_log")
 
@@ -119,7 +133,8 @@ def policy_names(policies: list[Policy] | None) -> list[str]:
     return [p.name or f"{type(p).__struct_config__.tag}-{i}" for i, p in enumerate(policies or ())]
 
 
-def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> None:
+def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cfg: GatewayConfig | None = None
+                ) -> None:
     seen: dict[str, int] = {}
     for i, (policy, name) in enumerate(zip(policies or (), policy_names(policies), strict=True)):
         path = [*base, i]
@@ -134,6 +149,8 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
                     out.append(([*path, "headers", key], f"not a valid header name: {key!r}"))
                 elif any(c in value for c in "\r\n\0"):
                     out.append(([*path, "headers", key], "a header value cannot contain CR, LF or NUL"))
+        if cfg is not None:
+            check_auth_policy(policy, path, cfg, out)
         if isinstance(policy, PluginPolicy):
             try:
                 cls = load_plugin_class(policy.module)
@@ -148,10 +165,11 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
 
 
 def check_policies(cfg: GatewayConfig, out: list) -> None:
-    _check_list(cfg.policies, ["policies"], out)
+    check_auth(cfg, out)
+    _check_list(cfg.policies, ["policies"], out, cfg)
     top = set(policy_names(cfg.policies))
     for i, route in enumerate(cfg.routes):
-        _check_list(route.policies, ["routes", i, "policies"], out)
+        _check_list(route.policies, ["routes", i, "policies"], out, cfg)
         for j, name in enumerate(route.skip_policies or ()):
             if name not in top:
                 shown = ", ".join(sorted(top)) or "none defined"

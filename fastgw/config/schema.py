@@ -19,7 +19,7 @@ from .admin import Admin
 from .base import Base, Name
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
-from .policies import Policy
+from .policies import Consumer, Policy
 from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
@@ -345,6 +345,8 @@ class GatewayConfig(Base, kw_only=True):
     server: Server = msgspec.field(default_factory=Server)
     policies: list[Policy] = msgspec.field(default_factory=list)
     """Policies applied to every route, before the route's own (docs/policies.md)."""
+    consumers: list[Consumer] = msgspec.field(default_factory=list)
+    """Named identities and their credentials, for the auth policies (docs/auth.md)."""
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     """Prometheus counters (docs/metrics.md)."""
     logging: Logging = msgspec.field(default_factory=Logging)
