@@ -68,6 +68,8 @@ def gw(echo, files, module_gateway_factory, monkeypatch_module):
             {"type": "api_key"}, {"type": "basic_auth", "htpasswd": [str(files["htpasswd"])]}]}]),
         route("all", "/all", [{"type": "auth", "mode": "all_of", "methods": [
             {"type": "api_key"}, {"type": "basic_auth"}]}]),
+        route("all2", "/all2", [{"type": "auth", "mode": "all_of", "methods": [
+            {"type": "basic_auth"}, {"type": "api_key"}], "groups": {"allow": ["admin"]}}]),
         route("admins", "/admins", [{"type": "api_key", "groups": {"allow": ["admin"]}}]),
         route("nodeny", "/nodeny", [{"type": "api_key", "groups": {"deny": ["blocked"]}}]),
         route("grp", "/grp", [{"type": "api_key"}, {"type": "groups", "allow": ["admin", "ops"]}]),
@@ -194,6 +196,15 @@ def test_all_of_needs_both_of_the_same_consumer(gw):
     assert_gateway_error(get(gw, "/all/x", headers=basic("alice", "alice-pw")), 401)
     mixed = {"X-API-Key": KEY_CAROL, **basic("alice", "alice-pw")}
     assert assert_gateway_error(get(gw, "/all/x", headers=mixed), 401)["error"] == "unauthorized"
+
+
+def test_all_of_goes_on_after_a_paused_method_and_checks_its_groups(gw):
+    # basic_auth pauses (the hash is checked on a thread); api_key runs when it resumes
+    both = {"X-API-Key": KEY_ALICE, **basic("alice", "alice-pw")}
+    assert seen(get(gw, "/all2/x", headers=both))["headers"]["x-consumer-name"] == ["alice"]
+    assert_gateway_error(get(gw, "/all2/x", headers={"X-API-Key": "bad", **basic("alice", "alice-pw")}), 401)
+    carol = {"X-API-Key": KEY_CAROL, **basic("carol", "carol-pw")}
+    assert_gateway_error(get(gw, "/all2/x", headers=carol), 403)       # carol is not in admin
 
 
 def test_groups_allowed_and_denied_answer_403(gw):
