@@ -67,6 +67,10 @@ class PeerConfig:
     access_log: bool = False
     #: fastgw only: top-level config sections.
     config: dict = field(default_factory=dict)
+    #: nginx only: the same work as fastgw's policies, as http-level directives (map, geo) and
+    #: directives of the catch-all location (if ... return).
+    nginx_http: str = ""
+    nginx_location: str = ""
 
 
 @dataclass
@@ -265,7 +269,7 @@ class Nginx(Peer):
             servers = f"""
   server {{
     listen 127.0.0.1:{port} backlog=4096;
-    location / {{ proxy_pass http://origin; }}
+    location / {{ {cfg.nginx_location}proxy_pass http://origin; }}
   }}"""
         else:
             by_host: dict[str, list[str]] = {}
@@ -329,6 +333,7 @@ http {{
   {" ".join(headers)}
   proxy_buffer_size 16k;
   proxy_buffers 8 16k;
+  {cfg.nginx_http}
   upstream origin {{
     server 127.0.0.1:{cfg.upstream_port};
     keepalive 1024;

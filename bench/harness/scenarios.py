@@ -31,6 +31,9 @@ class Scenario:
     access_log: bool = False
     #: fastgw only: top-level config sections (`tracing:`, say), each a dict as in the config.
     fastgw_config: dict = field(default_factory=dict)
+    #: nginx's equivalent of fastgw_policies (peers.PeerConfig.nginx_http / nginx_location).
+    nginx_http: str = ""
+    nginx_location: str = ""
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -132,6 +135,11 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
             fastgw_config={"tracing": {"enabled": True, "sample_rate": 0.01,
                                        "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
         ),
+        # Auth and access control (issue 10): an API key checked per request, and a 10,000-CIDR deny
+        # list the client is in none of (the whole list is searched). nginx does the same with map and
+        # geo (its radix tree).
+        "apikey": lambda: _apikey(get26),
+        "ipdeny10k": lambda: _ipdeny(get26, 10_000),
     }
     unknown = [n for n in names if n not in all_]
     if unknown:
@@ -149,6 +157,49 @@ def _gateway(n: int) -> Scenario:
         reqs,
         reqs[-1],  # the last route in the table: the worst case for a linear scan
         routes,
+    )
+
+
+BENCH_API_KEY = "bench-key-0123456789abcdef0123456789"
+
+
+def _apikey(get26: Request) -> Scenario:
+    req = Request("GET", "/", {"X-API-Key": BENCH_API_KEY})
+    others = [f"other-key-{i:04d}-0123456789abcdef" for i in range(999)]
+    keys = "".join(f' "{k}" 1;' for k in [*others, BENCH_API_KEY])
+    return Scenario(
+        "apikey",
+        "GET, 26 B response, 50 connections; API key in X-API-Key checked against 1,000 consumers' keys",
+        50,
+        [req],
+        req,
+        fastgw_policies=[{"type": "api_key"}],
+        fastgw_config={"consumers": [{"name": f"c{i}", "credentials": {"api_keys": [k]}}
+                                     for i, k in enumerate([*others, BENCH_API_KEY])]},
+        nginx_http=f"map $http_x_api_key $fastgw_key_ok {{ default 0;{keys} }}",
+        nginx_location="if ($fastgw_key_ok = 0) { return 401; } proxy_set_header X-API-Key \"\"; ",
+    )
+
+
+def bench_cidrs(n: int) -> list[str]:
+    """n disjoint CIDRs (IPv4 /24s and IPv6 /48s) none of which holds 127.0.0.1."""
+    v4 = [f"10.{i // 256}.{i % 256}.0/24" for i in range(n // 2)]
+    v6 = [f"2001:db8:{i:x}::/48" for i in range(n - len(v4))]
+    return v4 + v6
+
+
+def _ipdeny(get26: Request, n: int) -> Scenario:
+    cidrs = bench_cidrs(n)
+    geo = " ".join(f"{c} 1;" for c in cidrs)
+    return Scenario(
+        f"ipdeny{n // 1000}k",
+        f"GET, 26 B response, 50 connections; an ip_deny list of {n:,} CIDRs, the client in none",
+        50,
+        [get26],
+        get26,
+        fastgw_policies=[{"type": "ip_deny", "cidrs": cidrs}],
+        nginx_http=f"geo $fastgw_denied {{ default 0; {geo} }}",
+        nginx_location="if ($fastgw_denied) { return 403; } ",
     )
 
 
