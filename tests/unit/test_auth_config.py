@@ -200,3 +200,29 @@ def test_ip_set_merges_and_maps_v4():
     s = ip_set(["10.0.0.0/8"])
     assert "::ffff:10.1.2.3" in s and "10.1.2.3:8080" in s and "[::ffff:10.0.0.1]:1" in s
     assert "unknown" not in s and "" not in s and "11.0.0.0" not in s
+
+
+def test_compiled_policies_describe_themselves_without_secrets(tmp_path):
+    from fastgw.policychain import compile_chains
+    f = tmp_path / "h"
+    f.write_text("u:$2b$04$" + "b" * 53 + "\n")
+    cfg = load(f"""\
+        consumers:
+          - name: a
+            groups: [g]
+            credentials:
+              api_keys: ["{SECRET}"]
+              basic_auth: {{username: a, password_hash: "$2b$04${'a' * 53}"}}
+        routes:
+          - name: r
+            upstream: echo
+            policies:
+              - type: auth
+                methods: [{{type: api_key, query: [k]}}, {{type: basic_auth, htpasswd: ["{f}"]}}]
+                groups: {{allow: [g]}}
+              - {{type: ip_allow, cidrs: ["10.0.0.0/8"]}}
+        """)
+    _, chains, _ = compile_chains(cfg)
+    text = " ".join(p.describe() for p in chains["r"].policies)
+    assert "any of" in text and "1 keys" in text and "2 users" in text and "1 CIDRs" in text
+    assert SECRET not in text and "$2b$" not in text
