@@ -177,7 +177,10 @@ def _apikey(get26: Request) -> Scenario:
         fastgw_config={"consumers": [{"name": f"c{i}", "credentials": {"api_keys": [k]}}
                                      for i, k in enumerate([*others, BENCH_API_KEY])]},
         nginx_http=f"map $http_x_api_key $fastgw_key_ok {{ default 0;{keys} }}",
-        nginx_location="if ($fastgw_key_ok = 0) { return 401; } proxy_set_header X-API-Key \"\"; ",
+        # a location's proxy_set_header replaces the inherited ones: Connection "" (upstream keepalive)
+        # is repeated here
+        nginx_location=('if ($fastgw_key_ok = 0) { return 401; } proxy_set_header Connection ""; '
+                        'proxy_set_header X-API-Key ""; '),
     )
 
 
