@@ -74,18 +74,20 @@ cdef class AuthMethod(Policy):
 
     cdef void _forward(self, Exchange ex) except *:
         cdef Consumer c = ex.consumer if isinstance(ex.consumer, Consumer) else None
-        cdef list edits = ex.upstream_edits
-        if edits is None:
-            edits = ex.upstream_edits = []
+        cdef bytes lines = b""
         # the client's own copies go whatever happens: only the gateway says who the consumer is
         if self.name_header is not None:
-            edits.append((self.name_header, None, True))
+            if request_field(ex, self.name_header) is not None:
+                drop_upstream_field(ex, self.name_header)
             if c is not None:
-                edits.append((self.name_header, self.name_line + c.name_bytes + b"\r\n", False))
+                lines = self.name_line + c.name_bytes + b"\r\n"
         if self.groups_header is not None:
-            edits.append((self.groups_header, None, True))
+            if request_field(ex, self.groups_header) is not None:
+                drop_upstream_field(ex, self.groups_header)
             if c is not None and c.groups_bytes:
-                edits.append((self.groups_header, self.groups_line + c.groups_bytes + b"\r\n", False))
+                lines += self.groups_line + c.groups_bytes + b"\r\n"
+        # a consumer named twice (a top-level method, then a route's) is named once, the last time
+        ex.up_auth_lines = lines or None
 
     cdef void refuse(self, Exchange ex, int result) except *:
         ex.answer_json(401, b"unauthorized" if result == AUTH_DENIED else b"authentication required",

@@ -106,10 +106,12 @@ cdef class Exchange:
     cdef list upstream_edits         # plugins' (lowercase name, line or None, drop) for the upstream head
     # auth (auth.pyx, apikey.pyx, iprules.pyx): the combinator waiting on a paused method; the query
     # sent upstream once a credential was taken out of it ("?..." or b""); the X-Forwarded-For
-    # value a trusted-proxy policy rebuilt (what it could not vouch for left out). None: as received
+    # value a trusted-proxy policy rebuilt (what it could not vouch for left out); whole header
+    # lines naming the consumer (X-Consumer-Name ...). None: as received / none
     cdef object auth_waiter
     cdef bytes up_query
     cdef bytes xff_out
+    cdef bytes up_auth_lines
     # log
     cdef readonly int flags
     cdef int outcome
@@ -456,6 +458,8 @@ cdef class Exchange:
             wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if self.upstream_edits is not None:
             _put_edit_lines(out, self.upstream_edits)
+        if self.up_auth_lines is not None:
+            wb_put(out, PyBytes_AS_STRING(self.up_auth_lines), PyBytes_GET_SIZE(self.up_auth_lines))
         if self.tc.trace_hi | self.tc.trace_lo:
             trace_put_upstream(self, out)
         if h.framing == FR_CHUNKED:

@@ -266,4 +266,4 @@ def parse_address(addr):
     cdef bytes b = addr.encode() if isinstance(addr, str) else bytes(addr)
     if not parse_ip(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), &hi, &lo):
         return None
-    return (hi << 64) | lo
+    return (<object>hi << 64) | <object>lo
