@@ -186,6 +186,13 @@ cdef class AuthCombinator(AuthMethod):
         if r != AUTH_PAUSED:
             self.auth_done(ex, r)     # this combinator's own end (a waiter of its own, or alone)
 
+    def adopt(self, Policy old):
+        """The methods' state (basic_auth's cache) carries over a reload method by method."""
+        if isinstance(old, AuthCombinator):
+            for m, o in zip(self.methods, (<AuthCombinator>old).methods):
+                if type(m) is type(o):
+                    m.adopt(o)
+
     def describe(self):
         return ("all of " if self.all else "any of ") + ", ".join(
             f"{m.name} ({m.describe()})" for m in self.methods)

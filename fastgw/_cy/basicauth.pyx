@@ -105,12 +105,33 @@ cdef class BasicAuth(AuthMethod):
             r = AUTH_DENIED
         self.auth_done(ex, r)
 
+    def adopt(self, Policy old):
+        """The same policy after a reload: its cache of good credentials goes on when every user's
+        hash and consumer name are what they were (a changed or removed user empties it: no old
+        password stays good), each entry now naming the new config's consumer record."""
+        cdef BasicAuth prev
+        if not isinstance(old, BasicAuth):
+            return
+        prev = <BasicAuth>old
+        if _fingerprint(prev.users) != _fingerprint(self.users):
+            return
+        now = {(<Consumer>(<UserHash>e).consumer).name: (<UserHash>e).consumer for e in self.users.values()}
+        for bucket_key, bucket in prev.cache.items():
+            entries = [(d, now[(<Consumer>c).name]) for d, c in bucket if (<Consumer>c).name in now]
+            if entries and self.cached + len(entries) <= self.cache_size:
+                self.cache[bucket_key] = entries
+                self.cached += len(entries)
+
     def describe(self):
         return f"basic auth ({len(self.users)} users)"
 
     @property
     def cache_entries(self):
         return self.cached
+
+
+cdef dict _fingerprint(dict users):
+    return {u: ((<UserHash>e).hash, (<Consumer>(<UserHash>e).consumer).name) for u, e in users.items()}
 
 
 cdef class _Verified:

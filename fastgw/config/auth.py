@@ -276,9 +276,26 @@ def _check_group_names(access, groups: set[str], path: list[Token], allow_key: s
                 out.append(([*path, key, j], f"no consumer is in group {g!r}"))
 
 
+# Fields the gateway writes itself (or that frame the request): not a consumer header's name.
+_OWNED = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+                    "te", "trailer", "upgrade", "expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto",
+                    "x-forwarded-host", "authorization"))
+
+
+def _check_headers(headers: ConsumerHeaders, path: list[Token], out: list) -> None:
+    for key in ("name", "groups"):
+        value = getattr(headers, key)
+        if value is not None and value.lower() in _OWNED:
+            out.append(([*path, "upstream_headers", key], f"{value} is not free for a consumer header"))
+    if headers.name is not None and headers.groups is not None and headers.name.lower() == headers.groups.lower():
+        out.append(([*path, "upstream_headers", "groups"], "the same header as `name`"))
+
+
 def _check_method(policy, path: list[Token], consumers: set[str], groups: set[str], out: list,
                   inner: bool) -> None:
     if isinstance(policy, ApiKeyPolicy | BasicAuthPolicy):
+        if not inner:
+            _check_headers(policy.upstream_headers, path, out)
         for j, name in enumerate(policy.consumers or ()):
             if name not in consumers:
                 out.append(([*path, "consumers", j], f"consumer {name!r} is not defined in $.consumers"))
@@ -304,6 +321,7 @@ def check_auth_policy(policy, path: list[Token], cfg: GatewayConfig, out: list) 
         for j, method in enumerate(policy.methods):
             _check_method(method, [*path, "methods", j], consumers, groups, out, True)
         _check_group_names(policy.groups, groups, [*path, "groups"], "allow", "deny", out)
+        _check_headers(policy.upstream_headers, path, out)
     elif isinstance(policy, ApiKeyPolicy | BasicAuthPolicy):
         _check_method(policy, path, consumers, groups, out, False)
     elif isinstance(policy, GroupsPolicy):

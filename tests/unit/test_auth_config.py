@@ -226,3 +226,12 @@ def test_compiled_policies_describe_themselves_without_secrets(tmp_path):
     text = " ".join(p.describe() for p in chains["r"].policies)
     assert "any of" in text and "1 keys" in text and "2 users" in text and "1 CIDRs" in text
     assert SECRET not in text and "$2b$" not in text
+
+
+def test_consumer_headers_cannot_be_the_gateways():
+    found = issues("""\
+        policies:
+          - {type: api_key, upstream_headers: {name: X-Forwarded-For}}
+          - {type: auth, methods: [{type: api_key}], upstream_headers: {name: X-C, groups: x-c}}
+        """)
+    assert [p for p, _, _ in found] == ["$.policies[0].upstream_headers.name", "$.policies[1].upstream_headers.groups"]
