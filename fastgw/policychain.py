@@ -13,10 +13,10 @@ from . import _core
 from .accesslog import access_log_policy
 from .auth.build import build_auth_policy
 from .config import GatewayConfig
+from .config.auth import AUTH_POLICIES
 from .config.cors import CorsPolicy
 from .config.external_auth import ExternalAuthPolicy
 from .config.jwt import JwtPolicy
-from .config.auth import AUTH_POLICIES
 from .config.policies import (
     NoopPolicy,
     PluginPolicy,

@@ -21,8 +21,8 @@ from .base import Base, Name
 from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
-from .tls import ListenerTls, UpstreamTls
 from .policies import Consumer, Policy
+from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
 from .tunnels import ListenerProtocol, Tunnel
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
