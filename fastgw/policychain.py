@@ -46,8 +46,12 @@ def _build(entry: Policy, name: str, key: str, old: dict, cfg: GatewayConfig | N
                 carry(previous.instance)
         policy = _core.PluginPolicy(name, key, entry.module, instance, entry.timeout, entry.budget, entry)
     elif isinstance(entry, JwtPolicy):
+        from .auth.build import consumer_table
         from .jwt_auth import build_jwt_policy
         policy = build_jwt_policy(entry, name, key)
+        table = consumer_table(cfg)
+        policy.consumers = table if len(table) else None
+        policy.set_access()      # X-Consumer-Name upstream, as the other methods send it
     elif isinstance(entry, ExternalAuthPolicy):
         from .external_auth import build_external_auth_policy
         policy = build_external_auth_policy(entry, name, key)

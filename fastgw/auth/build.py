@@ -15,6 +15,8 @@ from ..config.auth import (
     TrustedProxiesPolicy,
     read_secret,
 )
+from ..config.external_auth import ExternalAuthPolicy
+from ..config.jwt import JwtPolicy
 from .hashes import verify_password
 from .htpasswd import read_htpasswd
 from .ipsets import ip_set
@@ -87,6 +89,14 @@ def _access(policy: _core.AuthMethod, groups, headers: ConsumerHeaders) -> None:
 
 def _method(entry, name: str, key: str, cfg: GatewayConfig) -> _core.AuthMethod:
     table = consumer_table(cfg)
+    if isinstance(entry, JwtPolicy):
+        from ..jwt_auth import build_jwt_policy
+        policy = build_jwt_policy(entry, name, key)
+        policy.consumers = table if len(table) else None
+        return policy
+    if isinstance(entry, ExternalAuthPolicy):
+        from ..external_auth import build_external_auth_policy
+        return build_external_auth_policy(entry, name, key)
     if isinstance(entry, ApiKeyPolicy):
         policy = _core.ApiKeyAuth(name, key, entry.headers, entry.query, _api_keys(entry, cfg, table), entry.strip,
                                   entry)

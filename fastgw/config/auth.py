@@ -119,7 +119,10 @@ class BasicAuthPolicy(AuthMethodBase, tag="basic_auth", kw_only=True):
     """How long a hash check may take (then 504)."""
 
 
-AuthMethodPolicy = ApiKeyPolicy | BasicAuthPolicy
+from .external_auth import ExternalAuthPolicy, check_external_auth  # noqa: E402
+from .jwt import JwtPolicy, check_jwt  # noqa: E402
+
+AuthMethodPolicy = ApiKeyPolicy | BasicAuthPolicy | JwtPolicy | ExternalAuthPolicy
 
 
 class AuthPolicy(PolicyBase, tag="auth", kw_only=True):
@@ -319,7 +322,12 @@ def check_auth_policy(policy, path: list[Token], cfg: GatewayConfig, out: list) 
     groups = {g for c in cfg.consumers for g in c.groups}
     if isinstance(policy, AuthPolicy):
         for j, method in enumerate(policy.methods):
-            _check_method(method, [*path, "methods", j], consumers, groups, out, True)
+            if isinstance(method, JwtPolicy):
+                check_jwt(method, [*path, "methods", j], out)
+            elif isinstance(method, ExternalAuthPolicy):
+                check_external_auth(method, [*path, "methods", j], out)
+            else:
+                _check_method(method, [*path, "methods", j], consumers, groups, out, True)
         _check_group_names(policy.groups, groups, [*path, "groups"], "allow", "deny", out)
         _check_headers(policy.upstream_headers, path, out)
     elif isinstance(policy, ApiKeyPolicy | BasicAuthPolicy):
