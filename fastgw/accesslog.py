@@ -5,6 +5,7 @@ route's lines are off) for the log phase; per worker, one LineSink that the poli
 from __future__ import annotations
 
 from . import _core, events
+from .auth.build import with_credentials_redacted
 from .config import GatewayConfig
 from .config.logs import parse_template, route_access_log
 from .config.schema import Route
@@ -32,7 +33,8 @@ def access_log_policy(cfg: GatewayConfig, route: Route | None) -> _core.AccessLo
     json = (al.format or cfg.logging.format) == "json"
     ops, tail = _json_ops() if json else _text_ops(al.template)
     key = f"access_log/{route.name}" if route is not None else "access_log"
-    return _core.AccessLogPolicy(key, json, ops, tail, sample, al.query, al.redact_params or (), al)
+    query, redact = with_credentials_redacted(cfg, al.query, al.redact_params)
+    return _core.AccessLogPolicy(key, json, ops, tail, sample, query, redact, al)
 
 
 def _report_drops(dropped: int, total: int) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from . import _core
 from .accesslog import access_log_policy
+from .auth.build import build_auth_policy
 from .config import GatewayConfig
+from .config.auth import AUTH_POLICIES
 from .config.cors import CorsPolicy
 from .config.external_auth import ExternalAuthPolicy
 from .config.jwt import JwtPolicy
@@ -26,7 +28,7 @@ from .config.policies import (
 )
 
 
-def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
+def _build(entry: Policy, name: str, key: str, old: dict, cfg: GatewayConfig | None = None) -> _core.Policy:
     if isinstance(entry, NoopPolicy):
         policy = _core.NoopPolicy(name, key, entry)
     elif isinstance(entry, RespondPolicy):
@@ -44,14 +46,20 @@ def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
                 carry(previous.instance)
         policy = _core.PluginPolicy(name, key, entry.module, instance, entry.timeout, entry.budget, entry)
     elif isinstance(entry, JwtPolicy):
+        from .auth.build import consumer_table
         from .jwt_auth import build_jwt_policy
         policy = build_jwt_policy(entry, name, key)
+        table = consumer_table(cfg)
+        policy.consumers = table if len(table) else None
+        policy.set_access()      # X-Consumer-Name upstream, as the other methods send it
     elif isinstance(entry, ExternalAuthPolicy):
         from .external_auth import build_external_auth_policy
         policy = build_external_auth_policy(entry, name, key)
     elif isinstance(entry, CorsPolicy):
         from .cors import build_cors_policy
         policy = build_cors_policy(entry, name, key)
+    elif isinstance(entry, AUTH_POLICIES):
+        policy = build_auth_policy(entry, name, key, cfg)
     else:  # pragma: no cover - the schema's union is closed
         raise TypeError(f"unknown policy {entry!r}")
     if key in old:
@@ -67,7 +75,7 @@ def compile_chains(cfg: GatewayConfig, previous: _core.Runtime | None = None
     top = []
     for entry, name in zip(cfg.policies, policy_names(cfg.policies), strict=True):
         key = f"policies/{name}"
-        built[key] = _build(entry, name, key, old)
+        built[key] = _build(entry, name, key, old, cfg)
         top.append((name, built[key]))
     chains = {}
     for route in cfg.routes:
@@ -75,7 +83,7 @@ def compile_chains(cfg: GatewayConfig, previous: _core.Runtime | None = None
         own = []
         for entry, name in zip(route.policies or (), policy_names(route.policies), strict=True):
             key = f"routes/{route.name}/{name}"
-            built[key] = _build(entry, name, key, old)
+            built[key] = _build(entry, name, key, old, cfg)
             own.append(built[key])
         chains[route.name] = _core.PolicyChain([p for n, p in top if n not in skip] + own,
                                                access_log_policy(cfg, route))

@@ -73,6 +73,10 @@ class PeerConfig:
     #: False: no session tickets and no session cache, so that every connection is a full handshake
     #: (wrk keeps a connection's session across its reconnections and would resume it).
     tls_resumption: bool = True
+    #: nginx only: the same work as fastgw's policies, as http-level directives (map, geo) and
+    #: directives of the catch-all location (if ... return).
+    nginx_http: str = ""
+    nginx_location: str = ""
 
 
 @dataclass
@@ -306,7 +310,7 @@ class Nginx(Peer):
   server {{
     listen 127.0.0.1:{port}{ssl_flag} backlog=4096;
     {tls}
-    location / {{ proxy_pass http://origin; }}
+    location / {{ {cfg.nginx_location}proxy_pass http://origin; }}
   }}"""
         else:
             by_host: dict[str, list[str]] = {}
@@ -370,6 +374,7 @@ http {{
   {" ".join(headers)}
   proxy_buffer_size 16k;
   proxy_buffers 8 16k;
+  {cfg.nginx_http}
   upstream origin {{
     server 127.0.0.1:{cfg.upstream_port};
     keepalive 1024;

@@ -36,6 +36,9 @@ class Scenario:
     tls: str | None = None
     #: TLS session resumption allowed (False: every connection a full handshake).
     tls_resumption: bool = True
+    #: nginx's equivalent of fastgw_policies (peers.PeerConfig.nginx_http / nginx_location).
+    nginx_http: str = ""
+    nginx_location: str = ""
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -152,6 +155,11 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
                            "tracing": {"enabled": True, "sample_rate": 0.01,
                                        "otlp": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
         ),
+        # Auth and access control (issue 10): an API key checked per request, and a 10,000-CIDR deny
+        # list the client is in none of (the whole list is searched). nginx does the same with map and
+        # geo (its radix tree).
+        "apikey": lambda: _apikey(get26),
+        "ipdeny10k": lambda: _ipdeny(get26, 10_000),
     }
     # TLS termination (issue 13), fastgw against nginx with the same certificate and Mozilla
     # intermediate settings: keep-alive requests (the per-request cost of TLS records), and one full
@@ -237,3 +245,50 @@ def _gateway(n: int) -> Scenario:
 
 SCENARIO_NAMES = ["get26", "get64k", "post4k", "c1000", "gateway", "policies4", "plugin", "accesslog", "observed",
                   "https", "handshake-ecdsa", "handshake-rsa"]
+
+
+BENCH_API_KEY = "bench-key-0123456789abcdef0123456789"
+
+
+def _apikey(get26: Request) -> Scenario:
+    req = Request("GET", "/", {"X-API-Key": BENCH_API_KEY})
+    others = [f"other-key-{i:04d}-0123456789abcdef" for i in range(999)]
+    keys = "".join(f' "{k}" 1;' for k in [*others, BENCH_API_KEY])
+    return Scenario(
+        "apikey",
+        "GET, 26 B response, 50 connections; API key in X-API-Key checked against 1,000 consumers' keys",
+        50,
+        [req],
+        req,
+        fastgw_policies=[{"type": "api_key"}],
+        fastgw_config={"consumers": [{"name": f"c{i}", "credentials": {"api_keys": [k]}}
+                                     for i, k in enumerate([*others, BENCH_API_KEY])]},
+        nginx_http=f"map $http_x_api_key $fastgw_key_ok {{ default 0;{keys} }}",
+        # a location's proxy_set_header replaces the inherited ones: Connection "" (upstream keepalive)
+        # is repeated here
+        nginx_location=('if ($fastgw_key_ok = 0) { return 401; } proxy_set_header Connection ""; '
+                        'proxy_set_header X-API-Key ""; '),
+    )
+
+
+def bench_cidrs(n: int) -> list[str]:
+    """n disjoint CIDRs (IPv4 /24s and IPv6 /48s) none of which holds 127.0.0.1."""
+    v4 = [f"10.{i // 256}.{i % 256}.0/24" for i in range(n // 2)]
+    v6 = [f"2001:db8:{i:x}::/48" for i in range(n - len(v4))]
+    return v4 + v6
+
+
+def _ipdeny(get26: Request, n: int) -> Scenario:
+    cidrs = bench_cidrs(n)
+    geo = " ".join(f"{c} 1;" for c in cidrs)
+    return Scenario(
+        f"ipdeny{n // 1000}k",
+        f"GET, 26 B response, 50 connections; an ip_deny list of {n:,} CIDRs, the client in none",
+        50,
+        [get26],
+        get26,
+        fastgw_policies=[{"type": "ip_deny", "cidrs": cidrs}],
+        nginx_http=f"geo $fastgw_denied {{ default 0; {geo} }}",
+        nginx_location="if ($fastgw_denied) { return 403; } ",
+    )
+

@@ -394,7 +394,9 @@ cdef class AccessLogPolicy(Policy):
         if f == AF_OUTCOME:
             return _unicode_field(b, <str>OUTCOME_NAMES[ex.outcome], json)
         if f == AF_CONSUMER:
-            return _null(b, json)
+            if ex.consumer_name is None:
+                return _null(b, json)
+            return _str_field(b, PyBytes_AS_STRING(ex.consumer_name), PyBytes_GET_SIZE(ex.consumer_name), json)
         # the rest are the request's own bytes: none for a head the parser refused
         if not has_request:
             return _null(b, json)

@@ -113,6 +113,14 @@ cdef class Exchange:
     # authentication (jwt, external_auth): a method's own refusal, (status, JSON message or None,
     # header lines, body), which its refuse() answers with in place of the plain 401
     cdef object auth_answer
+    # auth (auth.pyx, apikey.pyx, iprules.pyx): the combinator waiting on a paused method; the query
+    # sent upstream once a credential was taken out of it ("?..." or b""); the X-Forwarded-For
+    # value a trusted-proxy policy rebuilt (what it could not vouch for left out); whole header
+    # lines naming the consumer (X-Consumer-Name ...). None: as received / none
+    cdef object auth_waiter
+    cdef bytes up_query
+    cdef bytes xff_out
+    cdef bytes up_auth_lines
     # log
     cdef readonly int flags
     cdef int outcome
@@ -165,6 +173,10 @@ cdef class Exchange:
         self.sticky_line = None
         self.upgrade = None
         self.auth_answer = None
+        self.auth_waiter = None
+        self.up_query = None
+        self.xff_out = None
+        self.up_auth_lines = None
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0
@@ -485,6 +497,9 @@ cdef class Exchange:
         cdef list edits = self.upstream_edits       # plugins' edits: None on most routes
         cdef LineRun run
         run.start = run.end = 0
+        if self.up_query is not None:
+            query = PyBytes_AS_STRING(self.up_query)
+            query_len = PyBytes_GET_SIZE(self.up_query)
         out.len = 0
         wb_put(out, p + h.method, h.method_len)
         wb_put(out, b" ", 1)
@@ -528,14 +543,17 @@ cdef class Exchange:
                 _put_field_line(out, p, f, &run)
         _run_flush(out, p, &run)
         wb_put(out, b"X-Forwarded-For: ", 17)
-        if h.n_xff:
-            for i in range(h.nfields):
-                f = &h.fields[i]
-                if f.kind == HK_X_FORWARDED_FOR and f.value_len and not (
-                        h.nconn_tokens and _named_by_connection(h, p, f)):
-                    wb_put(out, p + f.value, f.value_len)
-                    wb_put(out, b", ", 2)
-        wb_put(out, PyBytes_AS_STRING(self.client_addr), PyBytes_GET_SIZE(self.client_addr))
+        if self.xff_out is not None:
+            wb_put(out, PyBytes_AS_STRING(self.xff_out), PyBytes_GET_SIZE(self.xff_out))
+        else:
+            if h.n_xff:
+                for i in range(h.nfields):
+                    f = &h.fields[i]
+                    if f.kind == HK_X_FORWARDED_FOR and f.value_len and not (
+                            h.nconn_tokens and _named_by_connection(h, p, f)):
+                        wb_put(out, p + f.value, f.value_len)
+                        wb_put(out, b", ", 2)
+            wb_put(out, PyBytes_AS_STRING(self.client_addr), PyBytes_GET_SIZE(self.client_addr))
         if self.down.tls:
             wb_put(out, b"\r\nX-Forwarded-Proto: https\r\n", 28)
         else:
@@ -549,6 +567,8 @@ cdef class Exchange:
             wb_put(out, PyBytes_AS_STRING(ops.appended), PyBytes_GET_SIZE(ops.appended))
         if self.upstream_edits is not None:
             _put_edit_lines(out, self.upstream_edits)
+        if self.up_auth_lines is not None:
+            wb_put(out, PyBytes_AS_STRING(self.up_auth_lines), PyBytes_GET_SIZE(self.up_auth_lines))
         if self.tc.trace_hi | self.tc.trace_lo:
             trace_put_upstream(self, out)
         if h.framing == FR_CHUNKED:

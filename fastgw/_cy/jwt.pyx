@@ -22,6 +22,7 @@ cdef class JwtVerified:
     cdef readonly object subject         # the consumer claim's value (str or None)
     cdef readonly dict claims
     cdef readonly bytes consumer_name
+    cdef public object consumer          # the Consumer it named, once looked up (cached with the token)
     cdef list edits                      # upstream header edits: (lowercase name, line or None, drop)
 
     def __init__(self, double until, issuer, subject, dict claims, list edits):
@@ -43,6 +44,7 @@ cdef class JwtAuth(AuthMethod):
     cdef Py_ssize_t generation_size
     cdef double pause_timeout
     cdef list strip_edits                # the token's own header, removed when forward_token is off
+    cdef public object consumers         # the ConsumerTable tokens are bound to consumers by, or None
 
     def __init__(self, str name, str key, verifier, sources, Py_ssize_t cache_size, bint forward_token,
                  double pause_timeout, config=None):
@@ -63,6 +65,11 @@ cdef class JwtAuth(AuthMethod):
             if (<JwtAuth>old).config == self.config:
                 self.young = (<JwtAuth>old).young
                 self.old = (<JwtAuth>old).old
+                # the consumers may have changed with the config: tokens look theirs up again
+                for v in self.young.values():
+                    (<JwtVerified>v).consumer = None
+                for v in self.old.values():
+                    (<JwtVerified>v).consumer = None
 
     def describe(self):
         names = [i.issuer or "any issuer" for i in self.config.issuers] if self.config is not None else []
@@ -169,10 +176,18 @@ cdef class JwtAuth(AuthMethod):
         self.bind_consumer(ex, v)
 
     cdef void bind_consumer(self, Exchange ex, JwtVerified v) except *:
-        """The one place a verified token becomes the exchange's consumer. The consumer table
-        ((issuer, subject) -> Consumer) is wired in here; until then the name is the claim's value."""
-        ex.consumer_name = v.consumer_name
-        ex.consumer = None
+        """The one place a verified token becomes the exchange's consumer: the consumer that
+        `consumers[].credentials.jwt` binds to the token's (iss, subject claim), else one named
+        by the claim's value alone (no groups); looked up once per verified token."""
+        cdef Consumer c = v.consumer
+        if c is None and v.subject is not None:
+            if self.consumers is not None:
+                c = (<ConsumerTable>self.consumers).for_jwt(v.issuer, v.subject)
+            if c is None:       # bound to none: a consumer of the claim's name, without groups
+                c = Consumer(v.subject)
+            v.consumer = c
+        ex.consumer = c
+        ex.consumer_name = c.name_bytes if c is not None else None
 
     cdef void refuse(self, Exchange ex, int result) except *:
         auth_refuse(self, ex, result)

@@ -215,7 +215,7 @@ cdef class RequestView:
     @property
     def consumer(self):
         """The authenticated consumer (None until an authentication policy sets one)."""
-        return None
+        return self._live().consumer
 
 
 cdef class ResponseView:

@@ -43,9 +43,21 @@ def redacted_route(route: dict) -> dict:
     return route
 
 
+def _scrub_consumers(consumers: list | None) -> None:
+    """Inline API keys and password hashes hidden; `{env:}` / `{file:}` references shown (they
+    name where a secret is, not what it is)."""
+    for consumer in consumers or ():
+        creds = consumer.get("credentials") or {}
+        creds["api_keys"] = [k if isinstance(k, dict) else REDACTED for k in creds.get("api_keys") or ()]
+        basic = creds.get("basic_auth")
+        if basic and isinstance(basic.get("password_hash"), str):
+            basic["password_hash"] = REDACTED
+
+
 def redacted_config(cfg: GatewayConfig) -> dict:
     data = msgspec.to_builtins(cfg)
     _scrub_policies(data.get("policies"))
+    _scrub_consumers(data.get("consumers"))
     for route in data.get("routes") or ():
         redacted_route(route)
     admin = data.get("admin")

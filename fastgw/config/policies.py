@@ -21,7 +21,7 @@ from .values import PositiveDuration
 if TYPE_CHECKING:
     from .schema import GatewayConfig
 
-__all__ = ["NoopPolicy", "PluginPolicy", "Policy", "PolicyBase", "RespondPolicy", "check_policies",
+__all__ = ["Consumer", "NoopPolicy", "PluginPolicy", "Policy", "PolicyBase", "RespondPolicy", "check_policies",
            "load_plugin_class", "plugin_config"]
 
 ModuleRef = Annotated[
@@ -72,11 +72,24 @@ class PluginPolicy(PolicyBase, tag="plugin", kw_only=True):
 
 
 # the auth policies' Structs live in their own modules, which build on PolicyBase above
+from .auth import (  # noqa: E402
+    ApiKeyPolicy,
+    AuthPolicy,
+    BasicAuthPolicy,
+    Consumer,
+    GroupsPolicy,
+    IpAllowPolicy,
+    IpDenyPolicy,
+    TrustedProxiesPolicy,
+    check_auth,
+    check_auth_policy,
+)
 from .cors import CorsPolicy, check_cors  # noqa: E402
 from .external_auth import ExternalAuthPolicy, check_external_auth  # noqa: E402
 from .jwt import JwtPolicy, check_jwt  # noqa: E402
 
-Policy = NoopPolicy | RespondPolicy | PluginPolicy | JwtPolicy | ExternalAuthPolicy | CorsPolicy
+Policy = (NoopPolicy | RespondPolicy | PluginPolicy | ApiKeyPolicy | BasicAuthPolicy | AuthPolicy | GroupsPolicy
+          | IpAllowPolicy | IpDenyPolicy | TrustedProxiesPolicy | JwtPolicy | ExternalAuthPolicy | CorsPolicy)
 
 HOOKS = ("on_request", "on_response", "on_log")
 
@@ -124,7 +137,8 @@ def policy_names(policies: list[Policy] | None) -> list[str]:
     return [p.name or f"{type(p).__struct_config__.tag}-{i}" for i, p in enumerate(policies or ())]
 
 
-def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> None:
+def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cfg: GatewayConfig | None = None
+                ) -> None:
     seen: dict[str, int] = {}
     for i, (policy, name) in enumerate(zip(policies or (), policy_names(policies), strict=True)):
         path = [*base, i]
@@ -145,6 +159,8 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
             check_external_auth(policy, path, out)
         elif isinstance(policy, CorsPolicy):
             check_cors(policy, path, out)
+        if cfg is not None:
+            check_auth_policy(policy, path, cfg, out)
         if isinstance(policy, PluginPolicy):
             try:
                 cls = load_plugin_class(policy.module)
@@ -159,10 +175,11 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
 
 
 def check_policies(cfg: GatewayConfig, out: list) -> None:
-    _check_list(cfg.policies, ["policies"], out)
+    check_auth(cfg, out)
+    _check_list(cfg.policies, ["policies"], out, cfg)
     top = set(policy_names(cfg.policies))
     for i, route in enumerate(cfg.routes):
-        _check_list(route.policies, ["routes", i, "policies"], out)
+        _check_list(route.policies, ["routes", i, "policies"], out, cfg)
         for j, name in enumerate(route.skip_policies or ()):
             if name not in top:
                 shown = ", ".join(sorted(top)) or "none defined"

@@ -21,7 +21,7 @@ from .base import Base, Name
 from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
-from .policies import Policy
+from .policies import Consumer, Policy
 from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
 from .tunnels import ListenerProtocol, Tunnel
@@ -377,6 +377,8 @@ class GatewayConfig(Base, kw_only=True):
     server: Server = msgspec.field(default_factory=Server)
     policies: list[Policy] = msgspec.field(default_factory=list)
     """Policies applied to every route, before the route's own (docs/policies.md)."""
+    consumers: list[Consumer] = msgspec.field(default_factory=list)
+    """Named identities and their credentials, for the auth policies (docs/auth.md)."""
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     """Prometheus counters (docs/metrics.md)."""
     logging: Logging = msgspec.field(default_factory=Logging)

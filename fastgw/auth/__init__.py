@@ -1,0 +1,1 @@
+"""Compiling consumers and the auth and IP policies (fastgw.config.auth) into core objects."""
