@@ -79,8 +79,8 @@ def test_exchange_reset_clears_every_field_declared_in_the_class():
     assert len(fields) > 50, fields          # the parse found the declarations
     reset = cls[cls.index("\n    cdef int reset(self)") :]
     reset = reset[: reset.index("\n    cdef ", 1)]
-    cleared = set(re.findall(r"^\s+self\.(\w+) = ", reset, re.M))
-    cleared |= set(re.findall(r"memset\(&self\.(\w+), 0,", reset))
+    cleared = set(re.findall(r"\bself\.(\w+) = ", reset))
+    cleared |= set(re.findall(r"(?:memset|chunk_init)\(&self\.(\w+), 0", reset))
     missing = [f for f in fields if f not in cleared]
     assert not missing, f"Exchange.reset() does not clear {missing}"
 
