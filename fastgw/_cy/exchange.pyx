@@ -597,7 +597,7 @@ cdef class Exchange:
             self.mirror.send(chunk)
         if self.up_queue is None:
             if self.up is not None and self.up.transport is not None:
-                self.up.transport.write(chunk)
+                self.up.transport_write(chunk)
             return 0
         self.up_queue.append(chunk)
         self.up_queued += PyBytes_GET_SIZE(chunk)
@@ -652,7 +652,7 @@ cdef class Exchange:
         self.up_queue = None
         self.up_queued = 0
         if len(q) == 1:
-            self.up.transport.write(q[0])
+            self.up.transport_write(q[0])
         else:
             self.up.transport.writelines(q)
         self.down.resume_reading_for(self, PR_CONNECTING)

@@ -4,6 +4,8 @@ cdef class UpstreamConn:
     cdef Worker worker
     cdef Target target
     cdef object transport
+    cdef object transport_write     # transport.write and is_closing, looked up once
+    cdef object transport_is_closing
     cdef Exchange ex                # the exchange this connection serves now (None when idle)
     cdef object connect_task
     cdef readonly bint connected
@@ -62,7 +64,7 @@ cdef class UpstreamConn:
             self.deadline = 0.0
 
     cdef bint usable_from_pool(self):
-        return self.state == UP_IDLE and self.transport is not None and not self.transport.is_closing()
+        return self.state == UP_IDLE and self.transport is not None and not self.transport_is_closing()
 
     cdef int start_connect(self, double timeout) except -1:
         self.worker.upstreams.add(self)
@@ -112,6 +114,8 @@ cdef class UpstreamConn:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.transport_write = transport.write
+        self.transport_is_closing = transport.is_closing
         self.connected = True
         self.state = UP_HEAD
         self.deadline = 0.0
@@ -304,6 +308,7 @@ cdef class UpstreamConn:
             self.lost_while_held = True
             self.lost_exc = exc
             self.transport = None
+            self.transport_write = self.transport_is_closing = None
             return
         self._lost(exc, was)
 
