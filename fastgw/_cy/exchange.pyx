@@ -1037,7 +1037,8 @@ cdef inline bint _plainly_normal(const char* path, Py_ssize_t n, bint merge) noe
     leave the path as it is. Most paths are so, and this scan is cheaper than normalizing."""
     cdef Py_ssize_t i
     cdef char c
-    for i in range(1, n):
+    # words with neither '%' nor '.' are skipped whole; '//' needs the pairs, so merging reads bytes
+    for i in range(1 if merge else fgw_path_plain_run(path, 1, n), n):
         c = path[i]
         if c == b'%' or (path[i - 1] == b'/' and (c == b'.' or (merge and c == b'/'))):
             return False

@@ -200,11 +200,23 @@ cdef extern from *:
         }
         return pos;
     }
+    /* The first position from pos on whose 8-byte word may hold a '%' or a '.': path bytes before
+       it cannot start an escape or a dot segment (pathnorm's plain-path check). */
+    static inline Py_ssize_t fgw_path_plain_run(const char* p, Py_ssize_t pos, Py_ssize_t n) {
+        while (pos + 8 <= n) {
+            uint64_t x = fgw_load64(p + pos);
+            uint64_t pct = x ^ (FGW_ONES * '%'), dot = x ^ (FGW_ONES * '.');
+            if (((pct - FGW_ONES) & ~pct & FGW_HIGH) | ((dot - FGW_ONES) & ~dot & FGW_HIGH)) break;
+            pos += 8;
+        }
+        return pos;
+    }
     /* fastgw field scan (end) */
     """
     Py_ssize_t fgw_name_run(const char* p, Py_ssize_t pos, Py_ssize_t n) noexcept nogil
     Py_ssize_t fgw_value_run(const char* p, Py_ssize_t pos, Py_ssize_t n) noexcept nogil
     Py_ssize_t fgw_host_run(const char* p, Py_ssize_t pos, Py_ssize_t end) noexcept nogil
+    Py_ssize_t fgw_path_plain_run(const char* p, Py_ssize_t pos, Py_ssize_t n) noexcept nogil
 
 cdef const char* _HTTP_SLASH = b"HTTP/"
 cdef const char* _HEXDIGITS = b"0123456789abcdef"
