@@ -12,6 +12,7 @@ cdef class UpstreamConn:
     cdef bint reused
     cdef bint reusable
     cdef bint pooled                # in its target's idle list (Target.take_idle/give_back/forget)
+    cdef bint tracked               # in worker.upstreams (the deadline sweep's set): added once, not per request
     cdef bint got_bytes
     cdef bint paused
     cdef bint response_complete
@@ -63,11 +64,23 @@ cdef class UpstreamConn:
             self.state = UP_HEAD
             self.deadline = 0.0
 
+    cdef inline int _track(self) except -1:
+        if not self.tracked:
+            self.worker.upstreams.add(self)
+            self.tracked = True
+        return 0
+
+    cdef inline int _untrack(self) except -1:
+        if self.tracked:
+            self.worker.upstreams.discard(self)
+            self.tracked = False
+        return 0
+
     cdef bint usable_from_pool(self):
         return self.state == UP_IDLE and self.transport is not None and not self.transport_is_closing()
 
     cdef int start_connect(self, double timeout) except -1:
-        self.worker.upstreams.add(self)
+        self._track()
         self.deadline_kind = UDL_CONNECT
         self.deadline = monotonic() + timeout if timeout > 0 else 0.0
         loop = self.worker.loop
@@ -83,7 +96,7 @@ cdef class UpstreamConn:
         if exc is None:
             return
         self.state = UP_CLOSED
-        self.worker.upstreams.discard(self)
+        self._untrack()
         if self.ex is not None:
             ex = self.ex
             self.ex = None
@@ -102,7 +115,7 @@ cdef class UpstreamConn:
             self.request_sent = True
             self.deadline_kind = UDL_HEADER
             self.deadline = 0.0 if self.paused else now + self.header_timeout
-        self.worker.upstreams.add(self)
+        self._track()
 
     cdef int idle_since_pool(self, double until) except -1:
         self.state = UP_IDLE
@@ -316,7 +329,7 @@ cdef class UpstreamConn:
         cdef Exchange ex = self.ex
         self.state = UP_CLOSED
         self.deadline = 0.0
-        self.worker.upstreams.discard(self)
+        self._untrack()
         if ex is None:
             self.target.forget(self)
             return 0
@@ -374,7 +387,7 @@ cdef class UpstreamConn:
             self.state = UP_IDLE
             self.target.give_back(self, now)
             if self.state == UP_IDLE:
-                self.worker.upstreams.add(self)
+                self._track()
         else:
             self.close()
 
@@ -386,7 +399,7 @@ cdef class UpstreamConn:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
-        self.worker.upstreams.discard(self)
+        self._untrack()
         self.deadline = 0.0
         if self.state != UP_CLOSED:
             self.state = UP_CLOSED
