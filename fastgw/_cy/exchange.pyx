@@ -40,6 +40,8 @@ def flag_codes(int flags):
 
 @cython.freelist(32)
 cdef class Exchange:
+    # A connection reuses its last Exchange: a field added here must be cleared in reset() too (a unit
+    # test reads these declarations and fails on one reset() leaves out).
     cdef ClientConn down
     cdef Worker worker
     cdef Runtime rt
