@@ -79,8 +79,9 @@ class CountingTransport:
         raise AssertionError("the benchmark's connections must stay open")
 
 
-def run_cycles(n: int) -> None:
+def run_cycles(n: int, path: str = "/") -> None:
     """The measured work: n keep-alive request/response cycles on one client connection."""
+    request = REQUEST.replace(b"GET / ", b"GET %s " % path.encode(), 1)
     sys.path.insert(0, str(ROOT / "tests"))
     from support.fakeloop import FakeLoop
 
@@ -93,27 +94,27 @@ def run_cycles(n: int) -> None:
     client = worker()
     ct = CountingTransport(client, ("127.0.0.1", 8080), ("127.0.0.1", 40000))
     client.connection_made(ct)
-    client.data_received(REQUEST)
+    client.data_received(request)
     up = loop.connects[0][0]
     ut = CountingTransport(up, ("127.0.0.1", 50000), ("127.0.0.1", 9001))
     up.connection_made(ut)
     up.data_received(RESPONSE)
     client_data, up_data = client.data_received, up.data_received
     for _ in range(n - 1):
-        client_data(REQUEST)
+        client_data(request)
         up_data(RESPONSE)
     if len(loop.connects) != 1:
         raise SystemExit(f"the upstream connection was not reused ({len(loop.connects)} connects)")
     if not ct.last.startswith(b"HTTP/1.1 200 OK\r\n") or not ct.last.endswith(b"xyz"):
         raise SystemExit(f"unexpected response: {ct.last!r}")
-    if not ut.last.startswith(b"GET / HTTP/1.1\r\n"):
+    if not ut.last.startswith(request[: request.index(b"\r\n") + 2]):
         raise SystemExit(f"unexpected upstream request: {ut.last!r}")
 
 
-def callgrind(n: int, out: Path) -> int:
+def callgrind(n: int, out: Path, path: str) -> int:
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-           sys.executable, __file__, "--cycles", str(n)]  # fmt: skip
+           sys.executable, __file__, "--cycles", str(n), "--path", path]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-4000:])
@@ -160,17 +161,18 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--top", type=int, default=0, metavar="K", help="the K costliest functions per request")
     ap.add_argument("--wrk", action="store_true", help="also a short real wrk run (bench/run.py, get26)")
+    ap.add_argument("--path", default="/", help="the request's path (default /, as get26)")
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
     args = ap.parse_args()
     if args.cycles:
-        run_cycles(args.cycles)
+        run_cycles(args.cycles, args.path)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     d = Path(args.keep or tempfile.mkdtemp(prefix="fastgw-ir-"))
     d.mkdir(parents=True, exist_ok=True)
     low, high = d / f"callgrind.{LOW}", d / f"callgrind.{HIGH}"
-    ir_low, ir_high = callgrind(LOW, low), callgrind(HIGH, high)
+    ir_low, ir_high = callgrind(LOW, low, args.path), callgrind(HIGH, high, args.path)
     print(f"instructions/request: {round((ir_high - ir_low) / (HIGH - LOW))}")
     if args.top:
         top(low, high, args.top)

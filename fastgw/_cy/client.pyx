@@ -6,6 +6,7 @@
 cdef class ClientConn:
     cdef Worker worker
     cdef object transport
+    cdef object transport_write     # transport.write, looked up once (a method lookup per write saved)
     cdef Runtime rt
     cdef int state
     cdef MessageHead head
@@ -65,6 +66,7 @@ cdef class ClientConn:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.transport_write = transport.write
         self.t_accept = monotonic()
         sock = transport.get_extra_info("sockname")
         self.local_port = sock[1] if sock else 0
@@ -347,7 +349,7 @@ cdef class ClientConn:
 
     cdef inline int _write(self, object data, Py_ssize_t n) except -1:
         self.bytes_written += n
-        self.transport.write(data)
+        self.transport_write(data)
 
     cdef int send_interim(self, const char* p, MessageHead* h) except -1:
         cdef WBuf* out
@@ -453,7 +455,7 @@ cdef class ClientConn:
         if out.len:
             self.transport.writelines((wb_bytes(out), piece))
         else:
-            self.transport.write(piece)
+            self.transport_write(piece)
         out.len = 0
 
     cdef int flush(self) except -1:

@@ -40,6 +40,8 @@ def flag_codes(int flags):
 
 @cython.freelist(32)
 cdef class Exchange:
+    # A connection reuses its last Exchange: a field added here must be cleared in reset() too (a unit
+    # test reads these declarations and fails on one reset() leaves out).
     cdef ClientConn down
     cdef Worker worker
     cdef Runtime rt
@@ -143,60 +145,61 @@ cdef class Exchange:
         """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
         last exchange for the next request (ClientConn._new_exchange). A field added to the class
         must be cleared here too: tests/unit/test_request_path_internals.py reads the declarations
-        and fails on any this leaves out."""
-        self.down = None
-        self.worker = None
-        self.rt = None
+        and fails on any this leaves out. Most object fields are None already: tested, not stored."""
+        if self.down is not None: self.down = None
+        if self.worker is not None: self.worker = None
+        if self.rt is not None: self.rt = None
         self.h = NULL
-        self.raw = None
+        if self.raw is not None: self.raw = None
         self.p = NULL
         self.head_len = 0
-        self.request_id = None
-        self.client_addr = None
-        self.consumer = None
-        self.consumer_name = None
+        if self.request_id is not None: self.request_id = None
+        if self.client_addr is not None: self.client_addr = None
+        if self.consumer is not None: self.consumer = None
+        if self.consumer_name is not None: self.consumer_name = None
         self.http10 = False
         self.head_method = False
         self.path = NULL
         self.path_len = 0
-        self.npath = None
-        self.routes = None
-        self.rmatch = None
-        self.route = None
-        self.chain = None
-        self.filters = None
-        self.group = None
-        self.target = None
-        self.active_target = None
+        if self.npath is not None: self.npath = None
+        if self.routes is not None: self.routes = None
+        if self.rmatch is not None: self.rmatch = None
+        if self.route is not None: self.route = None
+        if self.chain is not None: self.chain = None
+        if self.filters is not None: self.filters = None
+        if self.group is not None: self.group = None
+        if self.target is not None: self.target = None
+        if self.active_target is not None: self.active_target = None
         self.target_index = 0
-        self.next_target = None
-        self.sticky_line = None
-        self.upgrade = None
-        self.auth_answer = None
-        self.auth_waiter = None
-        self.up_query = None
-        self.xff_out = None
-        self.up_auth_lines = None
+        if self.next_target is not None: self.next_target = None
+        if self.sticky_line is not None: self.sticky_line = None
+        if self.upgrade is not None: self.upgrade = None
+        if self.auth_answer is not None: self.auth_answer = None
+        if self.auth_waiter is not None: self.auth_waiter = None
+        if self.up_query is not None: self.up_query = None
+        if self.xff_out is not None: self.xff_out = None
+        if self.up_auth_lines is not None: self.up_auth_lines = None
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0
         self.req_body_seen = 0
         self.max_body = 0
         self.req_done = False
-        memset(&self.chunk, 0, sizeof(self.chunk))
-        self.up = None
-        self.up_head = None
-        self.up_queue = None
+        chunk_init(&self.chunk, 0)       # all a decoder reads before it writes
+        self.chunk.trailer_line_empty_name = False
+        if self.up is not None: self.up = None
+        if self.up_head is not None: self.up_head = None
+        if self.up_queue is not None: self.up_queue = None
         self.up_queued = 0
-        self.mirror = None
+        if self.mirror is not None: self.mirror = None
         self.retry_ok = False
         self.retried = False
         self.resp_started = False
         self.resp_complete = False
         self.status = 0
-        self.resp_edits_py = None
-        self.resp_extra = None
-        self.resp_drops = None
+        if self.resp_edits_py is not None: self.resp_edits_py = None
+        if self.resp_extra is not None: self.resp_extra = None
+        if self.resp_drops is not None: self.resp_drops = None
         self.resp_p = NULL
         self.resp_h = NULL
         self.resp_framing = 0
@@ -204,14 +207,14 @@ cdef class Exchange:
         self.paused_response = False
         self.answer_status = 0
         self.answer_error = False
-        self.answer_headers = None
-        self.answer_body = None
+        if self.answer_headers is not None: self.answer_headers = None
+        if self.answer_body is not None: self.answer_body = None
         self.next_policy = 0
-        self.pending = None
-        self.stash = None
+        if self.pending is not None: self.pending = None
+        if self.stash is not None: self.stash = None
         self.paused = False
-        self.view = None
-        self.upstream_edits = None
+        if self.view is not None: self.view = None
+        if self.upstream_edits is not None: self.upstream_edits = None
         self.flags = 0
         self.outcome = 0
         self.bytes_in = 0
@@ -224,7 +227,7 @@ cdef class Exchange:
         self.t_done = 0.0
         self.finished = False
         memset(&self.tc, 0, sizeof(self.tc))
-        self.trace_extra = None
+        if self.trace_extra is not None: self.trace_extra = None
         return 0
 
     cdef int init(self, ClientConn down, bytes raw, Py_ssize_t head_len, MessageHead* h) except -1:
@@ -640,7 +643,7 @@ cdef class Exchange:
             self.mirror.send(chunk)
         if self.up_queue is None:
             if self.up is not None and self.up.transport is not None:
-                self.up.transport.write(chunk)
+                self.up.transport_write(chunk)
             return 0
         self.up_queue.append(chunk)
         self.up_queued += PyBytes_GET_SIZE(chunk)
@@ -697,7 +700,7 @@ cdef class Exchange:
         self.up_queue = None
         self.up_queued = 0
         if len(q) == 1:
-            self.up.transport.write(q[0])
+            self.up.transport_write(q[0])
         else:
             self.up.transport.writelines(q)
         self.down.resume_reading_for(self, PR_CONNECTING)
@@ -1125,7 +1128,8 @@ cdef inline bint _plainly_normal(const char* path, Py_ssize_t n, bint merge) noe
     leave the path as it is. Most paths are so, and this scan is cheaper than normalizing."""
     cdef Py_ssize_t i
     cdef char c
-    for i in range(1, n):
+    # words with neither '%' nor '.' are skipped whole; '//' needs the pairs, so merging reads bytes
+    for i in range(1 if merge else fgw_path_plain_run(path, 1, n), n):
         c = path[i]
         if c == b'%' or (path[i - 1] == b'/' and (c == b'.' or (merge and c == b'/'))):
             return False

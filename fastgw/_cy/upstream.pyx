@@ -4,12 +4,15 @@ cdef class UpstreamConn:
     cdef Worker worker
     cdef Target target
     cdef object transport
+    cdef object transport_write     # transport.write and is_closing, looked up once
+    cdef object transport_is_closing
     cdef Exchange ex                # the exchange this connection serves now (None when idle)
     cdef object connect_task
     cdef readonly bint connected
     cdef bint reused
     cdef bint reusable
     cdef bint pooled                # in its target's idle list (Target.take_idle/give_back/forget)
+    cdef bint tracked               # in worker.upstreams (the deadline sweep's set): added once, not per request
     cdef bint got_bytes
     cdef bint paused
     cdef bint response_complete
@@ -61,11 +64,23 @@ cdef class UpstreamConn:
             self.state = UP_HEAD
             self.deadline = 0.0
 
+    cdef inline int _track(self) except -1:
+        if not self.tracked:
+            self.worker.upstreams.add(self)
+            self.tracked = True
+        return 0
+
+    cdef inline int _untrack(self) except -1:
+        if self.tracked:
+            self.worker.upstreams.discard(self)
+            self.tracked = False
+        return 0
+
     cdef bint usable_from_pool(self):
-        return self.state == UP_IDLE and self.transport is not None and not self.transport.is_closing()
+        return self.state == UP_IDLE and self.transport is not None and not self.transport_is_closing()
 
     cdef int start_connect(self, double timeout) except -1:
-        self.worker.upstreams.add(self)
+        self._track()
         self.deadline_kind = UDL_CONNECT
         self.deadline = monotonic() + timeout if timeout > 0 else 0.0
         loop = self.worker.loop
@@ -86,7 +101,7 @@ cdef class UpstreamConn:
         if exc is None:
             return
         self.state = UP_CLOSED
-        self.worker.upstreams.discard(self)
+        self._untrack()
         if self.ex is not None:
             ex = self.ex
             self.ex = None
@@ -107,7 +122,7 @@ cdef class UpstreamConn:
             self.request_sent = True
             self.deadline_kind = UDL_HEADER
             self.deadline = 0.0 if self.paused else now + self.header_timeout
-        self.worker.upstreams.add(self)
+        self._track()
 
     cdef int idle_since_pool(self, double until) except -1:
         self.state = UP_IDLE
@@ -119,6 +134,8 @@ cdef class UpstreamConn:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.transport_write = transport.write
+        self.transport_is_closing = transport.is_closing
         self.connected = True
         self.state = UP_HEAD
         self.deadline = 0.0
@@ -325,6 +342,7 @@ cdef class UpstreamConn:
             self.lost_while_held = True
             self.lost_exc = exc
             self.transport = None
+            self.transport_write = self.transport_is_closing = None
             return
         self._lost(exc, was)
 
@@ -332,7 +350,7 @@ cdef class UpstreamConn:
         cdef Exchange ex = self.ex
         self.state = UP_CLOSED
         self.deadline = 0.0
-        self.worker.upstreams.discard(self)
+        self._untrack()
         if ex is None:
             self.target.forget(self)
             return 0
@@ -390,7 +408,7 @@ cdef class UpstreamConn:
             self.state = UP_IDLE
             self.target.give_back(self, now)
             if self.state == UP_IDLE:
-                self.worker.upstreams.add(self)
+                self._track()
         else:
             self.close()
 
@@ -402,7 +420,7 @@ cdef class UpstreamConn:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
-        self.worker.upstreams.discard(self)
+        self._untrack()
         self.deadline = 0.0
         if self.state != UP_CLOSED:
             self.state = UP_CLOSED

@@ -79,8 +79,8 @@ def test_exchange_reset_clears_every_field_declared_in_the_class():
     assert len(fields) > 50, fields          # the parse found the declarations
     reset = cls[cls.index("\n    cdef int reset(self)") :]
     reset = reset[: reset.index("\n    cdef ", 1)]
-    cleared = set(re.findall(r"^\s+self\.(\w+) = ", reset, re.M))
-    cleared |= set(re.findall(r"memset\(&self\.(\w+), 0,", reset))
+    cleared = set(re.findall(r"\bself\.(\w+) = ", reset))
+    cleared |= set(re.findall(r"(?:memset|chunk_init)\(&self\.(\w+), 0", reset))
     missing = [f for f in fields if f not in cleared]
     assert not missing, f"Exchange.reset() does not clear {missing}"
 
@@ -135,3 +135,19 @@ def test_field_lines_copied_whole_or_rewritten_read_the_same():
     up.data_received(b"HTTP/1.1 200 OK\r\nR-One: 1\r\nR-Two:2\r\nContent-Length: 2\r\nR-Three: 3\r\n"
                      b"R-Four: 4 \r\nR-Five: 5\r\n\r\nok")
     assert b"\r\nR-One: 1\r\nR-Two: 2\r\nR-Three: 3\r\nR-Four: 4\r\nR-Five: 5\r\nContent-Length: 2\r\n" in h.out
+
+
+def test_statuses_and_lengths_written_as_decimal():
+    """wb_put_int writes up to three digits without its division loop; every width must read the same."""
+    h = Harness()
+    h.client.data_received(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+    up, _ut = h.upstream(0)
+    for status, length in [(200, 0), (201, 7), (404, 10), (299, 99), (203, 100), (200, 999), (200, 1000),
+                           (206, 123456)]:
+        start = len(h.ct.written)
+        if (status, length) != (200, 0):
+            h.client.data_received(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+        up.data_received(b"HTTP/1.1 %d Whatever\r\nContent-Length: %d\r\n\r\n" % (status, length) + b"x" * length)
+        out = bytes(h.ct.written[start:])
+        assert out.startswith(b"HTTP/1.1 %d Whatever\r\n" % status), out[:80]
+        assert b"\r\nContent-Length: %d\r\n" % length in out
