@@ -16,11 +16,13 @@ from .config.policies import (
     NoopPolicy,
     PluginPolicy,
     Policy,
+    RateLimitPolicy,
     RespondPolicy,
     load_plugin_class,
     plugin_config,
     policy_names,
 )
+from .ratelimits import build_rate_limit
 
 
 def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
@@ -40,6 +42,8 @@ def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
             if previous is not None and callable(carry) and isinstance(previous, _core.PluginPolicy):
                 carry(previous.instance)
         policy = _core.PluginPolicy(name, key, entry.module, instance, entry.timeout, entry.budget, entry)
+    elif isinstance(entry, RateLimitPolicy):
+        policy = build_rate_limit(entry, name, key)
     else:  # pragma: no cover - the schema's union is closed
         raise TypeError(f"unknown policy {entry!r}")
     if key in old:

@@ -104,6 +104,11 @@ cdef class Exchange:
     cdef bint paused
     cdef public object view          # the plugins' RequestView, made on first use
     cdef list upstream_edits         # plugins' (lowercase name, line or None, drop) for the upstream head
+    # rate limiting (ratelimit.pyx): the headers of the limit closest to exhaustion, which the
+    # response phase adds, and the in-flight slots the log phase gives back
+    cdef bytes rl_lines
+    cdef double rl_ratio
+    cdef list rl_held
     # log
     cdef readonly int flags
     cdef int outcome

@@ -71,7 +71,9 @@ class PluginPolicy(PolicyBase, tag="plugin", kw_only=True):
     """A hook slower than this is logged (at most once a second per plugin and phase)."""
 
 
-Policy = NoopPolicy | RespondPolicy | PluginPolicy
+from .ratelimit import RateLimitPolicy, check_rate_limit, route_capture_names  # noqa: E402 - it subclasses PolicyBase
+
+Policy = NoopPolicy | RespondPolicy | PluginPolicy | RateLimitPolicy
 
 HOOKS = ("on_request", "on_response", "on_log")
 
@@ -119,7 +121,8 @@ def policy_names(policies: list[Policy] | None) -> list[str]:
     return [p.name or f"{type(p).__struct_config__.tag}-{i}" for i, p in enumerate(policies or ())]
 
 
-def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> None:
+def _check_list(policies: list[Policy] | None, base: list[Token], out: list, capture_names: set[str] | None = None
+                ) -> None:
     seen: dict[str, int] = {}
     for i, (policy, name) in enumerate(zip(policies or (), policy_names(policies), strict=True)):
         path = [*base, i]
@@ -134,6 +137,8 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list) -> 
                     out.append(([*path, "headers", key], f"not a valid header name: {key!r}"))
                 elif any(c in value for c in "\r\n\0"):
                     out.append(([*path, "headers", key], "a header value cannot contain CR, LF or NUL"))
+        if isinstance(policy, RateLimitPolicy):
+            check_rate_limit(policy, path, capture_names, out)
         if isinstance(policy, PluginPolicy):
             try:
                 cls = load_plugin_class(policy.module)
@@ -151,7 +156,7 @@ def check_policies(cfg: GatewayConfig, out: list) -> None:
     _check_list(cfg.policies, ["policies"], out)
     top = set(policy_names(cfg.policies))
     for i, route in enumerate(cfg.routes):
-        _check_list(route.policies, ["routes", i, "policies"], out)
+        _check_list(route.policies, ["routes", i, "policies"], out, route_capture_names(route))
         for j, name in enumerate(route.skip_policies or ()):
             if name not in top:
                 shown = ", ".join(sorted(top)) or "none defined"

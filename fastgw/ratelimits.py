@@ -1,0 +1,52 @@
+"""Builds the core's RateLimitPolicy from a `rate_limit` config entry (docs/rate-limiting.md)."""
+
+from __future__ import annotations
+
+from . import _core
+from .config.ratelimit import RateLimitPolicy, limit_name, parse_key_part
+
+_KINDS = {"route": 0, "client_ip": 1, "consumer": 2, "header": 3, "query": 4, "capture": 5}
+_MISSING = {"shared": 0, "skip": 1, "deny": 2}
+
+
+def _seconds(period: float) -> str:
+    return f"{period:g}s"
+
+
+def describe_limit(limit) -> str:
+    key = "+".join(limit.key)
+    if limit.concurrent is not None:
+        what = f"at most {limit.concurrent} in flight"
+    else:
+        burst = limit.burst or limit.rate
+        what = f"{limit.rate}/{_seconds(limit.period)} burst {burst}"
+        if limit.cost != 1:
+            what += f" cost {limit.cost}"
+    if limit.when_missing != "shared":
+        key += f" (missing: {limit.when_missing})"
+    return f"{what} per {key}"
+
+
+def _identity(policy_key: str, name: str, limit) -> str:
+    """What a limit's state is keyed by across reloads: its policy, its name and whatever changes
+    what a bucket's number means. `cost` and `when_missing` do not, so changing them keeps state."""
+    return "|".join((policy_key, name, str(limit.rate), repr(limit.period), str(limit.burst or limit.rate),
+                     str(limit.concurrent), ",".join(limit.key)))
+
+
+def build_rate_limit(entry: RateLimitPolicy, name: str, key: str) -> _core.RateLimitPolicy:
+    specs = []
+    for i, limit in enumerate(entry.limits):
+        shown = limit_name(name, i, len(entry.limits), limit)
+        parts = []
+        for part in limit.key:
+            source, arg = parse_key_part(part)
+            parts.append((_KINDS[source], arg.encode()))
+        concurrency = limit.concurrent is not None
+        specs.append(_core.LimitSpec(
+            _core.limit_identity(_identity(key, shown, limit)), concurrency,
+            float(limit.rate or 1), float(limit.period), int(limit.burst or limit.rate or 1), int(limit.cost),
+            int(limit.concurrent or 0), parts, _MISSING[limit.when_missing], shown.encode(),
+            f"{shown}: {describe_limit(limit)}"))
+    return _core.RateLimitPolicy(name, key, specs, entry.shadow, entry.status, entry.concurrency_status,
+                                 list(entry.headers), entry.headers_on_allowed, _core.rate_table(), entry)
