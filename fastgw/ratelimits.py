@@ -50,3 +50,41 @@ def build_rate_limit(entry: RateLimitPolicy, name: str, key: str) -> _core.RateL
             f"{shown}: {describe_limit(limit)}"))
     return _core.RateLimitPolicy(name, key, specs, entry.shadow, entry.status, entry.concurrency_status,
                                  list(entry.headers), entry.headers_on_allowed, _core.rate_table(), entry)
+
+
+def explain_limits(by_phase: dict, route: str, headers: list[tuple[str, str]], query: str,
+                   client_ip: str = "192.0.2.1") -> list[str]:
+    """`fastgw explain`'s lines for the rate limits a request meets, and the key each would count
+    it under."""
+    from urllib.parse import parse_qsl
+
+    out = []
+    qs = dict(reversed(parse_qsl(query, keep_blank_values=True)))   # the first value counts
+    hdrs: dict[str, list[str]] = {}
+    for name, value in headers:
+        hdrs.setdefault(name.lower(), []).append(value)
+    for policy in by_phase.get("request") or ():
+        if policy.type != "rate_limit":
+            continue
+        entry = policy.config
+        for i, limit in enumerate(entry.limits):
+            shown = limit_name(policy.name, i, len(entry.limits), limit)
+            values = []
+            for part in limit.key:
+                source, arg = parse_key_part(part)
+                if source == "route":
+                    value = route
+                elif source == "client_ip":
+                    value = client_ip
+                elif source == "consumer":
+                    value = "(the consumer authentication sets)"
+                elif source == "header":
+                    value = ", ".join(hdrs[arg]) if arg in hdrs else None
+                elif source == "query":
+                    value = qs.get(arg)
+                else:
+                    value = "(from the path)"
+                values.append(f"{part}={value if value is not None else '(missing: ' + limit.when_missing + ')'}")
+            mode = " [shadow]" if entry.shadow else ""
+            out.append(f"limit:    {policy.name}/{shown}{mode}: {describe_limit(limit)}; key: {', '.join(values)}")
+    return out

@@ -529,8 +529,8 @@ cdef class RateLimitPolicy(Policy):
         return 0
 
     def describe(self):
-        parts = "; ".join((<LimitSpec>s).description for s in self.specs)
-        return f"rate_limit{' (shadow)' if self.shadow else ''}: {parts}"
+        n = len(self.specs)
+        return f"rate_limit, {n} limit{'s' if n != 1 else ''}{', shadow' if self.shadow else ''}"
 
     @property
     def table_stats(self):

@@ -210,3 +210,21 @@ def test_config_errors_name_the_path(tmp_path):
     assert "$.routes[0].policies[0].limits[0].key[0]" in text and "unknown key source 'cookie:sid'" in text, text
     assert "$.routes[1].policies[0].limits[0].key[0]" in text and "no capture 'nope'" in text, text
     assert "$.routes[2].policies[0].limits[0]" in text and "not both" in text, text
+
+
+def test_explain_shows_the_limits_and_keys(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    cfg = simple_config(upstreams={"echo": upstream_config("127.0.0.1:9")}, routes=[
+        route("u", "/u", rl(limit(5, key=["client_ip", "header:X-Api-Key"]), {"concurrent": 3, "key": ["query:t"]},
+                            name="lim", shadow=True))])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "fastgw", "explain", "-c", str(path), "-H", "X-Api-Key: k1",
+                          "GET", "http://x/u?t=9"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ("limit:    lim/lim-0 [shadow]: 5/3600s burst 5 per client_ip+header:X-Api-Key; "
+            "key: client_ip=192.0.2.1, header:X-Api-Key=k1") in out.stdout, out.stdout
+    assert "limit:    lim/lim-1 [shadow]: at most 3 in flight per query:t; key: query:t=9" in out.stdout
