@@ -42,7 +42,7 @@ def statuses(gw, target, n, headers=None) -> list[int]:
 
 @pytest.fixture(scope="module")
 def gw(echo, module_gateway_factory):
-    slow_up = RawUpstream(slow(1.5), "slow")
+    slow_up = RawUpstream(slow(2.0), "slow")
     upstreams = {"echo": upstream_config(echo.address), "slow": upstream_config(slow_up.address)}
     cfg = simple_config(upstreams=upstreams, routes=[
         route("per-route", "/route", rl(limit(3), name="r")),
@@ -61,6 +61,7 @@ def gw(echo, module_gateway_factory):
         route("inflight", "/inflight", rl({"concurrent": 2, "key": ["route"]}, name="inf"), upstream="slow"),
     ])
     g = module_gateway_factory(cfg)
+    g.slow_upstream = slow_up
     yield g
     slow_up.close()
 
@@ -151,10 +152,16 @@ def test_concurrency_limit_and_release(gw):
     def one():
         results.append(get(gw, "/inflight").status)
 
+    up = gw.slow_upstream
+    before = up.accepted
     threads = [threading.Thread(target=one) for _ in range(2)]
     for t in threads:
         t.start()
-    wait_until(lambda: get(gw, "/inflight").status == 503, what="a third request refused while two are in flight")
+    wait_until(lambda: up.accepted - before == 2, what="two requests in flight at the upstream")
+    refused = get(gw, "/inflight")
+    body = assert_gateway_error(refused, 503)
+    assert body["error"] == "too many requests in flight"
+    assert refused.headers.get("ratelimit-policy") == '"inf";q=2;qu="concurrency"'
     for t in threads:
         t.join()
     assert results == [200, 200]
