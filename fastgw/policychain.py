@@ -25,7 +25,7 @@ from .config.policies import (
 from .ratelimits import build_rate_limit
 
 
-def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
+def _build(entry: Policy, name: str, key: str, old: dict, cfg: GatewayConfig | None = None) -> _core.Policy:
     if isinstance(entry, NoopPolicy):
         policy = _core.NoopPolicy(name, key, entry)
     elif isinstance(entry, RespondPolicy):
@@ -43,7 +43,7 @@ def _build(entry: Policy, name: str, key: str, old: dict) -> _core.Policy:
                 carry(previous.instance)
         policy = _core.PluginPolicy(name, key, entry.module, instance, entry.timeout, entry.budget, entry)
     elif isinstance(entry, RateLimitPolicy):
-        policy = build_rate_limit(entry, name, key)
+        policy = build_rate_limit(entry, name, key, cfg.redis if cfg is not None else None)
     else:  # pragma: no cover - the schema's union is closed
         raise TypeError(f"unknown policy {entry!r}")
     if key in old:
@@ -59,7 +59,7 @@ def compile_chains(cfg: GatewayConfig, previous: _core.Runtime | None = None
     top = []
     for entry, name in zip(cfg.policies, policy_names(cfg.policies), strict=True):
         key = f"policies/{name}"
-        built[key] = _build(entry, name, key, old)
+        built[key] = _build(entry, name, key, old, cfg)
         top.append((name, built[key]))
     chains = {}
     for route in cfg.routes:
@@ -67,7 +67,7 @@ def compile_chains(cfg: GatewayConfig, previous: _core.Runtime | None = None
         own = []
         for entry, name in zip(route.policies or (), policy_names(route.policies), strict=True):
             key = f"routes/{route.name}/{name}"
-            built[key] = _build(entry, name, key, old)
+            built[key] = _build(entry, name, key, old, cfg)
             own.append(built[key])
         chains[route.name] = _core.PolicyChain([p for n, p in top if n not in skip] + own,
                                                access_log_policy(cfg, route))

@@ -24,6 +24,8 @@ def describe_limit(limit) -> str:
             what += f" cost {limit.cost}"
     if limit.when_missing != "shared":
         key += f" (missing: {limit.when_missing})"
+    if limit.scope == "cluster":
+        key += f", cluster-wide through Redis (fails {limit.on_redis_error})"
     return f"{what} per {key}"
 
 
@@ -34,7 +36,8 @@ def _identity(policy_key: str, name: str, limit) -> str:
                      str(limit.concurrent), ",".join(limit.key)))
 
 
-def build_rate_limit(entry: RateLimitPolicy, name: str, key: str) -> _core.RateLimitPolicy:
+def build_rate_limit(entry: RateLimitPolicy, name: str, key: str, redis=None) -> _core.RateLimitPolicy:
+    """`redis`: the config's `redis:` settings (cluster limits need them; the checks make sure)."""
     specs = []
     for i, limit in enumerate(entry.limits):
         shown = limit_name(name, i, len(entry.limits), limit)
@@ -43,11 +46,17 @@ def build_rate_limit(entry: RateLimitPolicy, name: str, key: str) -> _core.RateL
             source, arg = parse_key_part(part)
             parts.append((_KINDS[source], arg.encode()))
         concurrency = limit.concurrent is not None
-        specs.append(_core.LimitSpec(
-            _core.limit_identity(_identity(key, shown, limit)), concurrency,
+        identity = _core.limit_identity(_identity(key, shown, limit))
+        spec = _core.LimitSpec(
+            identity, concurrency,
             float(limit.rate or 1), float(limit.period), int(limit.burst or limit.rate or 1), int(limit.cost),
             int(limit.concurrent or 0), parts, _MISSING[limit.when_missing], shown.encode(),
-            f"{shown}: {describe_limit(limit)}"))
+            f"{shown}: {describe_limit(limit)}")
+        if limit.scope == "cluster" and redis is not None:
+            from .ratelimit_cluster import cluster_limit
+            spec.cluster = cluster_limit(redis, identity, float(limit.rate), float(limit.period),
+                                         int(limit.burst or limit.rate), limit.on_redis_error == "open")
+        specs.append(spec)
     return _core.RateLimitPolicy(name, key, specs, entry.shadow, entry.status, entry.concurrency_status,
                                  list(entry.headers), entry.headers_on_allowed, _core.rate_table(), entry)
 

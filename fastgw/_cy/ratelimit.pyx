@@ -309,6 +309,8 @@ cdef class LimitSpec:
     cdef tuple parts           # ((KP_*, bytes argument), ...)
     cdef bytes name            # the policy item's name in the headers
     cdef readonly str description
+    cdef public object cluster # a ClusterLimit (fastgw/ratelimit_cluster.py) for `scope: cluster`
+    cdef int64_t cost
 
     def __init__(self, identity, bint concurrency, double rate, double period, int64_t burst, int64_t cost,
                  int64_t concurrent, parts, int when_missing, bytes name, str description):
@@ -323,6 +325,7 @@ cdef class LimitSpec:
             self.quota = <int64_t>rate
             self.window = <int64_t>(period + 0.999999)
         self.parts = tuple(parts)
+        self.cost = cost
         self.when_missing = when_missing
         self.name = name
         self.description = description
@@ -349,6 +352,8 @@ cdef class RateLimitPolicy(Policy):
     cdef double last_event
     cdef int64_t unreported
     cdef public object clock   # None: CLOCK_MONOTONIC; else a callable giving ns (tests)
+    cdef bint has_cluster
+    cdef double cluster_deadline
 
     def __init__(self, str name, str key, specs, bint shadow, int status, int concurrency_status, headers,
                  bint headers_on_allowed, RateTable table, config=None):
@@ -365,6 +370,9 @@ cdef class RateLimitPolicy(Policy):
         self.xrl = "x-ratelimit" in headers
         self.on_allowed = headers_on_allowed and (self.ietf or self.legacy or self.xrl)
         self.has_concurrency = any((<LimitSpec>s).concurrency for s in self.specs)
+        self.has_cluster = any((<LimitSpec>s).cluster is not None for s in self.specs)
+        self.cluster_deadline = max([(<LimitSpec>s).cluster.link.settings.timeout for s in self.specs
+                                     if (<LimitSpec>s).cluster is not None] or [0.0]) + 1.0
         self.phases = PH_REQUEST
         if self.on_allowed:
             self.phases |= PH_RESPONSE
@@ -395,8 +403,56 @@ cdef class RateLimitPolicy(Policy):
             return ex.path[starts[k]:starts[k] + lens[k]]
         return None
 
+    cdef int _key(self, Exchange ex, LimitSpec spec, uint64_t* out) except -1:
+        """The key hash of `ex` for `spec` (not yet seeded); 1 when a part was missing."""
+        cdef uint64_t h = spec.identity
+        cdef bint missing = False
+        cdef Py_ssize_t vlen
+        cdef const char* vp
+        for part in spec.parts:
+            value = self._part(ex, <int>part[0], <bytes>part[1])
+            if value is None:
+                missing = True
+                value = b""
+            if isinstance(value, str):
+                vp = PyUnicode_AsUTF8AndSize(value, &vlen)
+            else:
+                vp = PyBytes_AS_STRING(value)
+                vlen = PyBytes_GET_SIZE(value)
+            h = rl_mix(h, vp, vlen)
+        out[0] = h
+        return 1 if missing else 0
+
     cdef int on_request(self, Exchange ex) except -1:
+        if self.has_cluster:
+            return self._cluster_first(ex)
+        return self._evaluate(ex)
+
+    cdef int _cluster_first(self, Exchange ex) except -1:
+        """A cluster limit without a usable lease pauses the request until its lease request
+        answers (or its deadline passes); then every limit is evaluated at once."""
+        cdef LimitSpec spec
+        cdef uint64_t h
+        cdef int missing
+        for s in self.specs:
+            spec = <LimitSpec>s
+            if spec.cluster is None:
+                continue
+            missing = self._key(ex, spec, &h)
+            if missing and spec.when_missing != WM_SHARED:
+                continue
+            if spec.cluster.needs_lease(rl_final(h), spec.cost):
+                import asyncio
+                waiter = asyncio.shield(spec.cluster.fetch(rl_final(h), spec.cost))
+                ex.pending = waiter
+                ex.pause_deadline(self.cluster_deadline)
+                waiter.add_done_callback(_LeaseArrived(self, ex))
+                return P_PAUSED
+        return self._evaluate(ex)
+
+    cdef int _evaluate(self, Exchange ex) except -1:
         cdef int64_t now = rl_now_ns() if self.clock is None else self.clock()
+        cdef object cluster_taken = None
         cdef rl_slot* taken[RL_MAX_LIMITS]
         cdef int64_t taken_inc[RL_MAX_LIMITS]
         cdef int n_taken = 0
@@ -405,26 +461,13 @@ cdef class RateLimitPolicy(Policy):
         cdef uint64_t h
         cdef int64_t tat, remaining, reset, retry = 0, best_remaining = 0, best_reset = 0, n
         cdef double ratio, best_ratio = 2.0
-        cdef Py_ssize_t vlen
-        cdef const char* vp
         cdef bint missing
+        cdef bint store_down = False
         cdef int i, j
         cdef list held = None
         for i in range(len(self.specs)):
             spec = <LimitSpec>self.specs[i]
-            h = spec.identity
-            missing = False
-            for part in spec.parts:
-                value = self._part(ex, <int>part[0], <bytes>part[1])
-                if value is None:
-                    missing = True
-                    value = b""
-                if isinstance(value, str):
-                    vp = PyUnicode_AsUTF8AndSize(value, &vlen)
-                else:
-                    vp = PyBytes_AS_STRING(value)
-                    vlen = PyBytes_GET_SIZE(value)
-                h = rl_mix(h, vp, vlen)
+            missing = self._key(ex, spec, &h)
             if missing:
                 if spec.when_missing == WM_SKIP:
                     continue
@@ -432,6 +475,31 @@ cdef class RateLimitPolicy(Policy):
                     refuser = spec
                     retry = 0
                     break
+            if spec.cluster is not None:
+                ck = rl_final(h)
+                n = spec.cluster.take(ck, spec.cost)
+                if n == -3:                  # Redis away, failing open
+                    continue
+                if n < 0:
+                    refuser = spec
+                    if spec.cluster.failing():
+                        store_down = True
+                        retry = 1000000000
+                    else:
+                        retry = spec.cluster.retry_after_ns(ck)
+                    break
+                if cluster_taken is None:
+                    cluster_taken = []
+                cluster_taken.append((spec, ck))
+                remaining = n
+                reset = 0
+                ratio = <double>remaining / <double>spec.quota
+                if ratio < best_ratio:
+                    best_ratio = ratio
+                    report = spec
+                    best_remaining = remaining
+                    best_reset = reset
+                continue
             s = self.table.find(self.table.key_hash(h, spec.concurrency), now)
             if s == NULL:
                 continue
@@ -470,11 +538,17 @@ cdef class RateLimitPolicy(Policy):
             else:
                 for j in range(n_taken):
                     rl_refund(taken[j], taken_inc[j])
+                if cluster_taken is not None:
+                    for cspec, ck in cluster_taken:
+                        (<LimitSpec>cspec).cluster.refund(ck, (<LimitSpec>cspec).cost)
                 if held is not None:
                     for off in held:
                         rl_leave(<rl_slot*>(<char*>self.table.t + <Py_ssize_t>off))
                 self.limited += 1
                 self._note(ex, refuser, False)
+                if store_down:
+                    ex.answer_json(503, b"rate limit store unavailable", b"Retry-After: 1\r\n", RF_RATE_LIMITED)
+                    return P_ANSWERED
                 ex.answer_json(self.concurrency_status if refuser.concurrency else self.status,
                                b"rate limit exceeded" if not refuser.concurrency else b"too many requests in flight",
                                self._lines(refuser, 0, retry, True), RF_RATE_LIMITED)
@@ -550,6 +624,30 @@ cdef class RateLimitPolicy(Policy):
     @property
     def table_stats(self):
         return {"capacity": self.table.capacity, "evictions": self.table.evictions, "misses": self.table.misses}
+
+
+cdef class _LeaseArrived:
+    """A paused request's lease request answered (or failed): evaluate every limit now."""
+    cdef RateLimitPolicy policy
+    cdef Exchange ex
+
+    def __init__(self, RateLimitPolicy policy, Exchange ex):
+        self.policy = policy
+        self.ex = ex
+
+    def __call__(self, fut):
+        cdef Exchange ex = self.ex
+        if ex.finished or not ex.paused or fut.cancelled():
+            return
+        try:
+            r = self.policy._cluster_first(ex)
+        except Exception as exc:
+            _report_policy_error(self.policy, "request", exc)
+            ex.fail(500, b"policy failed", RF_POLICY_ERROR)
+            ex.resume()
+            return
+        if r != P_PAUSED:
+            ex.resume()
 
 
 cdef object _query_value(bytes query, bytes name):

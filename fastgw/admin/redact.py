@@ -44,4 +44,8 @@ def redacted_config(cfg: GatewayConfig) -> dict:
     admin = data.get("admin")
     if admin and admin.get("token") is not None:
         admin["token"] = REDACTED
+    redis = data.get("redis")
+    if redis and redis.get("url"):
+        from fastgw.ratelimit_cluster import redacted_url
+        redis["url"] = redacted_url(redis["url"])
     return data

@@ -71,7 +71,7 @@ class PluginPolicy(PolicyBase, tag="plugin", kw_only=True):
     """A hook slower than this is logged (at most once a second per plugin and phase)."""
 
 
-from .ratelimit import RateLimitPolicy, check_rate_limit, route_capture_names  # noqa: E402 - it subclasses PolicyBase
+from .ratelimit import RateLimitPolicy, check_rate_limit, check_redis, route_capture_names  # noqa: E402 - it subclasses PolicyBase
 
 Policy = NoopPolicy | RespondPolicy | PluginPolicy | RateLimitPolicy
 
@@ -154,6 +154,7 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cap
 
 def check_policies(cfg: GatewayConfig, out: list) -> None:
     _check_list(cfg.policies, ["policies"], out)
+    check_redis(cfg, out)
     top = set(policy_names(cfg.policies))
     for i, route in enumerate(cfg.routes):
         _check_list(route.policies, ["routes", i, "policies"], out, route_capture_names(route))

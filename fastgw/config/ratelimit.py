@@ -14,7 +14,7 @@ from .policies import PolicyBase
 from .positions import Token
 from .values import PositiveDuration
 
-__all__ = ["KEY_SOURCES", "Limit", "RateLimitPolicy", "check_rate_limit", "parse_key_part"]
+__all__ = ["KEY_SOURCES", "Limit", "RateLimitPolicy", "Redis", "check_rate_limit", "check_redis", "parse_key_part"]
 
 PositiveInt = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 #: What a key part may name: fixed ones, and `source:argument` ones.
@@ -41,6 +41,12 @@ class Limit(Base, kw_only=True):
     """At most this many requests of one key in flight at once (instead of a bucket)."""
     key: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["route"])
     """route, client_ip, consumer, header:NAME, query:NAME, capture:NAME; several combine."""
+    scope: Literal["local", "cluster"] = "local"
+    """`local`: this gateway's workers share the bucket; `cluster`: every gateway on the `redis:`
+    server does (tokens leased in batches)."""
+    on_redis_error: Literal["open", "closed"] = "open"
+    """A `cluster` limit whose Redis does not answer within `redis.timeout`: let the request through
+    (`open`) or refuse it with 503 (`closed`)."""
     when_missing: Literal["shared", "skip", "deny"] = "shared"
     """A request without a key part (no such header, no consumer yet): `shared` keys it by the empty
     value (all such requests share one bucket), `skip` exempts it from this limit, `deny` refuses it."""
@@ -61,6 +67,49 @@ class RateLimitPolicy(PolicyBase, tag="rate_limit", kw_only=True):
     `legacy` (RateLimit-Limit/-Remaining/-Reset), `x-ratelimit` (X-RateLimit-*)."""
     headers_on_allowed: bool = True
     """Also on responses the limits let through (always on a refusal)."""
+
+
+class Redis(Base, kw_only=True):
+    """The Redis server `cluster` rate limits share (one for the whole config)."""
+
+    url: str
+    """redis://[:password@]host[:port][/db], rediss:// (TLS) or unix:///path/to/socket."""
+    timeout: PositiveDuration = 0.05
+    """The deadline of one lease request: past it the limit fails open or closed."""
+    lease: PositiveDuration = 0.1
+    """How long leased tokens stay usable before the unused ones go back."""
+    max_keys: PositiveInt = 100_000
+    """Keys with a lease held per worker; past it the oldest leases are given back."""
+    key_prefix: str = "fastgw:rl:"
+
+
+def check_redis(cfg, out: list) -> None:
+    """The `redis:` section, and `cluster` limits only where it exists."""
+    from urllib.parse import urlsplit
+
+    from ..ratelimit_cluster import redacted_url
+
+    if cfg.redis is not None:
+        try:
+            parts = urlsplit(cfg.redis.url)
+            parts.port   # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            out.append((["redis", "url"], f"not a Redis URL: {exc}"))
+        else:
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                out.append((["redis", "url"], f"not a Redis URL (redis://, rediss:// or unix://): {redacted_url(cfg.redis.url)!r}"))
+            elif parts.scheme != "unix" and not parts.hostname:
+                out.append((["redis", "url"], f"no host in {redacted_url(cfg.redis.url)!r}"))
+            elif parts.scheme == "unix" and not parts.path:
+                out.append((["redis", "url"], f"no socket path in {redacted_url(cfg.redis.url)!r}"))
+        return
+    lists = [(["policies"], cfg.policies)] + [(["routes", i, "policies"], r.policies) for i, r in enumerate(cfg.routes)]
+    for base, policies in lists:
+        for i, policy in enumerate(policies or ()):
+            if isinstance(policy, RateLimitPolicy):
+                for j, limit in enumerate(policy.limits):
+                    if limit.scope == "cluster":
+                        out.append(([*base, i, "limits", j, "scope"], "a `cluster` limit needs the top-level `redis:` settings"))
 
 
 def parse_key_part(part: str) -> tuple[str, str]:
@@ -86,6 +135,8 @@ def check_rate_limit(policy, path: list[Token], capture_names: set[str] | None, 
         if (limit.rate is None) == (limit.concurrent is None):
             out.append((where, "a limit has either `rate` (a token bucket) or `concurrent` (in flight), not both"
                         if limit.rate is not None else "a limit needs `rate` (a token bucket) or `concurrent`"))
+        if limit.scope == "cluster" and limit.concurrent is not None:
+            out.append(([*where, "scope"], "in-flight (`concurrent`) limits are local only"))
         if limit.burst is not None and limit.rate is None:
             out.append(([*where, "burst"], "`burst` belongs to a `rate` limit"))
         if limit.rate is not None and limit.cost > (limit.burst or limit.rate):

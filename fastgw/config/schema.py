@@ -20,6 +20,7 @@ from .base import Base, Name
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Policy
+from .ratelimit import Redis
 from .tracing import Tracing
 from .values import DURATION_PATTERN, Duration, PositiveDuration, parse_address, parse_duration
 
@@ -352,6 +353,8 @@ class GatewayConfig(Base, kw_only=True):
     tracing: Tracing = msgspec.field(default_factory=Tracing)
     admin: Admin | None = None
     """The Admin API listener (docs/admin.md); none without this section."""
+    redis: Redis | None = None
+    """The Redis server `cluster` rate limits share (docs/rate-limiting.md)."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""
