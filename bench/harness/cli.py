@@ -232,7 +232,7 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
     try:
         for p in active:
             cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies,
-                                   scen.access_log, scen.fastgw_config)
+                                   scen.access_log, scen.fastgw_config, scen.ip_rate_limit)
             if p.name == "direct":
                 procs[p.name], ports[p.name] = None, upstream.port
                 live.append(p)

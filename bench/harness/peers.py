@@ -67,6 +67,8 @@ class PeerConfig:
     access_log: bool = False
     #: fastgw only: top-level config sections.
     config: dict = field(default_factory=dict)
+    #: nginx: limit_req per client IP at this many requests/s (fastgw gets its policy in `policies`).
+    ip_rate_limit: int | None = None
 
 
 @dataclass
@@ -310,6 +312,11 @@ class Nginx(Peer):
                 "\"target\":\"$upstream_addr\",\"user_agent\":\"$http_user_agent\"}'; "
                 f"access_log {d}/access.log json buffer=64k flush=1s;"
             )
+        limit_req = ""
+        if cfg.ip_rate_limit:
+            # 503 is limit_req's default answer; burst as large as the rate, as fastgw's default bucket
+            limit_req = (f"limit_req_zone $binary_remote_addr zone=perip:10m rate={cfg.ip_rate_limit}r/s; "
+                         f"limit_req zone=perip burst={cfg.ip_rate_limit} nodelay;")
         conf = d / "nginx.conf"
         conf.write_text(f"""
 worker_processes 1;
@@ -320,6 +327,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 9000; }}
 http {{
   {access_log}
+  {limit_req}
   keepalive_timeout 300s;
   keepalive_requests 100000000;
   client_max_body_size 16m;
