@@ -25,3 +25,18 @@ def test_bucket_take_one_python_call(benchmark):
     """One request through the Python-facing take(): what a call from Python adds."""
     table = _core.RateTable(262144, seed=1)
     benchmark(table.take, b"203.0.113.7", T0, 1e9, 1.0, 10**9)
+
+
+def test_cluster_lease_take(benchmark):
+    """A cluster limit's request while its lease holds tokens (the common case: no Redis call): the
+    Python side of fastgw/ratelimit_cluster.py."""
+    import time
+
+    from fastgw.config.ratelimit import Redis
+    from fastgw.ratelimit_cluster import ClusterLimit, RedisLink
+
+    limit = ClusterLimit(RedisLink(Redis(url="redis://127.0.0.1:9/0")), 1, 1e9, 1.0, 10**9, True)
+    lease = limit._lease(42)
+    lease.tokens = 10**12
+    lease.expires = time.monotonic() + 3600
+    benchmark(limit.take, 42, 1)

@@ -31,6 +31,9 @@ class Scenario:
     access_log: bool = False
     #: fastgw only: top-level config sections (`tracing:`, say), each a dict as in the config.
     fastgw_config: dict = field(default_factory=dict)
+    #: A rate limit per client IP, requests/s (fastgw: a `rate_limit` policy keyed by client_ip; nginx:
+    #: limit_req with a zone on $binary_remote_addr, burst as large, nodelay); HAProxy runs without.
+    ip_rate_limit: int | None = None
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
