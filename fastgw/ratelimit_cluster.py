@@ -90,7 +90,8 @@ class RedisLink:
         self.script = self.client.register_script(LEASE_SCRIPT)
         self.down_until = 0.0
         self.backoff = 0.0
-        self.failures = 0
+        self.failures = 0          # in a row, since the last answer
+        self.failures_total = 0
         self.calls = 0
 
     def usable(self, now: float) -> bool:
@@ -110,6 +111,7 @@ class RedisLink:
     def failed(self, exc: BaseException) -> None:
         """Reconnection with backoff: 50ms doubling to 5s between attempts."""
         self.failures += 1
+        self.failures_total += 1
         self.backoff = min(5.0, self.backoff * 2 if self.backoff else 0.05)
         self.down_until = time.monotonic() + self.backoff
         if self.failures == 1 or self.failures % 100 == 0:

@@ -97,3 +97,50 @@ def explain_limits(by_phase: dict, route: str, headers: list[tuple[str, str]], q
             mode = " [shadow]" if entry.shadow else ""
             out.append(f"limit:    {policy.name}/{shown}{mode}: {describe_limit(limit)}; key: {', '.join(values)}")
     return out
+
+
+def _families(worker) -> list:
+    """Prometheus families (docs/metrics.md): requests each rate_limit policy let through, refused,
+    and would have refused in shadow mode; the Redis link's calls, failures and state."""
+    from . import metrics
+
+    allowed, limited, shadow = [], [], []
+    for key, policy in worker.runtime.policies.items():
+        if policy.type != "rate_limit":
+            continue
+        label = policy.name if key.startswith("policies/") else key
+        allowed.append([[label], policy.allowed])
+        limited.append([[label], policy.limited])
+        shadow.append([[label], policy.shadow_limited])
+    out = [
+        metrics.counter("fastgw_ratelimit_allowed_total", "Requests a rate_limit policy let through.", ["policy"],
+                        allowed),
+        metrics.counter("fastgw_ratelimit_limited_total", "Requests a rate_limit policy refused.", ["policy"], limited),
+        metrics.counter("fastgw_ratelimit_shadow_limited_total", "Requests a rate_limit policy in shadow mode would "
+                        "have refused.", ["policy"], shadow),
+    ]
+    from . import ratelimit_cluster
+
+    links = list(ratelimit_cluster._links.values())
+    if links:
+        import time
+
+        now = time.monotonic()
+        out += [
+            metrics.counter("fastgw_ratelimit_redis_calls_total", "Lease requests to Redis.", [],
+                            [[[], sum(link.calls for link in links)]]),
+            metrics.counter("fastgw_ratelimit_redis_failures_total", "Lease requests that failed or passed "
+                            "redis.timeout.", [], [[[], sum(link.failures_total for link in links)]]),
+            metrics.gauge("fastgw_ratelimit_redis_up", "Workers whose Redis link is usable (not backing off).", [],
+                          [[[], sum(1 for link in links if link.usable(now))]]),
+        ]
+    return out
+
+
+def _register() -> None:
+    from . import metrics
+
+    metrics.register(_families)
+
+
+_register()

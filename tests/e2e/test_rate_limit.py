@@ -235,3 +235,25 @@ def test_explain_shows_the_limits_and_keys(tmp_path):
     assert ("limit:    lim/lim-0 [shadow]: 5/3600s burst 5 per client_ip+header:X-Api-Key; "
             "key: client_ip=192.0.2.1, header:X-Api-Key=k1") in out.stdout, out.stdout
     assert "limit:    lim/lim-1 [shadow]: at most 3 in flight per query:t; key: query:t=9" in out.stdout
+
+
+def test_metrics_count_allowed_limited_and_shadow(echo):
+    import httpx
+    from support.inprocess import InProcessWorker
+
+    from fastgw.metrics import worker_snapshot
+
+    cfg = simple_config(upstreams={"echo": upstream_config(echo.address)}, routes=[
+        route("m", "/m", rl(limit(2), name="m")), route("s", "/s", rl(limit(1), name="s", shadow=True))])
+    with InProcessWorker(cfg) as w, httpx.Client(base_url=w.url) as client:
+        assert [client.get("/m").status_code for _ in range(3)] == [200, 200, 429]
+        assert [client.get("/s").status_code for _ in range(3)] == [200] * 3
+        snap = w.call(worker_snapshot, w.worker)
+
+    def values(name):
+        (fam,) = [f for f in snap["families"] if f["name"] == name]
+        return {tuple(s[0]): s[1] for s in fam["samples"]}
+
+    assert values("fastgw_ratelimit_allowed_total") == {("routes/m/m",): 2, ("routes/s/s",): 3}
+    assert values("fastgw_ratelimit_limited_total") == {("routes/m/m",): 1, ("routes/s/s",): 0}
+    assert values("fastgw_ratelimit_shadow_limited_total") == {("routes/m/m",): 0, ("routes/s/s",): 2}
