@@ -320,6 +320,8 @@ cdef class LimitSpec:
             self.quota = concurrent
         else:
             self.interval = <int64_t>(period * 1e9 / rate)
+            if self.interval < 1:        # the config refuses such rates; a bucket never divides by 0
+                self.interval = 1
             self.inc = self.interval * cost
             self.tau = self.interval * burst
             self.quota = <int64_t>rate
@@ -616,6 +618,16 @@ cdef class RateLimitPolicy(Policy):
             for off in held:
                 rl_leave(<rl_slot*>(<char*>self.table.t + <Py_ssize_t>off))
         return 0
+
+    def adopt(self, Policy old):
+        """The buckets carry over by themselves (ratelimit.pyx's header); the counters the metrics
+        report carry over here, so they never go backwards at a reload."""
+        cdef RateLimitPolicy prev
+        if isinstance(old, RateLimitPolicy):
+            prev = <RateLimitPolicy>old
+            self.allowed += prev.allowed
+            self.limited += prev.limited
+            self.shadow_limited += prev.shadow_limited
 
     def describe(self):
         n = len(self.specs)

@@ -137,6 +137,8 @@ def check_rate_limit(policy, path: list[Token], capture_names: set[str] | None, 
                         if limit.rate is not None else "a limit needs `rate` (a token bucket) or `concurrent`"))
         if limit.scope == "cluster" and limit.concurrent is not None:
             out.append(([*where, "scope"], "in-flight (`concurrent`) limits are local only"))
+        if limit.rate is not None and limit.rate / limit.period > 1e9:
+            out.append(([*where, "rate"], "more than 10^9 tokens a second: the bucket counts in nanoseconds"))
         if limit.burst is not None and limit.rate is None:
             out.append(([*where, "burst"], "`burst` belongs to a `rate` limit"))
         if limit.rate is not None and limit.cost > (limit.burst or limit.rate):

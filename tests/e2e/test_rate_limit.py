@@ -177,6 +177,7 @@ def test_state_survives_reload_unless_the_limit_changed(echo, gateway_factory):
 
     gw = gateway_factory(cfg(2))
     assert statuses(gw, "/a", 3) == [200, 200, 429]
+    gw.reload(cfg(2))    # the same config again: a reload that keeps everything
     gw.reload(cfg(2, extra=True))
     wait_until(lambda: get(gw, "/b").status == 200, what="the reload")
     assert get(gw, "/a").status == 429            # same limit: its bucket is still empty

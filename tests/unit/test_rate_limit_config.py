@@ -55,6 +55,8 @@ def test_errors_name_their_path():
     assert "$.routes[0].policies[0].limits[0].period" in text
     text = errors("{type: rate_limit, limits: [{concurrent: 5, scope: cluster}]}", "redis: {url: 'redis://h'}\n")
     assert "$.routes[0].policies[0].limits[0].scope" in text
+    text = errors("{type: rate_limit, limits: [{rate: 1000000000, period: 0.5s}]}")
+    assert "$.routes[0].policies[0].limits[0].rate" in text and "10^9" in text
     text = errors("{type: rate_limit, limits: [{rate: 1, key: [capture:nope]}]}")
     assert "no capture 'nope'" in text
 
