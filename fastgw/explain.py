@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from . import _core
 from .config import GatewayConfig
 from .config.schema import Listener
+from .ratelimits import explain_limits
 from .runtime import attached_matches, compile_runtime, intersect_hosts
 
 
@@ -94,6 +95,7 @@ def explain(cfg: GatewayConfig, method: str, url: str, headers: list[tuple[str, 
         return "\n".join(out) + "\n"
     out.append(f"route:    {result['route']}")
     out += _describe_policies(result.get("policies") or {})
+    out += explain_limits(result.get("policies") or {}, result["route"], headers, parts.query)
     if result.get("backends") is not None and len(result["backends"]) > 1:
         shares = ", ".join(f"{name or '(none: 500)'} weight {w}" for name, w in result["backends"])
         out.append(f"backends: {shares} (smooth weighted round robin)")

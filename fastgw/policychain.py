@@ -21,11 +21,13 @@ from .config.policies import (
     NoopPolicy,
     PluginPolicy,
     Policy,
+    RateLimitPolicy,
     RespondPolicy,
     load_plugin_class,
     plugin_config,
     policy_names,
 )
+from .ratelimits import build_rate_limit
 
 
 def _build(entry: Policy, name: str, key: str, old: dict, cfg: GatewayConfig | None = None) -> _core.Policy:
@@ -60,6 +62,8 @@ def _build(entry: Policy, name: str, key: str, old: dict, cfg: GatewayConfig | N
         policy = build_cors_policy(entry, name, key)
     elif isinstance(entry, AUTH_POLICIES):
         policy = build_auth_policy(entry, name, key, cfg)
+    elif isinstance(entry, RateLimitPolicy):
+        policy = build_rate_limit(entry, name, key, cfg.redis if cfg is not None else None)
     else:  # pragma: no cover - the schema's union is closed
         raise TypeError(f"unknown policy {entry!r}")
     if key in old:

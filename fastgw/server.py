@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from . import __version__, events
+from . import __version__, _core, events
 from .config import ConfigError, ConfigIssue, GatewayConfig
 from .config.admin import Admin, is_loopback, read_token_file
 from .control import ControlClient, ControlError, ControlServer
@@ -244,6 +244,9 @@ class Supervisor:
                     s.close()
                 log(f"cannot start the admin API: {exc}", "admin_failed", "error")
                 return 1
+        # the rate limiters' table, mapped before the fork so every worker shares its buckets
+        # (ratelimit.pyx); a restarted worker finds them as they were
+        _core.rate_table()
         # the pipe stays open: a restarted worker reports ready on it too
         self.ready_r, self.ready_w = os.pipe()
         os.set_blocking(self.ready_r, False)

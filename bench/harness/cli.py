@@ -234,7 +234,7 @@ def run_scenario(a, scen, active, features, upstream, tools, load_cpus, proxy_cp
         for p in active:
             cfg = peers.PeerConfig(upstream.port, scen.routes, features[p.name], scen.fastgw_policies,
                                    scen.access_log, scen.fastgw_config, tls, scen.tls_resumption,
-                                   scen.nginx_http, scen.nginx_location)
+                                   scen.nginx_http, scen.nginx_location, scen.ip_rate_limit)
             if p.name == "direct" and tls is not None:
                 continue        # the upstream speaks plain HTTP: no baseline for a TLS scenario
             if p.name == "direct":

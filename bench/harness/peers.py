@@ -77,6 +77,8 @@ class PeerConfig:
     #: directives of the catch-all location (if ... return).
     nginx_http: str = ""
     nginx_location: str = ""
+    #: nginx: limit_req per client IP at this many requests/s (fastgw gets its policy in `policies`).
+    ip_rate_limit: int | None = None
 
 
 @dataclass
@@ -355,6 +357,11 @@ class Nginx(Peer):
                 "\"target\":\"$upstream_addr\",\"user_agent\":\"$http_user_agent\"}'; "
                 f"access_log {d}/access.log json buffer=64k flush=1s;"
             )
+        limit_req = ""
+        if cfg.ip_rate_limit:
+            # 503 is limit_req's default answer; burst as large as the rate, as fastgw's default bucket
+            limit_req = (f"limit_req_zone $binary_remote_addr zone=perip:10m rate={cfg.ip_rate_limit}r/s; "
+                         f"limit_req zone=perip burst={cfg.ip_rate_limit} nodelay;")
         conf = d / "nginx.conf"
         conf.write_text(f"""
 worker_processes 1;
@@ -365,6 +372,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 9000; }}
 http {{
   {access_log}
+  {limit_req}
   keepalive_timeout 300s;
   keepalive_requests 100000000;
   client_max_body_size 16m;

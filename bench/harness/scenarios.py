@@ -39,6 +39,9 @@ class Scenario:
     #: nginx's equivalent of fastgw_policies (peers.PeerConfig.nginx_http / nginx_location).
     nginx_http: str = ""
     nginx_location: str = ""
+    #: A rate limit per client IP, requests/s (fastgw: a `rate_limit` policy keyed by client_ip; nginx:
+    #: limit_req with a zone on $binary_remote_addr, burst as large, nodelay); HAProxy runs without.
+    ip_rate_limit: int | None = None
 
 
 TENANTS = [f"t{k}.api.example.com" for k in range(10)]
@@ -182,6 +185,27 @@ def build(names: list[str], gateway_route_count: int = 300) -> list[Scenario]:
     all_["get26_bearer"] = lambda: Scenario(
         "get26_bearer", "GET, 26 B response, 50 connections, a bearer token no one checks (jwt_cached's baseline)",
         50, [_bearer_request()], _bearer_request())
+    # The cost of a local rate limit on the client IP (issue 11), against nginx's limit_req. The limit
+    # is far above the load, so every request pays the bucket and none is refused; `ratelimit429`
+    # is the same with a limit the load exceeds (most answers are the 429).
+    all_["ratelimit"] = lambda: Scenario(
+        "ratelimit",
+        "GET, 26 B response, 50 connections; a rate limit per client IP that admits everything "
+        "(fastgw rate_limit, nginx limit_req)",
+        50, [get26], get26,
+        fastgw_policies=[{"type": "rate_limit", "headers": [],
+                          "limits": [{"rate": 10_000_000, "key": ["client_ip"]}]}],
+        ip_rate_limit=10_000_000,
+    )
+    all_["ratelimit429"] = lambda: Scenario(
+        "ratelimit429",
+        "GET, 26 B response, 50 connections; a rate limit per client IP of 1000 req/s, most answers 429/503 "
+        "(fastgw rate_limit, nginx limit_req)",
+        50, [get26], get26,
+        fastgw_policies=[{"type": "rate_limit", "headers": [], "status": 503,
+                          "limits": [{"rate": 1000, "key": ["client_ip"]}]}],
+        ip_rate_limit=1000,
+    )
     unknown = [n for n in names if n not in all_]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(all_)}")

@@ -123,6 +123,11 @@ cdef class Exchange:
     cdef bytes up_query
     cdef bytes xff_out
     cdef bytes up_auth_lines
+    # rate limiting (ratelimit.pyx): the headers of the limit closest to exhaustion, which the
+    # response phase adds, and the in-flight slots the log phase gives back
+    cdef bytes rl_lines
+    cdef double rl_ratio
+    cdef list rl_held
     # log
     cdef readonly int flags
     cdef int outcome
@@ -179,6 +184,9 @@ cdef class Exchange:
         if self.up_query is not None: self.up_query = None
         if self.xff_out is not None: self.xff_out = None
         if self.up_auth_lines is not None: self.up_auth_lines = None
+        if self.rl_lines is not None: self.rl_lines = None
+        self.rl_ratio = 0.0
+        if self.rl_held is not None: self.rl_held = None
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0

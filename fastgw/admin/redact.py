@@ -64,6 +64,10 @@ def redacted_config(cfg: GatewayConfig) -> dict:
     if admin and admin.get("token") is not None:
         admin["token"] = REDACTED
     _redact_tls_keys(data)
+    redis = data.get("redis")
+    if redis and redis.get("url"):
+        from fastgw.ratelimit_cluster import redacted_url
+        redis["url"] = redacted_url(redis["url"])
     return data
 
 

@@ -71,7 +71,7 @@ class PluginPolicy(PolicyBase, tag="plugin", kw_only=True):
     """A hook slower than this is logged (at most once a second per plugin and phase)."""
 
 
-# the auth policies' Structs live in their own modules, which build on PolicyBase above
+# the auth and rate-limit policies' Structs live in their own modules, which build on PolicyBase above
 from .auth import (  # noqa: E402
     ApiKeyPolicy,
     AuthPolicy,
@@ -87,9 +87,11 @@ from .auth import (  # noqa: E402
 from .cors import CorsPolicy, check_cors  # noqa: E402
 from .external_auth import ExternalAuthPolicy, check_external_auth  # noqa: E402
 from .jwt import JwtPolicy, check_jwt  # noqa: E402
+from .ratelimit import RateLimitPolicy, check_rate_limit, check_redis, route_capture_names  # noqa: E402
 
 Policy = (NoopPolicy | RespondPolicy | PluginPolicy | ApiKeyPolicy | BasicAuthPolicy | AuthPolicy | GroupsPolicy
-          | IpAllowPolicy | IpDenyPolicy | TrustedProxiesPolicy | JwtPolicy | ExternalAuthPolicy | CorsPolicy)
+          | IpAllowPolicy | IpDenyPolicy | TrustedProxiesPolicy | JwtPolicy | ExternalAuthPolicy | CorsPolicy
+          | RateLimitPolicy)
 
 HOOKS = ("on_request", "on_response", "on_log")
 
@@ -137,7 +139,8 @@ def policy_names(policies: list[Policy] | None) -> list[str]:
     return [p.name or f"{type(p).__struct_config__.tag}-{i}" for i, p in enumerate(policies or ())]
 
 
-def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cfg: GatewayConfig | None = None
+def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cfg: GatewayConfig | None = None,
+                capture_names: set[str] | None = None
                 ) -> None:
     seen: dict[str, int] = {}
     for i, (policy, name) in enumerate(zip(policies or (), policy_names(policies), strict=True)):
@@ -159,6 +162,8 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cfg
             check_external_auth(policy, path, out)
         elif isinstance(policy, CorsPolicy):
             check_cors(policy, path, out)
+        elif isinstance(policy, RateLimitPolicy):
+            check_rate_limit(policy, path, capture_names, out)
         if cfg is not None:
             check_auth_policy(policy, path, cfg, out)
         if isinstance(policy, PluginPolicy):
@@ -177,9 +182,10 @@ def _check_list(policies: list[Policy] | None, base: list[Token], out: list, cfg
 def check_policies(cfg: GatewayConfig, out: list) -> None:
     check_auth(cfg, out)
     _check_list(cfg.policies, ["policies"], out, cfg)
+    check_redis(cfg, out)
     top = set(policy_names(cfg.policies))
     for i, route in enumerate(cfg.routes):
-        _check_list(route.policies, ["routes", i, "policies"], out, cfg)
+        _check_list(route.policies, ["routes", i, "policies"], out, cfg, route_capture_names(route))
         for j, name in enumerate(route.skip_policies or ()):
             if name not in top:
                 shown = ", ".join(sorted(top)) or "none defined"

@@ -22,6 +22,7 @@ from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Consumer, Policy
+from .ratelimit import Redis
 from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
 from .tunnels import ListenerProtocol, Tunnel
@@ -386,6 +387,8 @@ class GatewayConfig(Base, kw_only=True):
     tracing: Tracing = msgspec.field(default_factory=Tracing)
     admin: Admin | None = None
     """The Admin API listener (docs/admin.md); none without this section."""
+    redis: Redis | None = None
+    """The Redis server `cluster` rate limits share (docs/rate-limiting.md)."""
 
     def route_max_body_bytes(self, route: Route) -> int | None:
         """The body limit that applies to `route`: its own, else the global one (None: unlimited)."""

@@ -970,7 +970,8 @@ def test_json_schema_shape():
     assert schema["$ref"] == "#/$defs/GatewayConfig"
     top = defs["GatewayConfig"]
     assert set(top["properties"]) == {"listeners", "upstreams", "routes", "limits", "server", "policies",
-                                      "metrics", "logging", "access_log", "tracing", "admin", "consumers"}
+                                      "metrics", "logging", "access_log", "tracing", "admin", "consumers",
+                                      "redis"}
     assert top["required"] == ["listeners"]
     assert top["additionalProperties"] is False
     assert {"name", "match", "upstream", "max_body_bytes"} <= set(defs["Route"]["properties"])
