@@ -1,6 +1,6 @@
-"""The compile step for an upstream's `balancer`, `sticky` and passive `health`: the core
+"""The compile step for an upstream's `balancer`, `sticky` and `health`: the core
 TargetPicker (None for plain smooth weighted round robin, so the request path pays nothing for the
-choice) and OutlierState."""
+choice), OutlierState and ActiveHealthState."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def build_picker(up: Upstream, targets: list) -> _core.TargetPicker | None:
     if isinstance(b, Maglev):
         return _core.MaglevPicker(targets, weights, b.hash_on.source, name, b.table_size, **sticky)
     raise TypeError(f"unknown balancer {b!r}")  # pragma: no cover - the schema's union is closed
+
+
+def build_active_health(up: Upstream, n: int) -> _core.ActiveHealthState | None:
+    a = up.health.active
+    if a is None or n == 0:
+        return None
+    return _core.ActiveHealthState(n, a.healthy_threshold, a.unhealthy_threshold)
 
 
 def build_outlier(up: Upstream, n: int) -> _core.OutlierState | None:

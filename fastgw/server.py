@@ -678,12 +678,18 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
         accesslog.apply(worker, loop, new_cfg)
         traces.configure(new_cfg.tracing)
 
-    ops = WorkerOps(worker, cfg, generation, index, log, check=check, applied=applied)
+    from .healthcheck import ActiveChecks
+
+    health_checks = ActiveChecks(worker, loop)
+    health_checks.apply(cfg)
+    ops = WorkerOps(worker, cfg, generation, index, log, check=check, applied=applied,
+                    swapped=health_checks.apply)
 
     async def drain() -> None:
         for server in servers:
             server.close()
         worker.begin_drain()
+        health_checks.stop()
         deadline = loop.time() + worker.runtime.drain_timeout
         while (worker.active_clients() or worker.active_tunnels()) and loop.time() < deadline:
             await asyncio.sleep(0.05)

@@ -153,7 +153,7 @@ class AdminAPI:
             out[name] = {
                 "targets": [{"address": t.address, "weight": t.weight, "idle_connections": 0,
                              "idle_connections_by_worker": {}, "active_requests": 0,
-                             "health": "healthy" if up.health.passive.enabled else None,
+                             "health": "healthy" if up.health.passive.enabled or up.health.active else None,
                              "health_by_worker": {}} for t in up.targets],
                 "balancer": msgspec.to_builtins(up.balancer),
                 "timeouts": msgspec.to_builtins(up.timeouts),
@@ -175,8 +175,10 @@ class AdminAPI:
                         health = {k: v for k, v in target.items()
                                   if k not in ("address", "idle_connections", "active_requests")}
                         entry["health_by_worker"][pid] = health
-                        if health.get("health") == "ejected":
+                        if health.get("health") == "ejected" and entry["health"] != "unhealthy":
                             entry["health"] = "ejected"
+                        if health.get("health") == "unhealthy":     # active checks failing
+                            entry["health"] = "unhealthy"
         return json_response(200, {"generation": self.sup.generation, "upstreams": out,
                                    "workers": [_worker_line(a) for a in answers]})
 

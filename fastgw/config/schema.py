@@ -142,7 +142,7 @@ class Upstream(Base, kw_only=True):
     sticky: StickySessions | None = None
     """Session affinity by a cookie the gateway sets."""
     health: Health = msgspec.field(default_factory=Health)
-    """Passive health: failing targets ejected for a while (docs/health.md)."""
+    """Passive health (failing targets ejected for a while) and active checks (docs/health.md)."""
     failover: bool = True
     """An idempotent request without a body whose connection to a target fails before any response
     byte (refused, connect timeout, reset) is sent once to another target (nginx's default)."""
