@@ -34,6 +34,18 @@ def build_active_health(up: Upstream, n: int) -> _core.ActiveHealthState | None:
     return _core.ActiveHealthState(n, a.healthy_threshold, a.unhealthy_threshold)
 
 
+def build_breakers(up: Upstream, old) -> _core.CircuitBreakers | None:
+    """One CircuitBreakers per upstream across reloads, so what the old config has in flight counts."""
+    b = up.circuit_breakers
+    if b is None:
+        return None
+    limits = (b.max_connections, b.max_pending_requests, b.max_requests, b.max_retries)
+    if old is not None and old.breakers is not None:
+        old.breakers.set_limits(*limits)
+        return old.breakers
+    return _core.CircuitBreakers(*limits)
+
+
 def build_outlier(up: Upstream, n: int) -> _core.OutlierState | None:
     p = up.health.passive
     if not p.enabled or n < 2:      # with one target there is nothing to send its requests to instead

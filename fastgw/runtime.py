@@ -15,7 +15,7 @@ from email.utils import format_datetime
 import msgspec
 
 from . import _core
-from .balancing import build_active_health, build_outlier, build_picker
+from .balancing import build_active_health, build_breakers, build_outlier, build_picker
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
@@ -276,6 +276,7 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         group.picker_config = (up.balancer, up.sticky)
         group.outlier = build_outlier(up, len(targets))
         group.active_health = build_active_health(up, len(targets))
+        group.breakers = build_breakers(up, old_groups.get(name))
         group.failover = up.failover
         if name in old_groups:
             group.adopt_balancer(old_groups[name])

@@ -76,7 +76,10 @@ class WorkerOps:
         groups = self.worker.runtime.groups
         return {
             **self._identity(),
-            "upstreams": {name: {"targets": _targets(group)} for name, group in groups.items()},
+            "upstreams": {name: {"targets": _targets(group),
+                                 "circuit_breakers": None if group.breakers is None
+                                 else group.breakers.describe(group.targets)}
+                          for name, group in groups.items()},
         }
 
     def explain(self, args: dict) -> dict:

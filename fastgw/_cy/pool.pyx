@@ -12,6 +12,7 @@ cdef class RuntimeMetrics
 cdef class TargetPicker
 cdef class OutlierState
 cdef class ActiveHealthState
+cdef class CircuitBreakers
 cdef class TunnelSettings
 cdef class StreamListener
 
@@ -31,6 +32,7 @@ cdef class Target:
     cdef public int max_requests
     cdef readonly bint retired
     cdef public int active            # exchanges dispatched to it and not yet finished (least request)
+    cdef readonly int open_connections  # connecting, busy or idle (circuit breakers' max_connections)
     # TLS to the target (issue 13): None for plain TCP; the pool key says what the connections share
     cdef readonly object ssl_context
     cdef readonly str server_hostname
@@ -122,6 +124,7 @@ cdef class UpstreamGroup:
     cdef public OutlierState outlier  # passive health; None: off
     cdef public bint failover         # an idempotent request whose connection fails goes to another target
     cdef public ActiveHealthState active_health   # active checks' results (activehealth.pyx); None: off
+    cdef public CircuitBreakers breakers          # breakers.pyx; None: no limits
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):

@@ -158,12 +158,15 @@ class AdminAPI:
                 "balancer": msgspec.to_builtins(up.balancer),
                 "timeouts": msgspec.to_builtins(up.timeouts),
                 "keepalive": msgspec.to_builtins(up.keepalive),
+                "circuit_breakers_by_worker": {},
             }
         for answer in answers:
             for name, up in (answer.get("upstreams") or {}).items():
                 if name not in out:
                     continue   # a worker still on an older generation
                 by_address = {t["address"]: t for t in out[name]["targets"]}
+                if up.get("circuit_breakers") is not None:
+                    out[name]["circuit_breakers_by_worker"][str(answer["pid"])] = up["circuit_breakers"]
                 for target in up["targets"]:
                     entry = by_address.get(target["address"])
                     if entry is not None:

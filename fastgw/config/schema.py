@@ -18,6 +18,7 @@ from msgspec import Meta
 from .admin import Admin
 from .balancing import Balancer, RoundRobin, StickySessions
 from .base import Base, Name
+from .breakers import CircuitBreakers
 from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
@@ -148,6 +149,8 @@ class Upstream(Base, kw_only=True):
     byte (refused, connect timeout, reset) is sent once to another target (nginx's default)."""
     tls: UpstreamTls | None = None
     """TLS to the targets (docs/tls.md); connections are pooled apart by these settings."""
+    circuit_breakers: CircuitBreakers | None = None
+    """Limits on connections, pending, active requests and retries, per worker (docs/health.md)."""
 
 
 class PathMatch(Base, kw_only=True):
