@@ -9,8 +9,9 @@ from .config.balancing import LeastRequest, Maglev, RingHash, RoundRobin
 from .config.schema import Upstream
 
 
-def build_picker(up: Upstream, targets: list) -> _core.TargetPicker | None:
-    weights = [t.weight for t in up.targets]
+def build_picker(up: Upstream, targets: list, weights: list[int] | None = None) -> _core.TargetPicker | None:
+    if weights is None:
+        weights = [t.weight for t in up.targets]
     sticky = {}
     if up.sticky is not None:
         sticky = {"sticky_cookie": up.sticky.cookie, "sticky_attributes": up.sticky.attributes()}

@@ -126,6 +126,13 @@ class WorkerOps:
 
 
 def _targets(group) -> list[dict]:
+    from .dns import origin
+
     health = group.health() or [{"health": "healthy"}] * len(group.targets)
-    return [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
-            for t, h in zip(group.targets, health, strict=True)]
+    out = [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
+           for t, h in zip(group.targets, health, strict=True)]
+    for entry in out:
+        name = origin(entry["address"])
+        if name is not None:
+            entry["resolved_from"] = name
+    return out

@@ -169,6 +169,15 @@ class AdminAPI:
                     out[name]["circuit_breakers_by_worker"][str(answer["pid"])] = up["circuit_breakers"]
                 for target in up["targets"]:
                     entry = by_address.get(target["address"])
+                    named = by_address.get(target.get("resolved_from"))
+                    if entry is None and named is not None:
+                        # an address a hostname target resolved to (docs/health.md, DNS)
+                        entry = {**named, "address": target["address"], "resolved_from": named["address"],
+                                 "idle_connections": 0, "idle_connections_by_worker": {}, "active_requests": 0,
+                                 "health_by_worker": {}}
+                        out[name]["targets"].append(entry)
+                        by_address[target["address"]] = entry
+                        named["resolved"] = True
                     if entry is not None:
                         pid = str(answer["pid"])
                         entry["idle_connections"] += target["idle_connections"]

@@ -19,6 +19,7 @@ from .admin import Admin
 from .balancing import Balancer, RoundRobin, StickySessions
 from .base import Base, Name
 from .breakers import CircuitBreakers
+from .dns import Dns
 from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
@@ -149,6 +150,8 @@ class Upstream(Base, kw_only=True):
     byte (refused, connect timeout, reset) is sent once to another target (nginx's default)."""
     tls: UpstreamTls | None = None
     """TLS to the targets (docs/tls.md); connections are pooled apart by these settings."""
+    dns: Dns = msgspec.field(default_factory=Dns)
+    """How targets given by name are resolved and refreshed (docs/health.md)."""
     circuit_breakers: CircuitBreakers | None = None
     """Limits on connections, pending, active requests and retries, per worker (docs/health.md)."""
 
