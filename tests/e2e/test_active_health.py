@@ -154,3 +154,35 @@ def test_active_settings_are_checked(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "$.upstreams.echo.health.active.expected_statuses[1]" in r.stderr, r.stderr
     assert "$.upstreams.echo.health.active.type" in r.stderr, r.stderr
+
+
+def test_passing_probes_do_not_bring_back_a_target_passive_health_ejected(gateway_factory):
+    class HealthyButBroken:
+        """Its /healthz passes; every other request is reset."""
+
+        def __init__(self):
+            self.reset = 0
+            self.server = RawUpstream(self.handle, name="broken")
+
+        def handle(self, conn):
+            req = conn.read_request()
+            if req is None:
+                return
+            if req.target == "/healthz":
+                conn.respond(200, b"fine", close=True)
+                return
+            self.reset += 1
+            conn.reset()
+
+    b = HealthyButBroken()
+    with EchoServer("a") as a, b.server as s:
+        cfg = config_with([a.address, s.address], {**FAST, "path": "/healthz"}, failover=True,
+                          keepalive={"max_idle": 0})
+        cfg["upstreams"]["echo"]["health"]["passive"] = {"base_ejection": "60s"}
+        gw = gateway_factory(cfg)
+        assert [st for st, _ in get_all(gw, 10)] == [200] * 10          # the reset one failed over
+        wait_event(gw, "target_ejected", target=s.address)
+        resets = b.reset
+        assert [st for st, _ in get_all(gw, 20)] == [200] * 20
+        assert b.reset == resets                                        # out, though its probes pass
+        assert not [e for e in events(gw) if e["event"] in ("target_unhealthy", "target_healthy")]
