@@ -1,6 +1,6 @@
-"""The compile step for an upstream's `balancer`, `sticky` and passive `health`: the core
+"""The compile step for an upstream's `balancer`, `sticky` and `health`: the core
 TargetPicker (None for plain smooth weighted round robin, so the request path pays nothing for the
-choice) and OutlierState."""
+choice), OutlierState and ActiveHealthState."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from .config.balancing import LeastRequest, Maglev, RingHash, RoundRobin
 from .config.schema import Upstream
 
 
-def build_picker(up: Upstream, targets: list) -> _core.TargetPicker | None:
-    weights = [t.weight for t in up.targets]
+def build_picker(up: Upstream, targets: list, weights: list[int] | None = None) -> _core.TargetPicker | None:
+    if weights is None:
+        weights = [t.weight for t in up.targets]
     sticky = {}
     if up.sticky is not None:
         sticky = {"sticky_cookie": up.sticky.cookie, "sticky_attributes": up.sticky.attributes()}
@@ -25,6 +26,25 @@ def build_picker(up: Upstream, targets: list) -> _core.TargetPicker | None:
     if isinstance(b, Maglev):
         return _core.MaglevPicker(targets, weights, b.hash_on.source, name, b.table_size, **sticky)
     raise TypeError(f"unknown balancer {b!r}")  # pragma: no cover - the schema's union is closed
+
+
+def build_active_health(up: Upstream, n: int) -> _core.ActiveHealthState | None:
+    a = up.health.active
+    if a is None or n == 0:
+        return None
+    return _core.ActiveHealthState(n, a.healthy_threshold, a.unhealthy_threshold)
+
+
+def build_breakers(up: Upstream, old) -> _core.CircuitBreakers | None:
+    """One CircuitBreakers per upstream across reloads, so what the old config has in flight counts."""
+    b = up.circuit_breakers
+    if b is None:
+        return None
+    limits = (b.max_connections, b.max_pending_requests, b.max_requests, b.max_retries)
+    if old is not None and old.breakers is not None:
+        old.breakers.set_limits(*limits)
+        return old.breakers
+    return _core.CircuitBreakers(*limits)
 
 
 def build_outlier(up: Upstream, n: int) -> _core.OutlierState | None:

@@ -14,8 +14,8 @@ from email.utils import format_datetime
 
 import msgspec
 
-from . import _core
-from .balancing import build_outlier, build_picker
+from . import _core, dns
+from .balancing import build_active_health, build_breakers, build_outlier, build_picker
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
@@ -252,29 +252,39 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
     groups: dict[str, _core.UpstreamGroup] = {}
     for name, up in cfg.upstreams.items():
         targets = []
+        weights = []
         tls_key = upstream_key(up.tls)
         # one context per upstream; a target carried over keeps the one its pooled connections used
         ssl_context = upstream_context(up.tls) if up.tls is not None and up.targets else None
         peer_check = upstream_peer_check(up.tls) if up.tls is not None else None
+        seen: set[str] = set()
         for t in up.targets:
-            target = _core.Target(t.host, t.port, up.keepalive.max_idle, up.keepalive.idle_timeout,
-                                  up.keepalive.max_requests, ssl_context,
-                                  (up.tls.server_name or t.host) if up.tls is not None else None, tls_key,
-                                  peer_check)
-            kept = old_targets.get(target.pool_key)
-            if kept is not None:
-                kept.max_idle = target.max_idle
-                kept.idle_timeout = target.idle_timeout
-                kept.max_requests = target.max_requests
-                target = kept
-            targets.append(target)
+            # a name resolved (fastgw/dns.py) stands for one target per address
+            for host in dns.expand(t.host, t.port):
+                target = _core.Target(host, t.port, up.keepalive.max_idle, up.keepalive.idle_timeout,
+                                      up.keepalive.max_requests, ssl_context,
+                                      (up.tls.server_name or t.host) if up.tls is not None else None, tls_key,
+                                      peer_check)
+                if target.address in seen:
+                    continue      # two names with an address in common: one target
+                seen.add(target.address)
+                kept = old_targets.get(target.pool_key)
+                if kept is not None:
+                    kept.max_idle = target.max_idle
+                    kept.idle_timeout = target.idle_timeout
+                    kept.max_requests = target.max_requests
+                    target = kept
+                targets.append(target)
+                weights.append(t.weight)
         group = _core.UpstreamGroup(
-            name, targets, [t.weight for t in up.targets],
+            name, targets, weights,
             up.timeouts.connect, up.timeouts.response_header, up.timeouts.body_idle,
         )
-        group.picker = build_picker(up, targets)
+        group.picker = build_picker(up, targets, weights)
         group.picker_config = (up.balancer, up.sticky)
         group.outlier = build_outlier(up, len(targets))
+        group.active_health = build_active_health(up, len(targets))
+        group.breakers = build_breakers(up, old_groups.get(name))
         group.failover = up.failover
         if name in old_groups:
             group.adopt_balancer(old_groups[name])

@@ -647,6 +647,9 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     events.open_worker_sink(loop)
+    from . import dns
+
+    loop.run_until_complete(dns.prime(loop, cfg))     # hostname targets, resolved before serving
     worker = _core.Worker(loop, compile_runtime(cfg))
     accesslog.apply(worker, loop, cfg)
     traces = TraceExport(worker, loop)
@@ -681,12 +684,36 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
         accesslog.apply(worker, loop, new_cfg)
         traces.configure(new_cfg.tracing)
 
-    ops = WorkerOps(worker, cfg, generation, index, log, check=check, applied=applied)
+    from .healthcheck import ActiveChecks
+
+    health_checks = ActiveChecks(worker, loop)
+    health_checks.apply(cfg)
+
+    def rebuild_for_dns() -> None:
+        """A name's addresses changed: the running config compiled again, as a reload would."""
+        from .runtime import retired_targets
+
+        old = worker.runtime
+        worker.swap_runtime(compile_runtime(ops.cfg, old))
+        for target in retired_targets(old, worker.runtime):
+            target.retire()
+        health_checks.apply(ops.cfg)
+
+    dns_refresh = dns.DnsRefresh(loop, rebuild_for_dns)
+
+    def swapped(new_cfg: GatewayConfig) -> None:
+        health_checks.apply(new_cfg)
+        dns_refresh.apply(new_cfg)
+
+    ops = WorkerOps(worker, cfg, generation, index, log, check=check, applied=applied, swapped=swapped)
+    dns_refresh.apply(cfg)
 
     async def drain() -> None:
         for server in servers:
             server.close()
         worker.begin_drain()
+        health_checks.stop()
+        dns_refresh.stop()
         deadline = loop.time() + worker.runtime.drain_timeout
         while (worker.active_clients() or worker.active_tunnels()) and loop.time() < deadline:
             await asyncio.sleep(0.05)

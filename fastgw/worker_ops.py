@@ -30,9 +30,11 @@ def config_payload(cfg: GatewayConfig) -> Any:
 class WorkerOps:
     def __init__(self, worker, cfg: GatewayConfig, generation: int, index: int,
                  log: Callable[..., None], check: Callable[[GatewayConfig], None] | None = None,
-                 applied: Callable[[GatewayConfig], None] | None = None) -> None:
+                 applied: Callable[[GatewayConfig], None] | None = None,
+                 swapped: Callable[[GatewayConfig], None] | None = None) -> None:
         """check: raises if this worker cannot run a config (an access log file it cannot open);
-        applied: sets up what lives beside the runtime (logs, tracing) once it runs."""
+        applied: sets up what lives beside the runtime (logs, tracing) once it runs;
+        swapped: what follows the new runtime once it serves (active health checks)."""
         self.worker = worker
         self.cfg = cfg
         self.generation = generation
@@ -42,6 +44,7 @@ class WorkerOps:
         self._log = log
         self._check = check
         self._applied = applied
+        self._swapped = swapped
 
     def table(self) -> dict[str, Callable[[dict], Any]]:
         return {"stats": self.stats, "snapshot": self.snapshot, "upstreams": self.upstreams,
@@ -73,7 +76,10 @@ class WorkerOps:
         groups = self.worker.runtime.groups
         return {
             **self._identity(),
-            "upstreams": {name: {"targets": _targets(group)} for name, group in groups.items()},
+            "upstreams": {name: {"targets": _targets(group),
+                                 "circuit_breakers": None if group.breakers is None
+                                 else group.breakers.describe(group.targets)}
+                          for name, group in groups.items()},
         }
 
     def explain(self, args: dict) -> dict:
@@ -108,6 +114,8 @@ class WorkerOps:
         if self._applied is not None:
             self._applied(new_cfg)
         self.worker.swap_runtime(new)
+        if self._swapped is not None:
+            self._swapped(new_cfg)
         for target in retired_targets(old, self.worker.runtime):
             target.retire()
         self.cfg, self.generation = new_cfg, generation
@@ -118,6 +126,13 @@ class WorkerOps:
 
 
 def _targets(group) -> list[dict]:
+    from .dns import origin
+
     health = group.health() or [{"health": "healthy"}] * len(group.targets)
-    return [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
-            for t, h in zip(group.targets, health, strict=True)]
+    out = [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
+           for t, h in zip(group.targets, health, strict=True)]
+    for entry in out:
+        name = origin(entry["address"])
+        if name is not None:
+            entry["resolved_from"] = name
+    return out

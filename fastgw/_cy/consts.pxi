@@ -58,6 +58,11 @@ cdef enum ResponseFlag:
     RF_UPSTREAM_BODY_TIMEOUT = 1 << 15       # UBT: the upstream stalled mid-body
     RF_NO_BACKEND = 1 << 16                  # NB: the route's backend is not resolvable (500)
     RF_REDIRECT = 1 << 17                    # RD: answered with a configured redirect
+    # circuit breakers (breakers.pyx): which one refused (Envoy has one code, UO, for them all)
+    RF_OVERFLOW_CONNECTIONS = 1 << 18        # UOC: max_connections
+    RF_OVERFLOW_PENDING = 1 << 19            # UOP: max_pending_requests
+    RF_OVERFLOW_REQUESTS = 1 << 20           # UOA: max_requests (active)
+    RF_OVERFLOW_RETRIES = 1 << 21            # UOR: max_retries: a failed attempt was not retried
 
 # What became of an exchange, for the log phase.
 cdef enum Outcome:

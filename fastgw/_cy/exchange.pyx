@@ -26,6 +26,8 @@ cdef tuple FLAG_CODES = (
     (RF_REQUEST_TIMEOUT, "RT"), (RF_BODY_TOO_LARGE, "BL"), (RF_UPSTREAM_PROTOCOL_ERROR, "UPE"),
     (RF_POLICY_ANSWER, "PA"), (RF_POLICY_ERROR, "PE"), (RF_POLICY_TIMEOUT, "PT"),
     (RF_UPSTREAM_BODY_TIMEOUT, "UBT"), (RF_NO_BACKEND, "NB"), (RF_REDIRECT, "RD"),
+    (RF_OVERFLOW_CONNECTIONS, "UOC"), (RF_OVERFLOW_PENDING, "UOP"), (RF_OVERFLOW_REQUESTS, "UOA"),
+    (RF_OVERFLOW_RETRIES, "UOR"),
 )
 cdef tuple OUTCOME_NAMES = ("none", "proxied", "answered", "policy", "refused", "aborted")
 
@@ -145,6 +147,11 @@ cdef class Exchange:
     cdef TraceExtra trace_extra      # the rare parts: a joined tracestate, retried attempts
     # tunnels (tunnel.pyx): the Upgrade value forwarded when the route allows the switch, else None
     cdef bytes upgrade
+    # circuit breakers (breakers.pyx): the upstream's breakers this exchange is counted in (None:
+    # not admitted, or none configured), and whether it counts as pending and as a retry
+    cdef CircuitBreakers br
+    cdef bint br_pending
+    cdef bint br_retry
 
     cdef int reset(self) except -1:
         """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
@@ -187,6 +194,9 @@ cdef class Exchange:
         if self.rl_lines is not None: self.rl_lines = None
         self.rl_ratio = 0.0
         if self.rl_held is not None: self.rl_held = None
+        if self.br is not None: self.br = None
+        self.br_pending = False
+        self.br_retry = False
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0
@@ -459,7 +469,28 @@ cdef class Exchange:
             self.refusal = b"no upstream target available"
             self.flags |= RF_NO_HEALTHY_UPSTREAM
             return 503
+        if self.group.breakers is not None:
+            return self._admit(<CircuitBreakers>self.group.breakers)
         return OUT_PROXY
+
+    cdef int _admit(self, CircuitBreakers br) except -1:
+        cdef int flag = br.admit(self.group.targets, self.target)
+        if flag == 0:
+            self.br = br
+            return OUT_PROXY
+        self.flags |= flag
+        if flag == RF_OVERFLOW_REQUESTS:
+            self.refusal = b"circuit breaker open: max_requests"
+        elif flag == RF_OVERFLOW_PENDING:
+            self.refusal = b"circuit breaker open: max_pending_requests"
+        else:
+            self.refusal = b"circuit breaker open: max_connections"
+        return 503
+
+    cdef int _br_connected(self) except -1:
+        if self.br_pending:
+            self.br_pending = False
+            self.br.pending -= 1
 
     cdef int _upstream_phases(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef ClientConn down = self.down
@@ -695,11 +726,16 @@ cdef class Exchange:
 
     cdef int _connect(self) except -1:
         cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
+        if self.br is not None and not self.br_pending:
+            self.br_pending = True
+            self.br.pending += 1
         up.attach(self, False)
         self.up = up
         up.start_connect(self.group.connect_timeout)
 
     cdef int upstream_connected(self) except -1:
+        if self.br_pending:
+            self._br_connected()
         self.t_connected = monotonic()
         self._flush_queue()
 
@@ -722,6 +758,8 @@ cdef class Exchange:
         if up is not self.up:
             return 0
         self.up = None
+        if self.br_pending:
+            self._br_connected()
         if may_retry and up.reused and self.retry_ok and not self.retried and not self.finished:
             # a pooled connection the upstream had closed: replay once on a fresh connection to
             # the same target (upstream_peer would pick another; the target did nothing wrong)
@@ -758,6 +796,9 @@ cdef class Exchange:
         cdef Target other
         if not self.group.failover or not self.retry_ok or self.retried or self.finished:
             return False
+        if self.br is not None and not self.br.may_retry():
+            self.flags |= RF_OVERFLOW_RETRIES
+            return False
         other = self.group.pick_other(self, self.target)
         if other is None:
             return False
@@ -768,6 +809,9 @@ cdef class Exchange:
         cdef Target other = self.next_target
         self.next_target = None
         self.retried = True
+        if self.br is not None and not self.br_retry:
+            self.br_retry = True
+            self.br.retries += 1
         if self.tc.trace_hi | self.tc.trace_lo:
             self.up_head = trace_retry(self, flag, self.up_head)
         self.target = other
@@ -1004,6 +1048,10 @@ cdef class Exchange:
         if self.active_target is not None:
             self.active_target.active -= 1
             self.active_target = None
+        if self.br is not None:
+            self.br.release(self.br_pending, self.br_retry)
+            self.br = None
+            self.br_pending = self.br_retry = False
         record_exchange(self)
         if self.rt.tracing is not None:
             trace_end(self)

@@ -11,6 +11,8 @@ cdef class UpstreamStats
 cdef class RuntimeMetrics
 cdef class TargetPicker
 cdef class OutlierState
+cdef class ActiveHealthState
+cdef class CircuitBreakers
 cdef class TunnelSettings
 cdef class StreamListener
 
@@ -30,6 +32,7 @@ cdef class Target:
     cdef public int max_requests
     cdef readonly bint retired
     cdef public int active            # exchanges dispatched to it and not yet finished (least request)
+    cdef readonly int open_connections  # connecting, busy or idle (circuit breakers' max_connections)
     # TLS to the target (issue 13): None for plain TCP; the pool key says what the connections share
     cdef readonly object ssl_context
     cdef readonly str server_hostname
@@ -120,6 +123,8 @@ cdef class UpstreamGroup:
     cdef public object picker_config  # the balancer config the picker was built from (for adopt)
     cdef public OutlierState outlier  # passive health; None: off
     cdef public bint failover         # an idempotent request whose connection fails goes to another target
+    cdef public ActiveHealthState active_health   # active checks' results (activehealth.pyx); None: off
+    cdef public CircuitBreakers breakers          # breakers.pyx; None: no limits
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):
@@ -172,6 +177,10 @@ cdef class UpstreamGroup:
             _health_event(self, i, False)
 
     cdef void _set_available(self, Py_ssize_t i, bint available) except *:
+        # in service only when neither passive nor active health takes the target out
+        if available and ((self.active_health is not None and self.active_health.is_down(i))
+                          or (self.outlier is not None and self.outlier.ejected_until[i] != 0.0)):
+            return
         self.balancer.set_available(i, available)
         if self.picker is not None:
             self.picker.set_available(i, available)
@@ -187,24 +196,47 @@ cdef class UpstreamGroup:
             self._set_available(i, False)
             _health_event(self, i, True)
 
+    def active_result(self, Py_ssize_t i, bint ok, str why=None):
+        """An active probe of target i ended (fastgw/healthcheck.py): -1 when it goes out of the
+        balancer now, +1 when it is back in (if passive health does not hold it out), else 0."""
+        if self.active_health is None:
+            return 0
+        change = self.active_health.result(i, ok, why)
+        if change:
+            self._set_available(i, change > 0)
+        return change
+
     def adopt_health(self, UpstreamGroup old):
         """Keeps each target's passive health across a reload (by address), when the settings did
-        not change; the ejected stay out of the new balancer until their time is up."""
+        not change; the ejected stay out of the new balancer until their time is up. Active health
+        carries over by address whatever the settings."""
         cdef Py_ssize_t i
+        where = {(<Target>t).address: j for j, t in enumerate(old.targets)}
+        if self.active_health is not None and old.active_health is not None:
+            self.active_health.adopt(old.active_health, [where.get((<Target>t).address, -1) for t in self.targets])
+            for i in range(len(self.targets)):
+                if self.active_health.is_down(i):
+                    self._set_available(i, False)
         if self.outlier is None or old.outlier is None:
             return
-        where = {(<Target>t).address: j for j, t in enumerate(old.targets)}
         self.outlier.adopt(old.outlier, [where.get((<Target>t).address, -1) for t in self.targets])
         for i in range(len(self.targets)):
             if self.outlier.ejected_until[i] != 0.0:
                 self._set_available(i, False)
 
     def health(self):
-        """Each target's passive health (for /upstreams), or None when it is off."""
-        if self.outlier is None:
+        """Each target's passive and active health (for /upstreams), or None when both are off."""
+        if self.outlier is None and self.active_health is None:
             return None
         now = monotonic()
-        return [self.outlier.describe(i, now) for i in range(len(self.targets))]
+        out = [self.outlier.describe(i, now) if self.outlier is not None else {"health": "healthy"}
+               for i in range(len(self.targets))]
+        if self.active_health is not None:
+            for i in range(len(self.targets)):
+                out[i].update(self.active_health.describe(i))
+                if self.active_health.is_down(i):
+                    out[i]["health"] = "unhealthy"
+        return out
 
     def adopt_balancer(self, UpstreamGroup old):
         """Keeps the old rotation when the targets, weights and balancer did not change."""

@@ -198,6 +198,7 @@ cdef void switch_protocols(Exchange ex, UpstreamConn up, bytes data, Py_ssize_t 
     up.deadline = 0.0
     up.connected = False
     up.worker.upstreams.discard(up)
+    up._uncount()          # a tunnel is not a pool connection: out of the breakers' count
     up.target.forget(up)
     up.transport = None
     t.down.transport.set_protocol(t.down)

@@ -30,6 +30,7 @@ cdef class UpstreamConn:
     cdef bytes held                 # UP_HELD: the bytes the response head was parsed from
     cdef list held_tail             # bytes read after it while held
     cdef bint request_sent          # the whole request is on its way: the header clock may run
+    cdef bint counted               # in target.open_connections (circuit breakers)
     cdef Py_ssize_t held_off
     cdef bint lost_while_held
     cdef object lost_exc
@@ -79,7 +80,16 @@ cdef class UpstreamConn:
     cdef bint usable_from_pool(self):
         return self.state == UP_IDLE and self.transport is not None and not self.transport_is_closing()
 
+    cdef int _uncount(self) except -1:
+        if self.counted:
+            self.counted = False
+            self.target.open_connections -= 1
+        return 0
+
     cdef int start_connect(self, double timeout) except -1:
+        if not self.counted:
+            self.counted = True
+            self.target.open_connections += 1
         self._track()
         self.deadline_kind = UDL_CONNECT
         self.deadline = monotonic() + timeout if timeout > 0 else 0.0
@@ -101,6 +111,7 @@ cdef class UpstreamConn:
         if exc is None:
             return
         self.state = UP_CLOSED
+        self._uncount()
         self._untrack()
         if self.ex is not None:
             ex = self.ex
@@ -350,6 +361,7 @@ cdef class UpstreamConn:
         cdef Exchange ex = self.ex
         self.state = UP_CLOSED
         self.deadline = 0.0
+        self._uncount()
         self._untrack()
         if ex is None:
             self.target.forget(self)
@@ -420,6 +432,7 @@ cdef class UpstreamConn:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        self._uncount()
         self._untrack()
         self.deadline = 0.0
         if self.state != UP_CLOSED:

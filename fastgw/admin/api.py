@@ -153,19 +153,31 @@ class AdminAPI:
             out[name] = {
                 "targets": [{"address": t.address, "weight": t.weight, "idle_connections": 0,
                              "idle_connections_by_worker": {}, "active_requests": 0,
-                             "health": "healthy" if up.health.passive.enabled else None,
+                             "health": "healthy" if up.health.passive.enabled or up.health.active else None,
                              "health_by_worker": {}} for t in up.targets],
                 "balancer": msgspec.to_builtins(up.balancer),
                 "timeouts": msgspec.to_builtins(up.timeouts),
                 "keepalive": msgspec.to_builtins(up.keepalive),
+                "circuit_breakers_by_worker": {},
             }
         for answer in answers:
             for name, up in (answer.get("upstreams") or {}).items():
                 if name not in out:
                     continue   # a worker still on an older generation
                 by_address = {t["address"]: t for t in out[name]["targets"]}
+                if up.get("circuit_breakers") is not None:
+                    out[name]["circuit_breakers_by_worker"][str(answer["pid"])] = up["circuit_breakers"]
                 for target in up["targets"]:
                     entry = by_address.get(target["address"])
+                    named = by_address.get(target.get("resolved_from"))
+                    if entry is None and named is not None:
+                        # an address a hostname target resolved to (docs/health.md, DNS)
+                        entry = {**named, "address": target["address"], "resolved_from": named["address"],
+                                 "idle_connections": 0, "idle_connections_by_worker": {}, "active_requests": 0,
+                                 "health_by_worker": {}}
+                        out[name]["targets"].append(entry)
+                        by_address[target["address"]] = entry
+                        named["resolved"] = True
                     if entry is not None:
                         pid = str(answer["pid"])
                         entry["idle_connections"] += target["idle_connections"]
@@ -175,8 +187,10 @@ class AdminAPI:
                         health = {k: v for k, v in target.items()
                                   if k not in ("address", "idle_connections", "active_requests")}
                         entry["health_by_worker"][pid] = health
-                        if health.get("health") == "ejected":
+                        if health.get("health") == "ejected" and entry["health"] != "unhealthy":
                             entry["health"] = "ejected"
+                        if health.get("health") == "unhealthy":     # active checks failing
+                            entry["health"] = "unhealthy"
         return json_response(200, {"generation": self.sup.generation, "upstreams": out,
                                    "workers": [_worker_line(a) for a in answers]})
 

@@ -18,6 +18,8 @@ from msgspec import Meta
 from .admin import Admin
 from .balancing import Balancer, RoundRobin, StickySessions
 from .base import Base, Name
+from .breakers import CircuitBreakers
+from .dns import Dns
 from .health import Health
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
@@ -143,12 +145,16 @@ class Upstream(Base, kw_only=True):
     sticky: StickySessions | None = None
     """Session affinity by a cookie the gateway sets."""
     health: Health = msgspec.field(default_factory=Health)
-    """Passive health: failing targets ejected for a while (docs/health.md)."""
+    """Passive health (failing targets ejected for a while) and active checks (docs/health.md)."""
     failover: bool = True
     """An idempotent request without a body whose connection to a target fails before any response
     byte (refused, connect timeout, reset) is sent once to another target (nginx's default)."""
     tls: UpstreamTls | None = None
     """TLS to the targets (docs/tls.md); connections are pooled apart by these settings."""
+    dns: Dns = msgspec.field(default_factory=Dns)
+    """How targets given by name are resolved and refreshed (docs/health.md)."""
+    circuit_breakers: CircuitBreakers | None = None
+    """Limits on connections, pending, active requests and retries, per worker (docs/health.md)."""
 
 
 class PathMatch(Base, kw_only=True):
