@@ -41,7 +41,7 @@ from .config.admin import Admin, is_loopback, read_token_file
 from .control import ControlClient, ControlError, ControlServer
 from .reloads import ReloadLog
 from .sources import load_config
-from .watch import watch_config
+from .watch import referenced_files, watch_config
 from .worker_ops import WorkerOps, config_payload
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1)
@@ -279,7 +279,8 @@ class Supervisor:
         self._spawn_task(self._rotate_ticket_keys())
         if self._watching():
             self._spawn_task(watch_config(self.config_path, lambda: self.cfg.server.watch_interval,
-                                          lambda: self._reload_file("watch"), lambda: self.stopping))
+                                          lambda: self._reload_file("watch"), lambda: self.stopping,
+                                          lambda: referenced_files(self.cfg)))
         startup_timer = loop.call_later(STARTUP_TIMEOUT, self._startup_failed, "workers did not start")
         try:
             code = await self._done

@@ -4,6 +4,8 @@ it (one atomic swap of `..data`), and the gateway following it without SIGHUP.""
 from __future__ import annotations
 
 import signal
+import socket
+import ssl
 import threading
 import time
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 import yaml
 from support.admin import admin_client, with_admin
+from support.certs import CA
 from support.client import wait_until
 from support.gateway import Gateway, simple_config
 from support.kubelet import kubelet_update
@@ -181,3 +184,31 @@ def test_rolling_update_loses_no_request(dir_gateway):
                 t.join(15)
         assert current[0] is new
         assert failures == [], failures[:5]
+
+
+def test_a_swapped_tls_secret_serves_its_new_certificate_without_a_signal(dir_gateway, tmp_path):
+    """A kubernetes.io/tls Secret mounted beside the ConfigMap: the kubelet swaps in a new tls.crt and
+    tls.key, and new handshakes get the new certificate; the config itself did not change."""
+    ca = CA(tmp_path / "ca", "Watch CA")
+    first = ca.issue("first", ["first.example.com", "gw.example.com"])
+    second = ca.issue("second", ["second.example.com", "gw.example.com"])
+    secret = tmp_path / "secret"
+    kubelet_update(secret, {"tls.crt": first.cert_pem, "tls.key": first.key_pem})
+    with EchoServer("one") as one:
+        config = simple_config(one.address)
+        config["listeners"] = [{"address": "127.0.0.1:0", "tls": {"certificates": [
+            {"cert": str(secret / "tls.crt"), "key": str(secret / "tls.key")}]}}]
+        config["server"] = {"watch_interval": "0.2s"}
+        gw = dir_gateway(config)
+        ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+
+        def served() -> list[str]:
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="gw.example.com") as s:
+                return [v for k, v in s.getpeercert()["subjectAltName"] if k == "DNS"]
+
+        assert "first.example.com" in served()
+        mark = gw.stderr_line_count()
+        kubelet_update(secret, {"tls.crt": second.cert_pem, "tls.key": second.key_pem})
+        wait_until(lambda: "second.example.com" in served(), timeout=30, what="the new certificate")
+        wait_event(gw, "reload_accepted", mark, source="watch")

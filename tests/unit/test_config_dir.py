@@ -7,11 +7,13 @@ import subprocess
 import sys
 import textwrap
 
+import msgspec
 import pytest
 import yaml
 from test_gatewayapi import dump, gateway, route, service, slice_
 
-from fastgw.config import ConfigError
+from fastgw.config import ConfigError, GatewayConfig
+from fastgw.config.schema import dec_hook
 from fastgw.sources import load_config
 
 
@@ -120,3 +122,20 @@ def test_fastgw_check_takes_a_directory(tmp_path):
     fmt = subprocess.run([sys.executable, "-m", "fastgw", "check", "--format", "yaml", str(tmp_path)],
                          capture_output=True, text=True)
     assert fmt.returncode == 1 and "--format applies to a single file" in fmt.stderr
+
+
+def test_the_files_a_config_names_are_watched_with_it(tmp_path):
+    from fastgw.watch import config_digest, referenced_files
+
+    crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    crt.write_text("one")
+    key.write_text("k")
+    cfg = msgspec.convert({"listeners": [{"address": "127.0.0.1:0", "tls": {"certificates": [
+        {"cert": str(crt), "key": str(key)}]}}], "admin": {"address": "127.0.0.1:0", "token_file": "/t"}},
+        GatewayConfig, dec_hook=dec_hook)
+    assert referenced_files(cfg) == [str(crt), str(key), "/t"]
+    write(tmp_path, "gw.yaml", "listeners: [{address: 127.0.0.1:8080}]\n")
+    before = config_digest(str(tmp_path / "gw.yaml"), [str(crt)])
+    assert config_digest(str(tmp_path / "gw.yaml"), [str(crt)]) == before
+    crt.write_text("two")
+    assert config_digest(str(tmp_path / "gw.yaml"), [str(crt)]) != before
