@@ -252,12 +252,13 @@ def test_redis_address_in_the_config(value_set: str) -> None:
     v = _merged(values)
     cfg = _chart_config(objs)
     if v["redis"]["address"]:
-        assert cfg["redis"] == {"address": v["redis"]["address"]}
+        address = v["redis"]["address"]
+        assert cfg["redis"] == {"url": address if "://" in address else f"redis://{address}"}
         assert not [o for o in objs if o["metadata"]["name"].endswith("-redis")]
     elif v["redis"]["enabled"]:
         svc = _one(objs, "Service", "gw-fastgw-redis")
         redis = _one(objs, "Deployment", "gw-fastgw-redis")
-        assert cfg["redis"] == {"address": f"{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"}
+        assert cfg["redis"] == {"url": f"redis://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"}
         assert _matches(svc["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
         (rc,) = redis["spec"]["template"]["spec"]["containers"]
         assert rc["securityContext"]["readOnlyRootFilesystem"] is True

@@ -78,7 +78,7 @@ shutdown timing terminationGracePeriodSeconds is computed from, the Redis of sha
 {{- end }}
 {{- $redis := include "fastgw.redisAddress" . }}
 {{- if $redis }}
-{{- $_ := set $cfg "redis" (dict "address" $redis) }}
+{{- $_ := set $cfg "redis" (dict "url" (ternary $redis (printf "redis://%s" $redis) (contains "://" $redis))) }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
