@@ -44,6 +44,17 @@ routes:
   - {name: all, match: {path: {prefix: /}}, upstream: origin}
 """
 
+
+
+def config_text() -> str:
+    """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N)."""
+    n = int(os.environ.get("FASTGW_IR_POLICIES", "0"))
+    if not n:
+        return CONFIG
+    policies = ", ".join(["{type: noop}"] * n)
+    return CONFIG.replace("upstream: origin}", f"upstream: origin, policies: [{policies}]}}")
+
+
 # What wrk sends for the get26 scenario, and what the harness's nginx upstream answers.
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 RESPONSE = (
@@ -90,7 +101,7 @@ def run_cycles(n: int, path: str = "/") -> None:
     from fastgw.runtime import compile_runtime
 
     loop = FakeLoop()
-    worker = _core.Worker(loop, compile_runtime(loads_config(CONFIG, "yaml")))
+    worker = _core.Worker(loop, compile_runtime(loads_config(config_text(), "yaml")))
     client = worker()
     ct = CountingTransport(client, ("127.0.0.1", 8080), ("127.0.0.1", 40000))
     client.connection_made(ct)
@@ -163,7 +174,11 @@ def main() -> None:
     ap.add_argument("--wrk", action="store_true", help="also a short real wrk run (bench/run.py, get26)")
     ap.add_argument("--path", default="/", help="the request's path (default /, as get26)")
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
+    ap.add_argument("--policies", type=int, default=0, metavar="N",
+                    help="N native no-op policies on the route (the policies4 scenario: 4)")
     args = ap.parse_args()
+    if args.policies:
+        os.environ["FASTGW_IR_POLICIES"] = str(args.policies)
     if args.cycles:
         run_cycles(args.cycles, args.path)
         return
