@@ -12,7 +12,6 @@ import json
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.threaded import ThreadedServer
 
 from fastgw.config import load_config
 from fastgw.gatewayapi import load_manifests
@@ -58,25 +58,13 @@ def _params() -> list[Any]:
     return out
 
 
-class Backend:
+class Backend(ThreadedServer):
     """echo-tcp: `<pod>\\n` on connect, then echo; with TLS, HTTP requests get a JSON echo answer."""
 
     def __init__(self, pod: str, ctx: ssl.SSLContext | None):
         self.pod, self.ctx = pod, ctx
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.sni: list[str | None] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(128)
 
     def _serve(self, c: socket.socket) -> None:
         try:

@@ -10,33 +10,19 @@ import subprocess
 import threading
 from pathlib import Path
 
+from .threaded import ThreadedServer
 
-class TcpEcho:
+
+class TcpEcho(ThreadedServer):
     """Answers each connection with `<name>:` then echoes; a FIN is answered with a FIN after the
     echo, so half-close can be seen. Counts connections."""
 
     def __init__(self, name: str, tls: ssl.SSLContext | None = None):
         self.name = name
         self.tls = tls
-        self.connections = 0
         self.sni: list[str | None] = []
         self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(256)
 
     def _serve(self, c: socket.socket) -> None:
         try:

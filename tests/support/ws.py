@@ -21,6 +21,8 @@ from wsproto.events import (
     TextMessage,
 )
 
+from .threaded import ThreadedServer
+
 
 class WsEchoServer:
     """Echoes every message as it came (text as text, binary as binary). `/headers` first sends the
@@ -122,23 +124,11 @@ class WsprotoClient:
 __all__ = ["BytesMessage", "CloseConnection", "Ping", "TextMessage", "WsEchoServer", "WsprotoClient", "WsprotoServer"]
 
 
-class WsprotoServer:
+class WsprotoServer(ThreadedServer):
     """An echo WebSocket server on wsproto (the second implementation), a thread per connection."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(64)
 
     def _serve(self, c) -> None:
         ws = WSConnection(ConnectionType.SERVER)

@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from support.policy_config import problems, write_policies
 
-from fastgw.config import ConfigError, load_config
-
-BASE = """\
-listeners:
-  - address: 127.0.0.1:0
-upstreams:
-  app:
-    targets:
-      - address: 127.0.0.1:9
-routes:
-  - name: api
-    upstream: app
-    policies:
-"""
-
-
-def problems(tmp_path, policy: str) -> list[tuple[str, str]]:
-    path = tmp_path / "gw.yaml"
-    path.write_text(BASE + textwrap.indent(textwrap.dedent(policy), "      "))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    return [(i.path, i.message) for i in info.value.errors]
+from fastgw.config import load_config
 
 
 def test_good(tmp_path):
-    path = tmp_path / "gw.yaml"
-    path.write_text(BASE + "      - {type: external_auth, url: 'http://auth.internal:9000/verify', "
-                    "upstream_headers: [X-User], timeout: 300ms, on_failure: allow}\n")
+    path = write_policies(tmp_path, "- {type: external_auth, url: 'http://auth.internal:9000/verify', "
+                          "upstream_headers: [X-User], timeout: 300ms, on_failure: allow}\n")
     load_config(path)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from joserfc import jws
+from support.policy_config import write_policies
 
 from fastgw.config import ConfigError, load_config
 from fastgw.config.jwt import ALGORITHM_FAMILY, JwtKey
@@ -51,23 +52,8 @@ def test_key_load_errors_hide_the_secret(tmp_path, monkeypatch):
         load_key(JwtKey(pem_file=str(tmp_path / "missing.pem")))
 
 
-BASE = """\
-listeners:
-  - address: 127.0.0.1:0
-upstreams:
-  app:
-    targets:
-      - address: 127.0.0.1:9
-routes:
-  - name: api
-    upstream: app
-    policies:
-"""
-
-
 def issues(tmp_path: Path, policy: str) -> list[tuple[str, str]]:
-    path = tmp_path / "gw.yaml"
-    path.write_text(BASE + textwrap.indent(textwrap.dedent(policy), "      "))
+    path = write_policies(tmp_path, policy)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     for issue in info.value.errors:
@@ -76,8 +62,7 @@ def issues(tmp_path: Path, policy: str) -> list[tuple[str, str]]:
 
 
 def test_a_good_config_loads(tmp_path):
-    path = tmp_path / "gw.yaml"
-    path.write_text(BASE + textwrap.indent(textwrap.dedent("""\
+    path = write_policies(tmp_path, textwrap.dedent("""\
         - type: jwt
           issuers:
             - issuer: https://idp.example
@@ -86,7 +71,7 @@ def test_a_good_config_loads(tmp_path):
             - issuer: internal
               algorithms: [HS256]
               keys: [{secret: "0123456789abcdef0123456789abcdef"}]
-    """), "      "))
+    """))
     load_config(path)
 
 
@@ -172,15 +157,14 @@ def test_a_secret_is_not_in_the_error(tmp_path):
 def test_inline_secrets_are_redacted_in_the_admin_config(tmp_path):
     from fastgw.admin.redact import REDACTED, redacted_config
 
-    path = tmp_path / "gw.yaml"
-    path.write_text(BASE + textwrap.indent(textwrap.dedent("""\
+    path = write_policies(tmp_path, textwrap.dedent("""\
         - type: jwt
           issuers:
             - algorithms: [HS256]
               keys:
                 - {secret: "0123456789abcdef0123456789abcdef-very-secret"}
                 - {jwk: {kty: oct, k: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}}
-    """), "      "))
+    """))
     data = redacted_config(load_config(path))
     keys = data["routes"][0]["policies"][0]["issuers"][0]["keys"]
     assert keys[0]["secret"] == REDACTED and keys[1]["jwk"]["k"] == REDACTED
