@@ -35,6 +35,19 @@ cdef void drop_upstream_field(Exchange ex, bytes lower_name) except *:
     ex.upstream_edits.append((lower_name, None, True))
 
 
+cdef object digest_lookup(dict buckets, bytes digest):
+    """The value stored under a SHA-256 `digest` in buckets keyed by its first 8 bytes, compared in
+    constant time, every entry of the bucket compared whether or not one matched; None if none."""
+    cdef list bucket = buckets.get(digest[:8])
+    cdef object found = None
+    if bucket is None:
+        return None
+    for stored, value in bucket:
+        if _secret_equal(<bytes>stored, digest):
+            found = value
+    return found
+
+
 cdef class SecretDigests:
     """Secrets kept as SHA-256 digests, each with what it stands for (a Consumer)."""
     cdef dict buckets                  # digest[:8] -> [(digest, value), ...]
@@ -49,15 +62,7 @@ cdef class SecretDigests:
             self.count += 1
 
     cdef object find(self, bytes secret):
-        cdef bytes d = _sha256(secret).digest()
-        cdef list bucket = self.buckets.get(d[:8])
-        cdef object found = None
-        if bucket is None:
-            return None
-        for stored, value in bucket:
-            if _secret_equal(<bytes>stored, d):
-                found = value
-        return found
+        return digest_lookup(self.buckets, _sha256(secret).digest())
 
     def lookup(self, secret):
         return self.find(secret)

@@ -73,14 +73,7 @@ cdef class BasicAuth(AuthMethod):
         return AUTH_PAUSED
 
     cdef object _cached(self, bytes digest):
-        cdef list bucket = self.cache.get(digest[:8])
-        cdef object found = None
-        if bucket is None:
-            return None
-        for stored, c in bucket:
-            if _secret_equal(<bytes>stored, digest):
-                found = c
-        return found
+        return digest_lookup(self.cache, digest)
 
     cdef void _remember(self, bytes digest, object consumer):
         if self.cached >= self.cache_size:

@@ -95,9 +95,6 @@ class Backend(ThreadedServer):
         finally:
             c.close()
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 class World:
     def __init__(self, suite: dict[str, Any], tmp: Path):

@@ -43,9 +43,6 @@ class TcpEcho(ThreadedServer):
         finally:
             c.close()
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 def make_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
     """A self-signed ECDSA P-256 certificate for `names` (SANs) and its key."""

@@ -33,3 +33,6 @@ class ThreadedServer:
 
     def _serve(self, c: socket.socket) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()

@@ -158,6 +158,3 @@ class WsprotoServer(ThreadedServer):
                     return
         except OSError:
             c.close()
-
-    def close(self) -> None:
-        self.sock.close()
