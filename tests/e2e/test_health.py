@@ -106,6 +106,8 @@ def test_no_more_than_the_share_is_ejected(gateway_factory):
     gw = gateway_factory(config_with([down1.address, down2.address]))
     statuses = get_all(gw, 8)
     assert set(statuses) == {502}, statuses              # the gateway's error, not "no target"
+    wait_event(gw, "target_ejected")                     # event lines reach stderr in batches
+    get_all(gw, 4)                                       # more failures: still no second ejection
     ejected = [e for e in events(gw) if e["event"] == "target_ejected"]
     assert len(ejected) == 1, ejected                    # 50% of two targets: one
     down1.close()

@@ -81,7 +81,9 @@ def test_redis_going_away_mid_run(echo, redis_server, gateway_factory, mode):
     before = accuracy(stamps, start, cut - start, RATE)
     after = [t for t in stamps if t >= cut + 0.2]
     print(f"{mode}: before the stop {before:.4f}; admitted after it {len(after)}; statuses {statuses}")
-    assert 0.95 <= before <= 1.02
+    # the accuracy test above holds the +2% bound; this one is about what follows Redis going away,
+    # so its shorter first phase gets the bound the lease formula gives for it (docs/rate-limiting.md)
+    assert 0.95 <= before <= 1.05
     if mode == "open":
         assert len(after) > 2 * RATE * (SECONDS / 2 - 0.2), "failing open lets the load through"
     else:
