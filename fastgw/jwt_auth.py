@@ -31,7 +31,8 @@ from .config.jwt import ALGORITHM_FAMILY, JwksSource, JwtIssuer, JwtKey, JwtPoli
 # config's allow-list is what decides, so the library's per-call warning is noise in a worker's log
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=Warning)
 
-__all__ = ["Denied", "Jwks", "KeyLoadError", "LoadedKey", "Verifier", "build_jwt_policy", "load_key"]
+__all__ = ["Denied", "Jwks", "KeyLoadError", "LoadedKey", "Verifier", "build_jwt_policy", "jwks_sets", "load_key",
+           "prefetch_jwks", "start_jwks_prefetch"]
 
 # Why a token was refused: the 401's error_description (RFC 6750 3.1), also what `explain` and the
 # tests see. UNAVAILABLE is the JWKS server being down or slow, answered per `jwks_failure`.
@@ -201,17 +202,18 @@ class Jwks:
         if old.fetch is not None and not old.fetch.done():
             self.fetch = old.fetch
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
-        """The fetch in progress, or a new one."""
+    def start(self, loop: asyncio.AbstractEventLoop, prefetch: bool = False) -> asyncio.Future:
+        """The fetch in progress, or a new one. prefetch: made at start or reload, before any token
+        asked for it (so said in the failure's event)."""
         if self.fetch is None or self.fetch.done():
             self.last_attempt = time.monotonic()
-            self.fetch = loop.create_task(self._fetch())
+            self.fetch = loop.create_task(self._fetch(prefetch))
         return self.fetch
 
     def may_refetch(self) -> bool:
         return time.monotonic() - self.last_attempt >= self.cfg.refetch_interval
 
-    async def _fetch(self) -> None:
+    async def _fetch(self, prefetch: bool = False) -> None:
         import httpx
 
         cfg = self.cfg
@@ -235,8 +237,9 @@ class Jwks:
             age = _max_age(resp.headers)
         except Exception as exc:  # noqa: BLE001 - any failure of the fetch is the JWKS server's
             self.failed = True
-            events.emit("warning", "jwks_fetch_failed", msg=f"JWKS fetch from {cfg.url} failed: {exc!r}",
-                        url=cfg.url, error=repr(exc)[:300])
+            events.emit("warning", "jwks_fetch_failed",
+                        msg=f"JWKS {'prefetch' if prefetch else 'fetch'} from {cfg.url} failed: {exc!r}",
+                        url=cfg.url, error=repr(exc)[:300], prefetch=prefetch)
             return
         self.keys = keys
         self.fetched = True
@@ -393,6 +396,36 @@ class Verifier:
         if exp is not None:
             until = min(until, exp + self.leeway)
         return _core.JwtVerified(until, issuer.name, subject, claims, edits)
+
+
+def jwks_sets(runtime: Any) -> list[Jwks]:
+    """Every JWKS key set a compiled runtime's `jwt` policies use, alone or as a method of `auth`."""
+    out = []
+    for policy in runtime.policies.values():
+        methods = policy.methods if isinstance(policy, _core.AuthCombinator) else (policy,)
+        for method in methods:
+            if isinstance(method, _core.JwtAuth):
+                out += [i.jwks for i in method.verifier.issuers if i.jwks is not None]
+    return out
+
+
+def start_jwks_prefetch(runtime: Any, loop: asyncio.AbstractEventLoop) -> list[asyncio.Future]:
+    """Starts fetching every key set the runtime has no keys of yet (a new JWKS URL; a reload's
+    adopted sets already have theirs) and returns the fetches. A failure is an event line
+    (`jwks_fetch_failed`, `prefetch: true`), never an error: requests then fetch as they need."""
+    return [jwks.start(loop, prefetch=True) for jwks in jwks_sets(runtime)
+            if not jwks.fetched and (jwks.fetch is None or jwks.fetch.done())]
+
+
+PREFETCH_WAIT = 5.0     # the longest a worker's start waits for its key sets; slower ones go on meanwhile
+
+
+async def prefetch_jwks(runtime: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Fetches the runtime's key sets before the worker serves, each within its own `timeout` (the
+    start waits at most PREFETCH_WAIT), so the first token is verified without waiting for a fetch."""
+    fetches = start_jwks_prefetch(runtime, loop)
+    if fetches:
+        await asyncio.wait(fetches, timeout=PREFETCH_WAIT)
 
 
 def build_jwt_policy(entry: JwtPolicy, name: str, key: str) -> _core.Policy:

@@ -652,6 +652,9 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
 
     loop.run_until_complete(dns.prime(loop, cfg))     # hostname targets, resolved before serving
     worker = _core.Worker(loop, compile_runtime(cfg))
+    from .jwt_auth import prefetch_jwks, start_jwks_prefetch
+
+    loop.run_until_complete(prefetch_jwks(worker.runtime, loop))   # JWKS keys, before the first token
     accesslog.apply(worker, loop, cfg)
     traces = TraceExport(worker, loop)
     traces.configure(cfg.tracing)
@@ -703,6 +706,7 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
     dns_refresh = dns.DnsRefresh(loop, rebuild_for_dns)
 
     def swapped(new_cfg: GatewayConfig) -> None:
+        start_jwks_prefetch(worker.runtime, loop)       # a JWKS URL the reload added
         health_checks.apply(new_cfg)
         dns_refresh.apply(new_cfg)
 

@@ -130,7 +130,7 @@ cdef class AuthCombinator(AuthMethod):
     accepts (a bad credential of one method does not stop the next from trying); all_of needs
     every method to accept, and the consumers they name to be the same one. Methods run in the
     order written; a method that pauses is waited for, and the next ones run after it."""
-    cdef tuple methods
+    cdef readonly tuple methods
     cdef Py_ssize_t n
     cdef bint all
 

@@ -4,7 +4,8 @@
 # request with an allowed Origin gets Access-Control-Allow-Origin (and -Credentials, -Expose-Headers)
 # on its response, in place of any the upstream sent. Every answer whose CORS headers depend on the
 # Origin carries `Vary: Origin`, whether or not this one had an allowed Origin, so a cache never hands
-# one origin's answer to another.
+# one origin's answer to another. Answers made without the upstream's response (a later policy's 401
+# or 429, the gateway's 502 ...) get the same headers (on_answer), so a page can read the refusal.
 
 cdef frozenset _CORS_SAFELISTED_METHODS = frozenset((b"GET", b"HEAD", b"POST"))
 cdef list _CORS_UPSTREAM_DROPS = [
@@ -67,7 +68,7 @@ cdef class Cors(Policy):
     def __init__(self, str name, str key, exact, wildcards, bint any_origin, regexes, methods, headers,
                  expose, bint credentials, int max_age, config=None):
         Policy.__init__(self, name, "cors", key, config)
-        self.phases = PH_REQUEST | PH_RESPONSE
+        self.phases = PH_REQUEST | PH_RESPONSE | PH_ANSWER
         self.exact = frozenset(exact)
         self.wildcards = tuple(wildcards)
         self.any_origin = any_origin
@@ -162,3 +163,19 @@ cdef class Cors(Policy):
         if self.vary_line:
             edits.append((b"vary", self.vary_line, False))
         return P_CONTINUE
+
+    cdef bytes on_answer(self, Exchange ex, bytes header_lines):
+        cdef MessageHead* h = ex.h
+        cdef object origin
+        cdef bytes lines = header_lines if header_lines is not None else b""
+        if h == NULL:
+            return header_lines
+        origin = ex.header_value(b"origin")
+        if (origin is not None and h.method_len == 7 and memcmp(ex.p + h.method, b"OPTIONS", 7) == 0
+                and ex.header_value(b"access-control-request-method") is not None):
+            return header_lines           # a preflight: answered by on_request, or refused before it
+        if origin is not None and self.allowed(origin):
+            lines += self.origin_line(origin) + self.fixed_lines
+        if self.vary_line:
+            lines += self.vary_line
+        return lines

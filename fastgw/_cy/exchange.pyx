@@ -968,7 +968,7 @@ cdef class Exchange:
         self.outcome = OC_POLICY
         self.status = self.answer_status
         self.resp_complete = True
-        self.down.send_answer(self, self.answer_status, self.answer_headers, self.answer_body)
+        self.down.send_answer(self, self.answer_status, self._answer_lines(self.answer_headers), self.answer_body)
 
     cdef int send_error(self, int status, const char* reason) except -1:
         cdef bytes rid = self.request_id if self.request_id is not None else b""
@@ -979,7 +979,17 @@ cdef class Exchange:
             self.outcome = OC_ANSWERED
         self.status = status
         self.resp_complete = True
-        self.down.send_answer(self, status, b"Content-Type: application/json\r\n", body)
+        self.down.send_answer(self, status, self._answer_lines(b"Content-Type: application/json\r\n"), body)
+
+    cdef bytes _answer_lines(self, bytes lines):
+        """An answer's header lines with what the chain's answer-side policies add (cors: a 401 or 429
+        a browser's page must be allowed to read). No such policy on most routes: a loop of none."""
+        cdef PolicyChain chain = self.chain
+        cdef Py_ssize_t i
+        if chain is not None:
+            for i in range(chain.n_answer):
+                lines = (<Policy>chain.answer[i]).on_answer(self, lines)
+        return lines
 
     cdef bytes redirect_location(self):
         """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,
@@ -1022,7 +1032,7 @@ cdef class Exchange:
         self.outcome = OC_ANSWERED
         self.status = r.status
         self.resp_complete = True
-        self.down.send_answer(self, r.status, b"Location: %s\r\n" % self.redirect_location(), b"")
+        self.down.send_answer(self, r.status, self._answer_lines(b"Location: %s\r\n" % self.redirect_location()), b"")
 
     # ---- log phase -----------------------------------------------------------------------------
 

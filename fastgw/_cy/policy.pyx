@@ -17,6 +17,7 @@ cdef enum:
     PH_REQUEST = 1
     PH_RESPONSE = 2
     PH_LOG = 4
+    PH_ANSWER = 8       # adds header lines to answers the gateway or a policy makes (on_answer)
 
 cdef tuple PHASE_NAMES = ("request", "upstream_peer", "upstream_request", "response", "log")
 
@@ -45,6 +46,12 @@ cdef class Policy:
     cdef int on_log(self, Exchange ex) except -1:
         return 0
 
+    cdef bytes on_answer(self, Exchange ex, bytes header_lines):
+        """An answer made without the upstream's response (a policy's 401 or 429, the gateway's 404
+        or 502 ...) is about to go out with `header_lines`: returns them, with any lines this policy
+        adds (the cors policy's Access-Control-Allow-Origin). Only policies with PH_ANSWER are asked."""
+        return header_lines
+
     def adopt(self, Policy old):
         """Takes over the state of the policy with the same key in the previous config."""
 
@@ -69,6 +76,8 @@ cdef class PolicyChain:
     cdef tuple request
     cdef tuple response
     cdef tuple log
+    cdef tuple answer                    # PH_ANSWER policies, asked for every answer (Exchange._answer_lines)
+    cdef Py_ssize_t n_answer
     cdef Py_ssize_t n_request
     cdef Py_ssize_t n_response
     cdef Py_ssize_t n_log
@@ -85,6 +94,8 @@ cdef class PolicyChain:
         self.n_request = len(self.request)
         self.n_response = len(self.response)
         self.n_log = len(self.log)
+        self.answer = tuple(p for p in self.policies if p.phases & PH_ANSWER)
+        self.n_answer = len(self.answer)
 
     def by_phase(self):
         return {"request": list(self.request), "response": list(self.response),

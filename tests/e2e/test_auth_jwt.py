@@ -272,20 +272,21 @@ def test_token_sources_and_forward_token_off(world, keys):
 def test_jwks_keys_fetched_then_rotation_refetches_at_once(world, keys):
     gw, jwks, _ = world
     claims = {"iss": JWKS_ISS}
+    wait_until(lambda: jwks.fetches >= 1, what="the worker's JWKS prefetch")
     first = jwks.fetches
     r = get(gw, "/jwks/x", token(keys, "RS256", kid="k1", key=RSAKey.import_key(keys.rsa_jwks["k1"]), **claims))
     assert r.status == 200, r.body
-    assert jwks.fetches == first + 1
+    assert jwks.fetches == first                             # prefetched when the worker started
     assert get(gw, "/jwks/y", token(keys, "RS256", kid="k1", key=RSAKey.import_key(keys.rsa_jwks["k1"]),
                                     sub="bob", **claims)).status == 200
-    assert jwks.fetches == first + 1                         # cached per Cache-Control
+    assert jwks.fetches == first                             # cached per Cache-Control
     # rotation: the server now publishes k2 only; a k2 token triggers an immediate refetch
     with jwks.lock:
         jwks.keys = [keys.jwk("k2")]
     r = get(gw, "/jwks/z", token(keys, "RS256", kid="k2", key=RSAKey.import_key(keys.rsa_jwks["k2"]), **claims))
     assert r.status == 200, r.body
     assert upstream_headers(r)["x-jwt-sub"] == "alice"
-    assert jwks.fetches == first + 2
+    assert jwks.fetches == first + 1
     # a kid nobody publishes: refused after one more (rate-limited) fetch
     rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert_refused(get(gw, "/jwks/z", token(keys, "RS256", kid="k9", key=RSAKey.import_key(rogue), **claims)),
@@ -325,3 +326,57 @@ def test_a_reload_keeps_the_jwks_keys(world, keys):
     wait_event(gw, "reload_applied", since=mark)
     assert get(gw, "/jwks/after", t).status == 200
     assert jwks.fetches == fetches
+
+
+# ---- JWKS prefetch: each worker fetches its key sets before it serves (and a reload's new ones) ---
+
+def _jwks_route(name, prefix, url):
+    return {"name": name, "match": {"path": {"prefix": prefix}}, "upstream": "echo",
+            "policies": [{"type": "jwt", "issuers": [{"issuer": JWKS_ISS, "algorithms": ["RS256"],
+                                                      "jwks": {"url": url, "timeout": "2s"}}]}]}
+
+
+def test_jwks_prefetched_at_start_and_for_a_reloads_new_url(keys, echo, gateway_factory):
+    from support.logs import wait_event
+
+    first, second = JwksServer([keys.jwk("k1")]), JwksServer([keys.jwk("k2")])
+    try:
+        cfg = simple_config(upstreams={"echo": upstream_config(echo.address)},
+                            routes=[_jwks_route("one", "/one", first.url)])
+        gw = gateway_factory(cfg, workers=2)
+        # no request yet: both workers fetched the set before serving
+        wait_until(lambda: first.fetches == 2, what="each worker's prefetch")
+        t1 = token(keys, "RS256", kid="k1", key=RSAKey.import_key(keys.rsa_jwks["k1"]), iss=JWKS_ISS)
+        for _ in range(4):                                   # whichever worker takes it
+            assert get(gw, "/one/x", t1).status == 200
+        assert first.fetches == 2                            # the first requests fetched nothing
+        # a reload adding a route with another JWKS URL: fetched at the reload, not by its first request
+        mark = gw.stderr_line_count()
+        gw.reload({**cfg, "routes": [*cfg["routes"], _jwks_route("two", "/two", second.url)]})
+        wait_event(gw, "reload_applied", since=mark)
+        wait_until(lambda: second.fetches == 2, what="the reload's prefetch")
+        t2 = token(keys, "RS256", kid="k2", key=RSAKey.import_key(keys.rsa_jwks["k2"]), iss=JWKS_ISS)
+        for _ in range(4):
+            assert get(gw, "/two/x", t2).status == 200
+        assert (first.fetches, second.fetches) == (2, 2)     # the kept URL is not fetched again
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_failed_prefetch_is_logged_and_the_worker_serves(keys, echo, gateway_factory):
+    from support.logs import wait_event
+
+    closed = ClosedPort()
+    try:
+        url = f"http://{closed.address}/jwks"
+        gw = gateway_factory(simple_config(upstreams={"echo": upstream_config(echo.address)}, routes=[
+            _jwks_route("jwks", "/jwks", url),
+            {"name": "open", "match": {"path": {"prefix": "/"}}, "upstream": "echo"}]))
+        event = wait_event(gw, "jwks_fetch_failed", prefetch=True)
+        assert event["url"] == url and event["level"] == "warning"
+        assert get(gw, "/open").status == 200
+        t = token(keys, "RS256", kid="k1", key=RSAKey.import_key(keys.rsa_jwks["k1"]), iss=JWKS_ISS)
+        assert_gateway_error(get(gw, "/jwks/x", t), 503)
+    finally:
+        closed.close()

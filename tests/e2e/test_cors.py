@@ -117,3 +117,99 @@ def test_wildcards_with_credentials_echo_what_was_asked(gw):
     assert r.headers.get("access-control-allow-methods") == "PATCH"
     assert r.headers.get("access-control-allow-headers") == "x-a, x-b"
     assert r.headers.get("access-control-allow-credentials") == "true"
+
+
+# ---- answers made without the upstream's response (issue 10): a later policy's 401 or 429, the
+# gateway's own 502, carry the CORS headers, so a page can read the refusal -----------------------
+
+APP = "https://app.example"
+KEY = "a-consumer-api-key-long-enough-0123456789"
+
+
+@pytest.fixture(scope="module")
+def refusing(echo, module_gateway_factory):
+    from support.upstreams import ClosedPort
+
+    closed = ClosedPort()
+    strict = {"type": "cors", "allow_origins": [APP], "expose_headers": ["Retry-After", "RateLimit"],
+              "allow_credentials": True, "allow_headers": ["X-Api-Key"]}
+
+    def route(name, prefix, policies, upstream="echo"):
+        return {"name": name, "match": {"path": {"prefix": prefix}}, "upstream": upstream, "policies": policies}
+
+    cfg = simple_config(upstreams={"echo": upstream_config(echo.address), "dead": upstream_config(closed.address)},
+                        routes=[
+        route("locked", "/locked", [strict, {"type": "api_key"}]),
+        route("after", "/after", [{"type": "api_key"}, strict]),          # cors written after the refusing policy
+        route("limited", "/limited", [strict, {"type": "rate_limit", "limits": [
+            {"rate": 1, "period": "1h", "key": ["route"]}]}]),
+        route("dead", "/dead", [strict], upstream="dead"),
+        route("star", "/star", [{"type": "cors", "allow_origins": ["*"]}, {"type": "api_key"}]),
+        route("nocors", "/nocors", [{"type": "api_key"}]),
+    ])
+    cfg["consumers"] = [{"name": "app", "credentials": {"api_keys": [KEY]}}]
+    yield module_gateway_factory(cfg)
+    closed.close()
+
+
+def _cors_of(r) -> dict:
+    return {k: r.headers.get(k) for k in ("access-control-allow-origin", "access-control-allow-credentials",
+                                          "access-control-expose-headers")}
+
+
+@pytest.mark.parametrize("path", ["/locked/x", "/after/x"])
+def test_a_401_of_a_later_policy_carries_the_cors_headers(refusing, path):
+    import httpx
+
+    r = httpx.get(f"{refusing.url}{path}", headers={"Origin": APP})
+    assert r.status_code == 401
+    assert r.json()["error"] == "authentication required"
+    assert _cors_of(r) == {"access-control-allow-origin": APP, "access-control-allow-credentials": "true",
+                           "access-control-expose-headers": "Retry-After, RateLimit"}
+    assert r.headers.get_list("vary") == ["Origin"]
+    assert r.headers.get_list("access-control-allow-origin") == [APP]      # once
+    # accepted: the upstream's answer, with the same headers once
+    r = httpx.get(f"{refusing.url}{path}", headers={"Origin": APP, "X-Api-Key": KEY})
+    assert r.status_code == 200 and r.headers.get_list("access-control-allow-origin") == [APP]
+
+
+def test_a_refusal_for_an_origin_not_allowed_or_none_has_only_vary(refusing):
+    import httpx
+
+    for headers in ({"Origin": "https://evil.example"}, {}):
+        r = httpx.get(f"{refusing.url}/locked/x", headers=headers)
+        assert r.status_code == 401
+        assert _cors_of(r) == dict.fromkeys(_cors_of(r))                   # all None
+        assert r.headers.get("vary") == "Origin"
+
+
+def test_a_429_and_a_502_carry_the_cors_headers(refusing):
+    import httpx
+
+    with httpx.Client(base_url=refusing.url, headers={"Origin": APP}) as client:
+        statuses = [client.get("/limited/x") for _ in range(2)]
+        assert [r.status_code for r in statuses] == [200, 429]
+        assert statuses[1].headers.get("access-control-allow-origin") == APP
+        assert statuses[1].headers.get("access-control-expose-headers") == "Retry-After, RateLimit"
+        r = client.get("/dead/x")
+        assert r.status_code == 502 and r.headers.get("access-control-allow-origin") == APP
+
+
+def test_a_refused_preflight_is_the_cors_policys_alone(refusing):
+    """A preflight is answered by the cors policy (before api_key: no credential needed); its refusal
+    does not get the actual-request headers added on top."""
+    r = preflight(refusing, "/locked/x", APP, "POST", "x-api-key")
+    assert r.status == 204 and r.headers.get("access-control-allow-origin") == APP
+    r = preflight(refusing, "/locked/x", APP, "POST", "x-other")
+    assert r.status == 403 and r.headers.get("access-control-allow-origin") is None
+    assert r.headers.get("access-control-allow-credentials") is None
+
+
+def test_star_origins_and_routes_without_cors(refusing):
+    import httpx
+
+    r = httpx.get(f"{refusing.url}/star/x", headers={"Origin": APP})
+    assert r.status_code == 401 and r.headers.get("access-control-allow-origin") == "*"
+    assert r.headers.get("vary") is None
+    r = httpx.get(f"{refusing.url}/nocors/x", headers={"Origin": APP})
+    assert r.status_code == 401 and r.headers.get("access-control-allow-origin") is None
