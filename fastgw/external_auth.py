@@ -71,10 +71,12 @@ class AuthServiceClient:
 
 
 def build_external_auth_policy(entry: ExternalAuthPolicy, name: str, key: str) -> _core.Policy:
-    lower = [h.lower().encode() for h in entry.request_headers if h.lower() != "authorization"]
+    all_request = entry.request_headers == ["*"]
+    all_upstream = entry.upstream_headers == ["*"]
+    lower = [] if all_request else [h.lower().encode() for h in entry.request_headers if h.lower() != "authorization"]
     return _core.ExternalAuth(
         name, key, AuthServiceClient(entry), [b"authorization", *lower],
-        [(h.lower().encode(), h.encode()) for h in entry.upstream_headers],
+        [] if all_upstream else [(h.lower().encode(), h.encode()) for h in entry.upstream_headers],
         [h.lower().encode() for h in entry.client_headers],
         entry.consumer_header.lower().encode() if entry.consumer_header else None,
-        entry.on_failure == "allow", entry.timeout + 0.5, entry)
+        entry.on_failure == "allow", entry.timeout + 0.5, entry, all_request, all_upstream)

@@ -5,6 +5,19 @@
 # request, any other answer is sent to the client as the auth service gave it, and a failure or
 # timeout answers 503 or lets through, as configured.
 
+# `request_headers: ["*"]` (the Gateway API filter's empty allowedHeaders): every client header but
+# these, which the gateway sets itself or which frame a body the auth service is not sent
+cdef frozenset _EXTAUTH_NOT_SENT = frozenset((
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
+    b"te", b"trailer", b"upgrade", b"expect", b"x-forwarded-method", b"x-forwarded-uri", b"x-forwarded-host",
+    b"x-forwarded-proto", b"x-forwarded-for", b"x-request-id"))
+# `upstream_headers: ["*"]` (empty allowedResponseHeaders): every 2xx answer header but these: the
+# gateway frames the upstream request, and the answer's own metadata says nothing about the client
+cdef frozenset _EXTAUTH_NOT_COPIED = frozenset((
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
+    b"te", b"trailer", b"upgrade", b"x-request-id", b"content-type", b"content-encoding", b"date", b"server"))
+
+
 cdef class ExternalAuth(AuthMethod):
     cdef readonly object client
     cdef tuple request_headers           # lowercase names of client headers sent along
@@ -13,9 +26,12 @@ cdef class ExternalAuth(AuthMethod):
     cdef bytes consumer_header
     cdef bint allow_on_failure
     cdef double pause_timeout
+    cdef bint all_request_headers        # `request_headers: ["*"]`
+    cdef bint all_upstream_headers       # `upstream_headers: ["*"]`
 
     def __init__(self, str name, str key, client, request_headers, upstream_headers, client_headers,
-                 bytes consumer_header, bint allow_on_failure, double pause_timeout, config=None):
+                 bytes consumer_header, bint allow_on_failure, double pause_timeout, config=None,
+                 bint all_request_headers=False, bint all_upstream_headers=False):
         AuthMethod.__init__(self, name, "external_auth", key, config, b"")
         self.client = client
         self.request_headers = tuple(request_headers)
@@ -24,6 +40,8 @@ cdef class ExternalAuth(AuthMethod):
         self.consumer_header = consumer_header
         self.allow_on_failure = allow_on_failure
         self.pause_timeout = pause_timeout
+        self.all_request_headers = all_request_headers
+        self.all_upstream_headers = all_upstream_headers
 
     def adopt(self, Policy old):
         # the same auth service: its pooled connections go on serving
@@ -40,10 +58,16 @@ cdef class ExternalAuth(AuthMethod):
         host = ex.header_value(b"host")
         if host is not None:
             headers.append((b"host", host))
-        for name in self.request_headers:
-            value = ex.header_value(name)
-            if value is not None:
-                headers.append((name, value))
+        if self.all_request_headers:
+            for name, value in ex.header_items():
+                name = name.lower()
+                if name not in _EXTAUTH_NOT_SENT:
+                    headers.append((name, value))
+        else:
+            for name in self.request_headers:
+                value = ex.header_value(name)
+                if value is not None:
+                    headers.append((name, value))
         target = ex.path_bytes or b"/"
         if query:
             target = target + b"?" + query
@@ -92,6 +116,15 @@ cdef class ExternalAuth(AuthMethod):
                     for n, v in fields:
                         if n.lower() == lname and not (b"\r" in v or b"\n" in v or b"\0" in v):
                             edits.append((lname, cname + b": " + v + b"\r\n", False))
+            if self.all_upstream_headers:
+                edits = ex.upstream_edits
+                if edits is None:
+                    edits = ex.upstream_edits = []
+                for n, v in fields:
+                    lname = n.lower()
+                    if lname not in _EXTAUTH_NOT_COPIED and not (b"\r" in v or b"\n" in v or b"\0" in v):
+                        edits.append((lname, None, True))
+                        edits.append((lname, n + b": " + v + b"\r\n", False))
             if self.consumer_header is not None:
                 for n, v in fields:
                     if n.lower() == self.consumer_header:

@@ -34,9 +34,13 @@ class ExternalAuthPolicy(PolicyBase, tag="external_auth", kw_only=True):
     url: str
     """The auth service, `http://host:port[/prefix]`: the request's path (and query) is appended."""
     request_headers: list[str] = msgspec.field(default_factory=list)
-    """Client headers sent to the auth service besides `Authorization` (always sent when present)."""
+    """Client headers sent to the auth service besides `Authorization` (always sent when present); `["*"]`:
+    every client header but the framing fields and those the gateway sets (the Gateway API filter's
+    empty `allowedHeaders`)."""
     upstream_headers: list[str] = msgspec.field(default_factory=list)
-    """Headers of a 2xx answer put on the upstream request (replacing any the client sent)."""
+    """Headers of a 2xx answer put on the upstream request (replacing any the client sent); `["*"]`: every
+    header of the answer but the framing fields, `Host`, `Content-Type`, `Content-Encoding`, `Date` and
+    `Server` (the Gateway API filter's empty `allowedResponseHeaders`)."""
     client_headers: list[str] = msgspec.field(default_factory=_client_headers)
     """Headers of a refusal passed on to the client with its status and body."""
     consumer_header: str | None = None
@@ -60,7 +64,12 @@ def check_external_auth(policy: ExternalAuthPolicy, path: list[Token], out: list
     elif "?" in policy.url or "#" in policy.url:
         out.append(([*path, "url"], "the auth service URL takes no query or fragment (the request's are appended)"))
     for key in ("request_headers", "upstream_headers", "client_headers"):
-        for i, name in enumerate(getattr(policy, key)):
+        names = getattr(policy, key)
+        for i, name in enumerate(names):
+            if name == "*" and key != "client_headers":
+                if len(names) > 1:
+                    out.append(([*path, key, i], "'*' (every header) must be alone in the list"))
+                continue
             if not _TOKEN.match(name):
                 out.append(([*path, key, i], f"not a valid header name: {name!r}"))
             elif key == "upstream_headers" and name.lower() in _NOT_COPIED:

@@ -43,7 +43,6 @@ _FILTER_FIELDS = {
     "ExtensionRef": "extensionRef",
 }
 _UNSUPPORTED_FILTERS = {
-    "ExternalAuth": "the ExternalAuth filter",
     "ExtensionRef": "ExtensionRef filters",
 }
 _NATIVE_FILTER_KEY = {
@@ -53,7 +52,9 @@ _NATIVE_FILTER_KEY = {
     "URLRewrite": "rewrite",
     "RequestMirror": "mirror",
     "CORS": "cors",           # not a native filter: the rule's route gets a `cors` policy (see _rule)
+    "ExternalAuth": "external_auth",    # likewise: an `external_auth` policy, after the cors one
 }
+_POLICY_FILTERS = ("cors", "external_auth")     # in this order on the rule's route
 
 
 def load_manifests(text: str, file: str = "<manifests>", *, host: str | None = None,
@@ -558,12 +559,15 @@ class _Builder:
             matches.append(self._match(route, mat, m, hostnames, origins, ("matches", j)))
         out["matches"] = matches
         filters, forigins = self._filters(route, at, r.get("filters"), rule_level=True)
-        cors = filters.pop("cors", None)
-        if cors is not None:
-            out["policies"] = [cors]
-            origins[("policies", 0)] = forigins.pop(("cors",))
-            for tokens in [t for t in forigins if t[:1] == ("cors",)]:
-                origins[("policies", 0, *tokens[1:])] = forigins.pop(tokens)
+        for kind in _POLICY_FILTERS:
+            policy = filters.pop(kind, None)
+            if policy is None:
+                continue
+            n = len(out.setdefault("policies", []))
+            out["policies"].append(policy)
+            origins[("policies", n)] = forigins.pop((kind,))
+            for tokens in [t for t in forigins if t[:1] == (kind,)]:
+                origins[("policies", n, *tokens[1:])] = forigins.pop(tokens)
         if filters:
             out["filters"] = filters
             for tokens, origin in forigins.items():
@@ -678,11 +682,16 @@ class _Builder:
                 continue
             sat = [*fat, field]
             spec = f[field]
-            if key == "cors" and not rule_level:
-                self.err(route, [*fat, "type"], "not supported: a CORS filter on a backendRef")
+            if key in _POLICY_FILTERS and not rule_level:
+                self.err(route, [*fat, "type"], f"not supported: {'an' if ftype[0] in 'AEIOU' else 'a'} {ftype} "
+                         "filter on a backendRef")
                 continue
             if key == "cors":
                 value = self._cors(route, sat, spec, origins)
+            elif key == "external_auth":
+                value = self._external_auth(route, sat, spec, origins)
+                if value is None:
+                    continue
             elif key in ("request_headers", "response_headers"):
                 value = self._header_filter(route, sat, spec, origins, (key,))
             elif key == "redirect":
@@ -729,6 +738,68 @@ class _Builder:
         if max_age is not None:
             out["max_age"] = max_age
             origins[("cors", "max_age")] = (route, [*at, "maxAge"])
+        return out
+
+    def _external_auth(self, route: Obj, at: list[Token], node: Any,
+                       origins: dict[tuple[Token, ...], Origin]) -> dict[str, Any] | None:
+        """HTTPExternalAuthFilter (GEP-1494) as the native `external_auth` policy (docs/gateway-api.md):
+        protocol HTTP only; the auth service is the backendRef Service's first ready endpoint."""
+        e = self.fields(route, at, node, {"protocol": None, "backendRef": None, "grpc": None, "http": None,
+                                          "forwardBody": None})
+        protocol = self.string(route, at, e, "protocol", required=True)
+        if protocol == "GRPC":
+            self.err(route, [*at, "protocol"], "not supported: protocol GRPC (fastgw's external_auth speaks "
+                     "HTTP to the auth service; use protocol HTTP)")
+            return None
+        if protocol is not None and protocol != "HTTP":
+            self.err(route, [*at, "protocol"], f"expected HTTP or GRPC, got {protocol!r}")
+            return None
+        if "grpc" in e:
+            self.err(route, [*at, "grpc"], "does not belong to an ExternalAuth filter of protocol HTTP")
+        body = self.fields(route, [*at, "forwardBody"], e.get("forwardBody"), {"maxSize": None})
+        size = self.integer(route, [*at, "forwardBody"], body, "maxSize")
+        if size:
+            self.err(route, [*at, "forwardBody", "maxSize"], "not supported: forwarding the request body to "
+                     "the auth service (fastgw sends it the request's head only; leave maxSize 0 or unset)")
+        if "backendRef" not in e:
+            self.err(route, at, "missing required field 'backendRef'")
+            return None
+        bat = [*at, "backendRef"]
+        ref = self.fields(route, bat, e["backendRef"],
+                          {"group": None, "kind": None, "name": None, "namespace": None, "port": None})
+        upstream = self._resolve(route, bat, ref)
+        if upstream is None:
+            self.err(route, bat, "the auth service's backend cannot be resolved (it must be a Service in "
+                     "these manifests, in the route's namespace, with that port)")
+            return None
+        spec = self.native["upstreams"][upstream]
+        if spec.get("tls") is not None:
+            self.err(route, bat, "not supported: a BackendTLSPolicy on the auth service's backend")
+            return None
+        if not spec["targets"]:
+            self.err(route, bat, "the auth service's Service has no ready endpoint")
+            return None
+        h = self.fields(route, [*at, "http"], e.get("http"), {"path": None, "allowedHeaders": None,
+                                                              "allowedResponseHeaders": None})
+        prefix = self.string(route, [*at, "http"], h, "path") or ""
+        if prefix and not prefix.startswith("/"):
+            prefix = "/" + prefix
+        if "?" in prefix or "#" in prefix:
+            self.err(route, [*at, "http", "path"], "a path, without query or fragment")
+            prefix = ""
+        out: dict[str, Any] = {"type": "external_auth",
+                               "url": f"http://{spec['targets'][0]['address']}{prefix.rstrip('/')}"}
+        origins[("external_auth", "url")] = (route, bat)
+        for src, dst in (("allowedHeaders", "request_headers"), ("allowedResponseHeaders", "upstream_headers")):
+            values = []
+            for i, v in enumerate(self.items(route, [*at, "http"], h, src)):
+                v = self.typed(route, [*at, "http", src, i], v, str, "a string")
+                if v is not None:
+                    origins[("external_auth", dst, len(values))] = (route, [*at, "http", src, i])
+                    values.append(v)
+            # Gateway API: an empty list sends (copies) every header
+            out[dst] = values or ["*"]
+            origins[("external_auth", dst)] = (route, [*at, "http", src] if values else [*at, "http"])
         return out
 
     def _header_filter(self, route: Obj, at: list[Token], node: Any,

@@ -110,3 +110,73 @@ def test_unrouted_paths_do_not_ask(world):
     before = len(auth.seen)
     assert req(gw, "GET", "/elsewhere").status == 200
     assert len(auth.seen) == before
+
+
+# ---- the Gateway API's ExternalAuth filter (GEP-1494), served from manifests -----------------------
+
+def _manifests(echo_port: int, auth_port: int) -> str:
+    import yaml
+
+    def svc(name, port):
+        return [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                 "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]}},
+                {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": f"{name}-1", "labels": {"kubernetes.io/service-name": name}},
+                 "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                 "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]}]
+
+    def rule(prefix, http):
+        return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                "filters": [{"type": "ExternalAuth", "externalAuth": {
+                    "protocol": "HTTP", "backendRef": {"name": "authz", "port": 80}, "http": http}}],
+                "backendRefs": [{"name": "echo", "port": 80}]}
+
+    docs = [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+             "spec": {"gatewayClassName": "fastgw", "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
+                      "listeners": [{"name": "http", "port": 0, "protocol": "HTTP"}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "app"},
+             "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                 rule("/all", {"path": "/check"}),
+                 rule("/named", {"path": "/check", "allowedHeaders": ["X-Test-Verdict", "X-Test-User"],
+                                 "allowedResponseHeaders": ["X-Auth-User"]})]}},
+            *svc("echo", echo_port), *svc("authz", auth_port)]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def gwapi(echo, tmp_path_factory):
+    from .traffic_support import ConfigGateway
+
+    auth = AuthService()
+    gw = ConfigGateway(_manifests(echo.port, auth.port), tmp_path_factory.mktemp("gwapi")).start()
+    yield gw, auth
+    gw.close()
+    auth.close()
+
+
+def test_gateway_api_external_auth_with_every_header(gwapi):
+    """Empty allowedHeaders / allowedResponseHeaders: every client header goes to the auth service,
+    every answer header (but its framing and metadata) onto the upstream request."""
+    gw, auth = gwapi
+    before = len(auth.seen)
+    r = req(gw, "GET", "/all/orders?id=7", [("X-Test-User", "carol"), ("X-Other", "1"), ("X-Auth-User", "mallory")])
+    assert r.status == 200, r.body
+    call = auth.seen[before]
+    assert call["path"] == "/check/all/orders?id=7"
+    assert call["headers"]["x-other"] == "1" and call["headers"]["x-test-user"] == "carol"
+    seen = upstream_headers(r)
+    assert seen["x-auth-user"] == "carol" and seen["x-auth-secret-internal"] == "not-for-upstream"
+    assert "server" not in seen and "date" not in seen and seen.get("content-length") is None
+    r = req(gw, "GET", "/all/x", [("X-Test-Verdict", "deny"), ("X-Test-Status", "401")])
+    assert r.status == 401 and r.body == b'{"denied":"by the auth service"}'
+
+
+def test_gateway_api_external_auth_with_named_headers(gwapi):
+    gw, auth = gwapi
+    before = len(auth.seen)
+    r = req(gw, "GET", "/named/x", [("X-Test-User", "dave"), ("X-Other", "1"), ("Authorization", "Bearer t")])
+    assert r.status == 200, r.body
+    h = auth.seen[before]["headers"]
+    assert "x-other" not in h and h["x-test-user"] == "dave" and h["authorization"] == "Bearer t"
+    seen = upstream_headers(r)
+    assert seen["x-auth-user"] == "dave" and "x-auth-secret-internal" not in seen

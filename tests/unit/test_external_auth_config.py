@@ -12,6 +12,9 @@ def test_good(tmp_path):
     path = write_policies(tmp_path, "- {type: external_auth, url: 'http://auth.internal:9000/verify', "
                           "upstream_headers: [X-User], timeout: 300ms, on_failure: allow}\n")
     load_config(path)
+    path = write_policies(tmp_path, "- {type: external_auth, url: 'http://auth', request_headers: ['*'], "
+                          "upstream_headers: ['*']}\n")
+    load_config(path)
 
 
 @pytest.mark.parametrize("policy,path,message", [
@@ -21,6 +24,10 @@ def test_good(tmp_path):
      "$.routes[0].policies[0].upstream_headers[0]", "gateway's to set"),
     ("- {type: external_auth, url: 'http://auth', request_headers: ['bad header']}",
      "$.routes[0].policies[0].request_headers[0]", "not a valid header name"),
+    ("- {type: external_auth, url: 'http://auth', request_headers: [Cookie, '*']}",
+     "$.routes[0].policies[0].request_headers[1]", "must be alone"),
+    ("- {type: external_auth, url: 'http://auth', upstream_headers: ['*', X-User]}",
+     "$.routes[0].policies[0].upstream_headers[0]", "must be alone"),
     ("- {type: external_auth, url: 'http://auth', on_failure: maybe}",
      "$.routes[0].policies[0].on_failure", "maybe"),
 ])

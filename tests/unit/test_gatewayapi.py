@@ -426,7 +426,7 @@ UNSUPPORTED = textwrap.dedent("""\
         - type: ExtensionRef
           extensionRef: {group: example.com, kind: Foo, name: bar}
         - type: ExternalAuth
-          externalAuth: {protocol: HTTP, backendRef: {name: svc, port: 8080}}
+          externalAuth: {protocol: GRPC, backendRef: {name: svc, port: 8080}}
         - type: RequestMirror
           requestMirror: {backendRef: {name: svc, port: 8080}}
         - type: RequestMirror
@@ -466,8 +466,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].sessionPersistence", "not supported: session persistence",
          line_of("sessionPersistence")),
         ("$[1].spec.rules[0].filters[0].type", "not supported: ExtensionRef filters", line_of("- type: ExtensionRef")),
-        ("$[1].spec.rules[0].filters[1].type", "not supported: the ExternalAuth filter",
-         line_of("- type: ExternalAuth")),
+        ("$[1].spec.rules[0].filters[1].externalAuth.protocol", "not supported: protocol GRPC (fastgw's "
+         "external_auth speaks HTTP to the auth service; use protocol HTTP)", line_of("externalAuth:")),
         ("$[1].spec.rules[0].filters[3].type", "not supported: more than one RequestMirror filter",
          line_of("- type: RequestMirror", line_of("- type: RequestMirror"))),
         ("$[1].spec.rules[0].filters[4].type",
@@ -634,3 +634,62 @@ def test_cors_problems_point_at_the_manifest() -> None:
                                     "backendRefs": [{"name": "svc", "port": 8080}]}])))
     got = [(p, m) for p, m, _ in issues(text)]
     assert any(p == "$[3].spec.rules[0].filters[0].cors.allowOrigins[0]" and "not an origin" in m for p, m in got), got
+
+
+# -- ExternalAuth (GEP-1494; docs/gateway-api.md) --------------------------------------------------
+
+
+def _auth_docs(spec: dict[str, Any], **rule: Any) -> list[dict[str, Any]]:
+    return [*base(route(rules=[{"filters": [{"type": "ExternalAuth", "externalAuth": spec}],
+                                "backendRefs": [{"name": "svc", "port": 8080}], **rule}])),
+            service("authz", [{"name": "http", "port": 9001, "targetPort": 7000}]),
+            slice_("authz", ("10.0.0.9", "10.0.0.10"), port=7000)]
+
+
+def test_external_auth_filter_becomes_the_routes_external_auth_policy() -> None:
+    spec = {"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001},
+            "http": {"path": "/verify/", "allowedHeaders": ["Cookie", "X-Tenant"],
+                     "allowedResponseHeaders": ["X-User"]}, "forwardBody": {"maxSize": 0}}
+    r = only_route(*_auth_docs(spec))
+    assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000/verify",
+                              "request_headers": ["Cookie", "X-Tenant"], "upstream_headers": ["X-User"]}]
+    assert "filters" not in r
+    # empty lists: every header goes (Gateway API), which the native policy writes as ["*"]
+    r = only_route(*_auth_docs({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}}))
+    assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000",
+                              "request_headers": ["*"], "upstream_headers": ["*"]}]
+    load_manifests(dump(*_auth_docs(spec)), "m.yaml")        # and the native config checks
+
+
+def test_external_auth_after_cors_on_the_same_rule() -> None:
+    docs = _auth_docs({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}})
+    docs[3]["spec"]["rules"][0]["filters"].insert(0, {"type": "CORS", "cors": {"allowOrigins": ["https://a.example"]}})
+    r = only_route(*docs)
+    assert [p["type"] for p in r["policies"]] == ["cors", "external_auth"]
+
+
+@pytest.mark.parametrize("spec,path,message", [
+    ({"protocol": "GRPC", "backendRef": {"name": "authz", "port": 9001}}, "externalAuth.protocol",
+     "not supported: protocol GRPC"),
+    ({"protocol": "SOAP", "backendRef": {"name": "authz", "port": 9001}}, "externalAuth.protocol",
+     "expected HTTP or GRPC"),
+    ({"protocol": "HTTP", "backendRef": {"name": "nothere", "port": 9001}}, "externalAuth.backendRef",
+     "the auth service's backend cannot be resolved"),
+    ({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}, "forwardBody": {"maxSize": 1024}},
+     "externalAuth.forwardBody.maxSize", "not supported: forwarding the request body"),
+    ({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}, "http": {"colour": 1}},
+     "externalAuth.http.colour", "unknown field"),
+    ({"protocol": "HTTP"}, "externalAuth", "missing required field 'backendRef'"),
+])
+def test_external_auth_problems_point_at_the_manifest(spec: dict[str, Any], path: str, message: str) -> None:
+    got = issues(dump(*_auth_docs(spec)))
+    assert any(p == f"$[3].spec.rules[0].filters[0].{path}" and message in m for p, m, _ in got), got
+
+
+def test_external_auth_on_a_backend_ref_is_refused() -> None:
+    docs = _auth_docs({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}})
+    rule = docs[3]["spec"]["rules"][0]
+    rule["backendRefs"][0]["filters"] = rule.pop("filters")
+    got = [(p, m) for p, m, _ in issues(dump(*docs))]
+    assert ("$[3].spec.rules[0].backendRefs[0].filters[0].type",
+            "not supported: an ExternalAuth filter on a backendRef") in got
