@@ -55,8 +55,12 @@ def _build(entry: Policy, name: str, key: str, old: dict, cfg: GatewayConfig | N
         policy.consumers = table if len(table) else None
         policy.set_access()      # X-Consumer-Name upstream, as the other methods send it
     elif isinstance(entry, ExternalAuthPolicy):
+        from .auth.build import consumer_table
         from .external_auth import build_external_auth_policy
         policy = build_external_auth_policy(entry, name, key)
+        table = consumer_table(cfg)
+        policy.consumers = table if len(table) else None
+        policy.set_access()      # X-Consumer-Name upstream for the consumer_header's consumer
     elif isinstance(entry, CorsPolicy):
         from .cors import build_cors_policy
         policy = build_cors_policy(entry, name, key)

@@ -28,6 +28,8 @@ cdef class ExternalAuth(AuthMethod):
     cdef double pause_timeout
     cdef bint all_request_headers        # `request_headers: ["*"]`
     cdef bint all_upstream_headers       # `upstream_headers: ["*"]`
+    cdef public object consumers         # the ConsumerTable the consumer_header's names are looked up in, or None
+    cdef dict named                      # consumer_header value -> Consumer, bounded (_NAMED_MAX)
 
     def __init__(self, str name, str key, client, request_headers, upstream_headers, client_headers,
                  bytes consumer_header, bint allow_on_failure, double pause_timeout, config=None,
@@ -42,6 +44,7 @@ cdef class ExternalAuth(AuthMethod):
         self.pause_timeout = pause_timeout
         self.all_request_headers = all_request_headers
         self.all_upstream_headers = all_upstream_headers
+        self.named = {}
 
     def adopt(self, Policy old):
         # the same auth service: its pooled connections go on serving
@@ -128,7 +131,8 @@ cdef class ExternalAuth(AuthMethod):
             if self.consumer_header is not None:
                 for n, v in fields:
                     if n.lower() == self.consumer_header:
-                        ex.consumer_name = v
+                        ex.consumer = self._consumer(v)
+                        ex.consumer_name = (<Consumer>ex.consumer).name_bytes
                         break
             self.auth_done(ex, AUTH_OK)
             return
@@ -138,6 +142,26 @@ cdef class ExternalAuth(AuthMethod):
                           if n.lower() in self.client_headers and not (b"\r" in v or b"\n" in v)])
         ex.auth_answer = (status, None, lines, body if not ex.head_method else b"")
         self.auth_done(ex, AUTH_DENIED)
+
+
+    cdef Consumer _consumer(self, bytes value):
+        """The consumer the auth service named: the `consumers:` entry of that name, else one of its
+        own (no groups), as a JWT's claim names one; kept per name so a name costs one lookup."""
+        cdef Consumer c = self.named.get(value)
+        cdef str name
+        if c is None:
+            name = value.decode("latin-1")
+            if self.consumers is not None:
+                c = (<ConsumerTable>self.consumers).get(name)
+            if c is None:
+                c = Consumer(name)
+            if len(self.named) >= _NAMED_MAX:
+                self.named.clear()
+            self.named[value] = c
+        return c
+
+
+cdef Py_ssize_t _NAMED_MAX = 4096
 
 
 cdef class _ExtAuthDone:

@@ -96,7 +96,9 @@ def _method(entry, name: str, key: str, cfg: GatewayConfig) -> _core.AuthMethod:
         return policy
     if isinstance(entry, ExternalAuthPolicy):
         from ..external_auth import build_external_auth_policy
-        return build_external_auth_policy(entry, name, key)
+        policy = build_external_auth_policy(entry, name, key)
+        policy.consumers = table if len(table) else None
+        return policy
     if isinstance(entry, ApiKeyPolicy):
         policy = _core.ApiKeyAuth(name, key, entry.headers, entry.query, _api_keys(entry, cfg, table), entry.strip,
                                   entry)

@@ -28,8 +28,12 @@ def world(echo, module_gateway_factory):
         route("auth", "/app", url=f"{auth.url}/check", timeout="1s", **common),
         route("open-on-failure", "/lenient", url=f"{auth.url}/check", timeout="500ms", on_failure="allow", **common),
         route("down", "/down", url=f"http://{closed.address}", timeout="1s", **common),
+        {"name": "grouped", "match": {"path": {"prefix": "/grouped"}}, "upstream": "echo",
+         "policies": [{"type": "external_auth", "url": f"{auth.url}/check", **common},
+                      {"type": "groups", "allow": ["admin"]}]},
         {"name": "open", "match": {"path": {"prefix": "/"}}, "upstream": "echo"},
     ])
+    cfg["consumers"] = [{"name": "carol", "groups": ["admin"]}]
     gw = module_gateway_factory(cfg)
     yield gw, auth
     auth.close()
@@ -54,6 +58,7 @@ def test_allow_copies_the_named_headers_upstream(world):
     assert r.status == 200, r.body
     seen = upstream_headers(r)
     assert seen["x-auth-user"] == "carol"                 # the auth service's, not the client's
+    assert seen["x-consumer-name"] == "carol"             # the consumer it named, as every method sends it
     assert "x-auth-secret-internal" not in seen           # only the named headers are copied
     call = auth.seen[before]
     assert call["method"] == "GET" and call["path"] == "/check/app/orders?id=7"
@@ -180,3 +185,12 @@ def test_gateway_api_external_auth_with_named_headers(gwapi):
     assert "x-other" not in h and h["x-test-user"] == "dave" and h["authorization"] == "Bearer t"
     seen = upstream_headers(r)
     assert seen["x-auth-user"] == "dave" and "x-auth-secret-internal" not in seen
+
+
+def test_the_consumer_named_by_the_auth_service_has_its_groups(world):
+    gw, _ = world
+    r = req(gw, "GET", "/grouped/x", [("X-Test-User", "carol"), ("X-Consumer-Name", "root")])
+    assert r.status == 200, r.body                        # carol is a consumer in group admin
+    assert upstream_headers(r)["x-consumer-name"] == "carol"
+    r = req(gw, "GET", "/grouped/x", [("X-Test-User", "mallory")])
+    assert_gateway_error(r, 403)                          # a consumer of its own, without groups
