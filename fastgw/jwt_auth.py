@@ -5,7 +5,8 @@ algorithm outside the issuer's allow-list (`none` is never in one), tries only k
 algorithm's own family (an HMAC algorithm never sees an RSA or EC key), verifies with joserfc, then
 checks `exp`/`nbf`/`iat` with leeway, `aud` and the required claims. When the keys must first come
 from a JWKS URL it returns the fetch (an asyncio Future) instead; the core pauses the exchange and
-asks again when the fetch is done. docs/auth-jwt.md.
+asks again when the fetch is done. `prefetch_jwks` fetches a runtime's key sets before a worker serves
+(and `start_jwks_prefetch` those a reload adds), so a first token need not wait. docs/auth-jwt.md.
 """
 
 from __future__ import annotations
