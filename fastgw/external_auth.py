@@ -73,10 +73,11 @@ class AuthServiceClient:
 def build_external_auth_policy(entry: ExternalAuthPolicy, name: str, key: str) -> _core.Policy:
     all_request = entry.request_headers == ["*"]
     all_upstream = entry.upstream_headers == ["*"]
+    all_client = entry.client_headers == ["*"]
     lower = [] if all_request else [h.lower().encode() for h in entry.request_headers if h.lower() != "authorization"]
     return _core.ExternalAuth(
         name, key, AuthServiceClient(entry), [b"authorization", *lower],
         [] if all_upstream else [(h.lower().encode(), h.encode()) for h in entry.upstream_headers],
-        [h.lower().encode() for h in entry.client_headers],
+        [] if all_client else [h.lower().encode() for h in entry.client_headers],
         entry.consumer_header.lower().encode() if entry.consumer_header else None,
-        entry.on_failure == "allow", entry.timeout + 0.5, entry, all_request, all_upstream)
+        entry.on_failure == "allow", entry.timeout + 0.5, entry, all_request, all_upstream, all_client)

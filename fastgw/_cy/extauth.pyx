@@ -16,6 +16,10 @@ cdef frozenset _EXTAUTH_NOT_SENT = frozenset((
 cdef frozenset _EXTAUTH_NOT_COPIED = frozenset((
     b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
     b"te", b"trailer", b"upgrade", b"x-request-id", b"content-type", b"content-encoding", b"date", b"server"))
+# `client_headers: ["*"]`: every refusal header but the framing ones, which the gateway writes itself
+cdef frozenset _EXTAUTH_NOT_PASSED = frozenset((
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection", b"te",
+    b"trailer", b"upgrade", b"x-request-id"))
 
 
 cdef class ExternalAuth(AuthMethod):
@@ -28,12 +32,13 @@ cdef class ExternalAuth(AuthMethod):
     cdef double pause_timeout
     cdef bint all_request_headers        # `request_headers: ["*"]`
     cdef bint all_upstream_headers       # `upstream_headers: ["*"]`
+    cdef bint all_client_headers         # `client_headers: ["*"]`
     cdef public object consumers         # the ConsumerTable the consumer_header's names are looked up in, or None
     cdef dict named                      # consumer_header value -> Consumer, bounded (_NAMED_MAX)
 
     def __init__(self, str name, str key, client, request_headers, upstream_headers, client_headers,
                  bytes consumer_header, bint allow_on_failure, double pause_timeout, config=None,
-                 bint all_request_headers=False, bint all_upstream_headers=False):
+                 bint all_request_headers=False, bint all_upstream_headers=False, bint all_client_headers=False):
         AuthMethod.__init__(self, name, "external_auth", key, config, b"")
         self.client = client
         self.request_headers = tuple(request_headers)
@@ -44,6 +49,7 @@ cdef class ExternalAuth(AuthMethod):
         self.pause_timeout = pause_timeout
         self.all_request_headers = all_request_headers
         self.all_upstream_headers = all_upstream_headers
+        self.all_client_headers = all_client_headers
         self.named = {}
 
     def adopt(self, Policy old):
@@ -138,8 +144,12 @@ cdef class ExternalAuth(AuthMethod):
             return
         if status < 200 or status > 599:
             status = 502
-        lines = b"".join([n + b": " + v + b"\r\n" for n, v in fields
-                          if n.lower() in self.client_headers and not (b"\r" in v or b"\n" in v)])
+        if self.all_client_headers:
+            lines = b"".join([n + b": " + v + b"\r\n" for n, v in fields
+                              if n.lower() not in _EXTAUTH_NOT_PASSED and not (b"\r" in v or b"\n" in v)])
+        else:
+            lines = b"".join([n + b": " + v + b"\r\n" for n, v in fields
+                              if n.lower() in self.client_headers and not (b"\r" in v or b"\n" in v)])
         ex.auth_answer = (status, None, lines, body if not ex.head_method else b"")
         self.auth_done(ex, AUTH_DENIED)
 

@@ -42,7 +42,8 @@ class ExternalAuthPolicy(PolicyBase, tag="external_auth", kw_only=True):
     header of the answer but the framing fields, `Host`, `Content-Type`, `Content-Encoding`, `Date` and
     `Server` (the Gateway API filter's empty `allowedResponseHeaders`)."""
     client_headers: list[str] = msgspec.field(default_factory=_client_headers)
-    """Headers of a refusal passed on to the client with its status and body."""
+    """Headers of a refusal passed on to the client with its status and body; `["*"]`: all but the framing
+    fields (what the Gateway API filter asks)."""
     consumer_header: str | None = None
     """A header of the 2xx answer naming the consumer (Exchange.consumer_name)."""
     timeout: PositiveDuration = 2.0
@@ -66,7 +67,7 @@ def check_external_auth(policy: ExternalAuthPolicy, path: list[Token], out: list
     for key in ("request_headers", "upstream_headers", "client_headers"):
         names = getattr(policy, key)
         for i, name in enumerate(names):
-            if name == "*" and key != "client_headers":
+            if name == "*":
                 if len(names) > 1:
                     out.append(([*path, key, i], "'*' (every header) must be alone in the list"))
                 continue

@@ -743,7 +743,8 @@ class _Builder:
     def _external_auth(self, route: Obj, at: list[Token], node: Any,
                        origins: dict[tuple[Token, ...], Origin]) -> dict[str, Any] | None:
         """HTTPExternalAuthFilter (GEP-1494) as the native `external_auth` policy (docs/gateway-api.md):
-        protocol HTTP only; the auth service is the backendRef Service's first ready endpoint."""
+        protocol HTTP only; the auth service is the backendRef Service's first ready endpoint. A
+        backendRef that does not resolve (or has no endpoint) becomes a `respond` 500 (503): fail closed."""
         e = self.fields(route, at, node, {"protocol": None, "backendRef": None, "grpc": None, "http": None,
                                           "forwardBody": None})
         protocol = self.string(route, at, e, "protocol", required=True)
@@ -768,16 +769,16 @@ class _Builder:
         ref = self.fields(route, bat, e["backendRef"],
                           {"group": None, "kind": None, "name": None, "namespace": None, "port": None})
         upstream = self._resolve(route, bat, ref)
-        if upstream is None:
-            self.err(route, bat, "the auth service's backend cannot be resolved (it must be a Service in "
-                     "these manifests, in the route's namespace, with that port)")
-            return None
-        spec = self.native["upstreams"][upstream]
+        spec = self.native["upstreams"][upstream] if upstream is not None else None
+        if spec is None or not spec["targets"]:
+            # Gateway API: a filter whose backendRef does not resolve fails closed, as a backend
+            # without endpoints cannot authorize anything: the rule's requests are refused
+            status, why = (500, "cannot be resolved") if spec is None else (503, "has no ready endpoint")
+            origins[("external_auth", "status")] = (route, bat)
+            return {"type": "respond", "status": status, "headers": {"Content-Type": "application/json"},
+                    "body": f'{{"error":"the auth service\'s backend {why}"}}'}
         if spec.get("tls") is not None:
             self.err(route, bat, "not supported: a BackendTLSPolicy on the auth service's backend")
-            return None
-        if not spec["targets"]:
-            self.err(route, bat, "the auth service's Service has no ready endpoint")
             return None
         h = self.fields(route, [*at, "http"], e.get("http"), {"path": None, "allowedHeaders": None,
                                                               "allowedResponseHeaders": None})
@@ -787,8 +788,10 @@ class _Builder:
         if "?" in prefix or "#" in prefix:
             self.err(route, [*at, "http", "path"], "a path, without query or fragment")
             prefix = ""
+        # a refusal reaches the client as the auth service made it, its headers included
         out: dict[str, Any] = {"type": "external_auth",
-                               "url": f"http://{spec['targets'][0]['address']}{prefix.rstrip('/')}"}
+                               "url": f"http://{spec['targets'][0]['address']}{prefix.rstrip('/')}",
+                               "client_headers": ["*"]}
         origins[("external_auth", "url")] = (route, bat)
         for src, dst in (("allowedHeaders", "request_headers"), ("allowedResponseHeaders", "upstream_headers")):
             values = []

@@ -130,10 +130,10 @@ def _manifests(echo_port: int, auth_port: int) -> str:
                  "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
                  "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]}]
 
-    def rule(prefix, http):
+    def rule(prefix, http, service="authz"):
         return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
                 "filters": [{"type": "ExternalAuth", "externalAuth": {
-                    "protocol": "HTTP", "backendRef": {"name": "authz", "port": 80}, "http": http}}],
+                    "protocol": "HTTP", "backendRef": {"name": service, "port": 80}, "http": http}}],
                 "backendRefs": [{"name": "echo", "port": 80}]}
 
     docs = [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
@@ -143,7 +143,8 @@ def _manifests(echo_port: int, auth_port: int) -> str:
              "spec": {"parentRefs": [{"name": "gw"}], "rules": [
                  rule("/all", {"path": "/check"}),
                  rule("/named", {"path": "/check", "allowedHeaders": ["X-Test-Verdict", "X-Test-User"],
-                                 "allowedResponseHeaders": ["X-Auth-User"]})]}},
+                                 "allowedResponseHeaders": ["X-Auth-User"]}),
+                 rule("/unknown", {}, service="nothere")]}},
             *svc("echo", echo_port), *svc("authz", auth_port)]
     return yaml.safe_dump_all(docs, sort_keys=False)
 
@@ -174,6 +175,14 @@ def test_gateway_api_external_auth_with_every_header(gwapi):
     assert "server" not in seen and "date" not in seen and seen.get("content-length") is None
     r = req(gw, "GET", "/all/x", [("X-Test-Verdict", "deny"), ("X-Test-Status", "401")])
     assert r.status == 401 and r.body == b'{"denied":"by the auth service"}'
+    assert r.headers.get("x-auth-reason") == "test"       # every header of the refusal reaches the client
+
+
+def test_gateway_api_external_auth_to_an_unknown_service_fails_closed(gwapi):
+    gw, auth = gwapi
+    before = len(auth.seen)
+    r = req(gw, "GET", "/unknown/x")
+    assert r.status == 500 and r.headers.get("x-echo-name") is None and len(auth.seen) == before
 
 
 def test_gateway_api_external_auth_with_named_headers(gwapi):

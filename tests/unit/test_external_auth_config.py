@@ -13,7 +13,7 @@ def test_good(tmp_path):
                           "upstream_headers: [X-User], timeout: 300ms, on_failure: allow}\n")
     load_config(path)
     path = write_policies(tmp_path, "- {type: external_auth, url: 'http://auth', request_headers: ['*'], "
-                          "upstream_headers: ['*']}\n")
+                          "upstream_headers: ['*'], client_headers: ['*']}\n")
     load_config(path)
 
 

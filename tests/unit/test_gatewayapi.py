@@ -651,14 +651,25 @@ def test_external_auth_filter_becomes_the_routes_external_auth_policy() -> None:
             "http": {"path": "/verify/", "allowedHeaders": ["Cookie", "X-Tenant"],
                      "allowedResponseHeaders": ["X-User"]}, "forwardBody": {"maxSize": 0}}
     r = only_route(*_auth_docs(spec))
-    assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000/verify",
+    assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000/verify", "client_headers": ["*"],
                               "request_headers": ["Cookie", "X-Tenant"], "upstream_headers": ["X-User"]}]
     assert "filters" not in r
     # empty lists: every header goes (Gateway API), which the native policy writes as ["*"]
     r = only_route(*_auth_docs({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}}))
-    assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000",
+    assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000", "client_headers": ["*"],
                               "request_headers": ["*"], "upstream_headers": ["*"]}]
     load_manifests(dump(*_auth_docs(spec)), "m.yaml")        # and the native config checks
+
+
+@pytest.mark.parametrize("ref,status", [({"name": "nothere", "port": 9001}, 500), ({"name": "authz", "port": 1}, 500),
+                                        ({"name": "authz", "port": 9001, "namespace": "other"}, 500)])
+def test_external_auth_to_a_backend_that_does_not_resolve_fails_closed(ref: dict[str, Any], status: int) -> None:
+    r = only_route(*_auth_docs({"protocol": "HTTP", "backendRef": ref}))
+    assert [(p["type"], p["status"]) for p in r["policies"]] == [("respond", status)]
+    docs = _auth_docs({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}})
+    docs[-1]["endpoints"][0]["conditions"]["ready"] = False
+    assert [(p["type"], p["status"]) for p in only_route(*docs)["policies"]] == [("respond", 503)]
+    load_manifests(dump(*docs), "m.yaml")
 
 
 def test_external_auth_after_cors_on_the_same_rule() -> None:
@@ -673,8 +684,6 @@ def test_external_auth_after_cors_on_the_same_rule() -> None:
      "not supported: protocol GRPC"),
     ({"protocol": "SOAP", "backendRef": {"name": "authz", "port": 9001}}, "externalAuth.protocol",
      "expected HTTP or GRPC"),
-    ({"protocol": "HTTP", "backendRef": {"name": "nothere", "port": 9001}}, "externalAuth.backendRef",
-     "the auth service's backend cannot be resolved"),
     ({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}, "forwardBody": {"maxSize": 1024}},
      "externalAuth.forwardBody.maxSize", "not supported: forwarding the request body"),
     ({"protocol": "HTTP", "backendRef": {"name": "authz", "port": 9001}, "http": {"colour": 1}},
