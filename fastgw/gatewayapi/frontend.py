@@ -768,8 +768,14 @@ class _Builder:
         bat = [*at, "backendRef"]
         ref = self.fields(route, bat, e["backendRef"],
                           {"group": None, "kind": None, "name": None, "namespace": None, "port": None})
+        known = set(self.native["upstreams"])
         upstream = self._resolve(route, bat, ref)
         spec = self.native["upstreams"][upstream] if upstream is not None else None
+        if upstream is not None and upstream not in known:
+            # the auth service is called by URL, not proxied to: no upstream of its own
+            del self.native["upstreams"][upstream]
+            for tokens in [t for t in self.origins if t[:2] == ("upstreams", upstream)]:
+                del self.origins[tokens]
         if spec is None or not spec["targets"]:
             # Gateway API: a filter whose backendRef does not resolve fails closed, as a backend
             # without endpoints cannot authorize anything: the rule's requests are refused

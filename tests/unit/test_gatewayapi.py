@@ -659,6 +659,7 @@ def test_external_auth_filter_becomes_the_routes_external_auth_policy() -> None:
     assert r["policies"] == [{"type": "external_auth", "url": "http://10.0.0.9:7000", "client_headers": ["*"],
                               "request_headers": ["*"], "upstream_headers": ["*"]}]
     load_manifests(dump(*_auth_docs(spec)), "m.yaml")        # and the native config checks
+    assert list(native(*_auth_docs(spec))["upstreams"]) == ["default.svc.8080"]   # none for the auth service
 
 
 @pytest.mark.parametrize("ref,status", [({"name": "nothere", "port": 9001}, 500), ({"name": "authz", "port": 1}, 500),

@@ -188,3 +188,23 @@ def test_rfc_jwt_through_the_verifier(vector):
     assert verifier.check(token, vector["exp"] + 1.0, None).reason == "token expired"
     other = Verifier(JwtPolicy(issuers=[JwtIssuer(issuer=vector["iss"], algorithms=["HS384"], keys=[key])]))
     assert other.check(token, vector["exp"] - 100.0, None).reason == "algorithm not allowed"
+
+
+def test_the_prefetch_finds_every_jwks_set_alone_or_in_a_combinator(tmp_path):
+    from fastgw.jwt_auth import jwks_sets
+    from fastgw.runtime import compile_runtime
+
+    path = write_policies(tmp_path, textwrap.dedent("""\
+        - type: jwt
+          issuers: [{issuer: a, algorithms: [RS256], jwks: {url: "https://a.example/jwks"}}]
+        - type: auth
+          methods:
+            - type: jwt
+              issuers:
+                - {issuer: b, algorithms: [RS256], jwks: {url: "https://b.example/jwks"}}
+                - {issuer: c, algorithms: [HS256], keys: [{secret: "0123456789abcdef0123456789abcdef"}]}
+            - {type: api_key}
+    """))
+    sets = jwks_sets(compile_runtime(load_config(path)))
+    assert sorted(s.cfg.url for s in sets) == ["https://a.example/jwks", "https://b.example/jwks"]
+    assert not any(s.fetched for s in sets)
