@@ -82,11 +82,8 @@ class RedisLink:
     limits fail open or closed at once)."""
 
     def __init__(self, settings) -> None:
-        import redis.asyncio as aioredis
-
         self.settings = settings
-        self.client = aioredis.Redis.from_url(settings.url, socket_connect_timeout=settings.timeout,
-                                              socket_timeout=settings.timeout, retry_on_timeout=False)
+        self.client = make_client(settings)
         self.script = self.client.register_script(LEASE_SCRIPT)
         self.down_until = 0.0
         self.backoff = 0.0
@@ -120,6 +117,43 @@ class RedisLink:
                         url=redacted_url(self.settings.url), failures=self.failures)
 
 
+def make_client(settings):
+    """redis-py's asyncio client for the `redis:` settings: one server, the primary a set of Sentinels
+    names (redis-py asks them again after a connection error, so a failover is followed), or a Redis
+    Cluster (redis-py routes each script call to the node of its key's slot and follows MOVED)."""
+    import redis.asyncio as aioredis
+
+    from .config.ratelimit import parse_host_port
+
+    common = {"socket_connect_timeout": settings.timeout, "socket_timeout": settings.timeout}
+    mode = settings.mode
+    if mode == "server":
+        return aioredis.Redis.from_url(settings.url, retry_on_timeout=False, **common)
+    parts = urlsplit(settings.url)
+    auth = {"username": parts.username or None, "password": parts.password or None}
+    if mode == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        db = int(parts.path.strip("/") or 0)
+        sentinel = Sentinel([parse_host_port(a, 26379) for a in settings.sentinels],
+                            sentinel_kwargs={"password": settings.sentinel_password, **common},
+                            ssl=parts.scheme == "rediss", db=db, **auth, **common)
+        return sentinel.master_for(settings.service, redis_class=aioredis.Redis, **common)
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    host, port = parse_host_port(parts.netloc.rpartition("@")[2], 6379)
+    nodes = [ClusterNode(host, port)] + [ClusterNode(*parse_host_port(a, 6379)) for a in settings.nodes]
+    return RedisCluster(startup_nodes=nodes, ssl=parts.scheme == "rediss", **auth, **common)
+
+
+def bucket_key(settings, identity: int, h: int) -> str:
+    """The Redis key of one limit's bucket for one key hash. On a Redis Cluster the variable part is
+    a hash tag (`{...}`), so the slot is that of the limit and key alone, whatever the prefix."""
+    if settings.mode == "cluster":
+        return f"{settings.key_prefix}{{{identity:016x}:{h:016x}}}"
+    return f"{settings.key_prefix}{identity:016x}:{h:016x}"
+
+
 class _Lease:
     __slots__ = ("tokens", "expires", "blocked_until", "fetching", "seen", "since", "rate")
 
@@ -139,7 +173,7 @@ class ClusterLimit:
     def __init__(self, link: RedisLink, identity: int, rate: float, period: float, burst: int,
                  fail_open: bool) -> None:
         self.link = link
-        self.prefix = f"{link.settings.key_prefix}{identity:016x}:"
+        self.identity = identity
         self.interval_ns = int(period * 1e9 / rate)
         self.tau_ns = self.interval_ns * burst
         self.rate_per_s = rate / period
@@ -226,8 +260,8 @@ class ClusterLimit:
         if back:
             lease.tokens = 0
         try:
-            grant, wait_us, _left = await self.link.lease(self.prefix + f"{h:016x}", self.interval_ns,
-                                                          self.tau_ns, want, back)
+            grant, wait_us, _left = await self.link.lease(bucket_key(self.link.settings, self.identity, h),
+                                                          self.interval_ns, self.tau_ns, want, back)
         except Exception as exc:      # a timeout, a refused connection, a script error
             self.link.failed(exc)
             return
@@ -261,7 +295,8 @@ class ClusterLimit:
             if lease.tokens and now >= lease.expires and (lease.fetching is None or lease.fetching.done()):
                 back, lease.tokens = lease.tokens, 0
                 try:
-                    await self.link.lease(self.prefix + f"{h:016x}", self.interval_ns, self.tau_ns, 0, back)
+                    await self.link.lease(bucket_key(self.link.settings, self.identity, h), self.interval_ns,
+                                          self.tau_ns, 0, back)
                     self.returned += back
                 except Exception as exc:
                     self.link.failed(exc)
@@ -276,7 +311,8 @@ _sweeper: asyncio.Task | None = None
 def cluster_limit(settings, identity: int, rate: float, period: float, burst: int, fail_open: bool) -> ClusterLimit:
     """A cluster limit on this worker's link to `settings` (one link per distinct settings). A
     reload that keeps a limit's identity and settings keeps its leases."""
-    key = (settings.url, settings.timeout, settings.lease, settings.max_keys, settings.key_prefix)
+    key = (settings.url, settings.timeout, settings.lease, settings.max_keys, settings.key_prefix, settings.mode,
+           tuple(settings.sentinels), settings.service, settings.sentinel_password, tuple(settings.nodes))
     link = _links.get(key)
     if link is None:
         link = _links[key] = RedisLink(settings)
