@@ -154,17 +154,12 @@ def bucket_key(settings, identity: int, h: int) -> str:
     return f"{settings.key_prefix}{identity:016x}:{h:016x}"
 
 
-class _Lease:
-    __slots__ = ("tokens", "expires", "blocked_until", "fetching", "seen", "since", "rate")
+def _Lease(now: float):
+    """A key's lease: the core's ClusterLease (ratelimit.pyx), so that requests spend from it in C.
+    Fields: tokens, expires, blocked_until, fetching, seen, since, rate."""
+    from ._core import ClusterLease
 
-    def __init__(self, now: float) -> None:
-        self.tokens = 0
-        self.expires = 0.0
-        self.blocked_until = 0.0
-        self.fetching: asyncio.Future | None = None
-        self.seen = 0          # requests since `since`, for the rate estimate
-        self.since = now
-        self.rate = 0.0        # requests/s this worker sees for the key (smoothed)
+    return ClusterLease(now)
 
 
 class ClusterLimit:
