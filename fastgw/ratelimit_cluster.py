@@ -232,16 +232,23 @@ class ClusterLimit:
     def failing(self) -> bool:
         return not self.link.usable(time.monotonic())
 
-    def fetch(self, h: int, cost: int) -> asyncio.Future:
+    def fetch(self, h: int, cost: int, refresh: bool = False) -> asyncio.Future:
         """The lease request for key `h` (one at a time per key: every waiter shares it)."""
         lease = self._lease(h)
         if lease.fetching is None or lease.fetching.done():
             loop = asyncio.get_running_loop()
             start_sweeper(loop)
-            lease.fetching = loop.create_task(self._fetch(h, lease, cost))
+            lease.fetching = loop.create_task(self._fetch(h, lease, cost, refresh))
         return lease.fetching
 
-    async def _fetch(self, h: int, lease: _Lease, cost: int) -> None:
+    def refresh(self, h: int) -> None:
+        """Half of a full lease's time has passed: ask for the next one while requests go on spending
+        this one (they wait only if it runs out first), so that a busy key never pauses at renewal."""
+        lease = self.leases.get(h)
+        if lease is not None and self.link.usable(time.monotonic()):
+            self.fetch(h, 1, refresh=True)
+
+    async def _fetch(self, h: int, lease: _Lease, cost: int, refresh: bool = False) -> None:
         now = time.monotonic()
         elapsed = now - lease.since
         if elapsed > 0.05:
@@ -254,6 +261,8 @@ class ClusterLimit:
         back = lease.tokens if now >= lease.expires else 0
         if back:
             lease.tokens = 0
+        back += lease.owed
+        lease.owed = 0
         try:
             grant, wait_us, _left = await self.link.lease(bucket_key(self.link.settings, self.identity, h),
                                                           self.interval_ns, self.tau_ns, want, back)
@@ -264,10 +273,14 @@ class ClusterLimit:
             self.returned += back
         self.granted += grant
         now = time.monotonic()
-        if lease.tokens and now >= lease.expires:
-            lease.tokens = 0      # a lease that expired meanwhile went back with this call... or the next
+        if grant and (refresh or now >= lease.expires):
+            # what is left of the old lease is never spent past its time: it goes back with the next
+            # call, and the new grant (taken now) is the lease
+            lease.owed += lease.tokens
+            lease.tokens = 0
         lease.tokens += grant
         lease.expires = now + self.lease_s
+        lease.refresh_at = now + self.lease_s / 2 if grant >= want and grant else 1e300
         if grant < want and lease.tokens < cost:
             lease.blocked_until = now + max(wait_us / 1e6, self.min_wait_s)
 
@@ -287,8 +300,12 @@ class ClusterLimit:
         stopped)."""
         now = time.monotonic()
         for h, lease in list(self.leases.items()):
-            if lease.tokens and now >= lease.expires and (lease.fetching is None or lease.fetching.done()):
-                back, lease.tokens = lease.tokens, 0
+            if (lease.owed or (lease.tokens and now >= lease.expires)) and \
+                    (lease.fetching is None or lease.fetching.done()):
+                back = lease.owed + (lease.tokens if now >= lease.expires else 0)
+                lease.owed = 0
+                if now >= lease.expires:
+                    lease.tokens = 0
                 try:
                     await self.link.lease(bucket_key(self.link.settings, self.identity, h), self.interval_ns,
                                           self.tau_ns, 0, back)

@@ -338,9 +338,12 @@ cdef class ClusterLease:
     cdef public int64_t seen          # requests since `since`, for the rate estimate
     cdef public double since
     cdef public double rate           # requests/s this worker sees for the key (smoothed)
+    cdef public double refresh_at     # past it, a request starts the next lease request ahead of need
+    cdef public int64_t owed          # tokens of a replaced lease, given back with the next call
 
     def __init__(self, double now):
         self.since = now
+        self.refresh_at = 1e300
 
 
 cdef RateTable _rate_table = None
@@ -417,6 +420,9 @@ cdef inline ClusterLease _spendable(LimitSpec spec, uint64_t ck, double now):
         return None
     lease = <ClusterLease>found
     if lease.tokens >= spec.cost and now < lease.expires:
+        if now >= lease.refresh_at:   # half the lease gone: the next one is asked for now, in the background
+            lease.refresh_at = 1e300
+            spec._cluster.refresh(ck)
         return lease
     return None
 
