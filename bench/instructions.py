@@ -12,6 +12,8 @@ compile cancel out.
     .venv/bin/python bench/instructions.py            # one line: instructions/request: N
     .venv/bin/python bench/instructions.py --top 25   # and the functions that cost the most per request
     .venv/bin/python bench/instructions.py --wrk      # and a short real wrk run against fastgw
+    .venv/bin/python bench/instructions.py --rate-limit local    # the `ratelimit` scenario's route
+    .venv/bin/python bench/instructions.py --rate-limit cluster  # the same limit through Redis
 
 Run with PYTHONHASHSEED fixed (the script sets it for the children) the figure repeats to within a few
 instructions; differences between builds are what it is for (bench/README.md has the history).
@@ -46,13 +48,42 @@ routes:
 
 
 
+# --rate-limit: the `ratelimit` scenario's policy (a client-IP limit that admits everything), local
+# or, for `cluster`, shared through Redis (its lease primed once; see prime_leases).
+RATE_LIMIT = ("{type: rate_limit, headers: [], limits: [{rate: 10000000, key: [client_ip]%s}]}")
+REDIS = "redis: {url: 'redis://127.0.0.1:9/0'}\n"
+
+
 def config_text() -> str:
-    """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N)."""
+    """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N) and the
+    rate limit of FASTGW_IR_RATE_LIMIT (--rate-limit local|cluster)."""
     n = int(os.environ.get("FASTGW_IR_POLICIES", "0"))
-    if not n:
+    rl = os.environ.get("FASTGW_IR_RATE_LIMIT", "")
+    policies = ["{type: noop}"] * n
+    if rl:
+        policies.append(RATE_LIMIT % (", scope: cluster" if rl == "cluster" else ""))
+    if not policies:
         return CONFIG
-    policies = ", ".join(["{type: noop}"] * n)
-    return CONFIG.replace("upstream: origin}", f"upstream: origin, policies: [{policies}]}}")
+    text = CONFIG.replace("upstream: origin}", f"upstream: origin, policies: [{', '.join(policies)}]}}")
+    return text + (REDIS if rl == "cluster" else "")
+
+
+def prime_leases() -> None:
+    """A cluster limit's first request of a key waits for a lease from Redis; there is none on the fake
+    loop, so the first request's key gets a lease that never runs out, and every later request takes
+    the steady-state path: spending from the lease. (The lease requests themselves are amortized:
+    one per `ceil(rate * lease)` requests; bench/README.md has their cost.)"""
+    from fastgw.ratelimit_cluster import ClusterLimit
+
+    original = ClusterLimit.needs_lease
+
+    def prime(self, h, cost):
+        lease = self._lease(h)
+        lease.tokens, lease.expires = 10**15, float("inf")
+        ClusterLimit.needs_lease = original
+        return original(self, h, cost)
+
+    ClusterLimit.needs_lease = prime
 
 
 # What wrk sends for the get26 scenario, and what the harness's nginx upstream answers.
@@ -100,6 +131,8 @@ def run_cycles(n: int, path: str = "/") -> None:
     from fastgw.config import loads_config
     from fastgw.runtime import compile_runtime
 
+    if os.environ.get("FASTGW_IR_RATE_LIMIT") == "cluster":
+        prime_leases()
     loop = FakeLoop()
     worker = _core.Worker(loop, compile_runtime(loads_config(config_text(), "yaml")))
     client = worker()
@@ -176,7 +209,11 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
     ap.add_argument("--policies", type=int, default=0, metavar="N",
                     help="N native no-op policies on the route (the policies4 scenario: 4)")
+    ap.add_argument("--rate-limit", choices=("local", "cluster"),
+                    help="the ratelimit scenario's client-IP limit on the route: local, or through Redis")
     args = ap.parse_args()
+    if args.rate_limit:
+        os.environ["FASTGW_IR_RATE_LIMIT"] = args.rate_limit
     if args.policies:
         os.environ["FASTGW_IR_POLICIES"] = str(args.policies)
     if args.cycles:

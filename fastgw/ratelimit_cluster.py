@@ -82,11 +82,8 @@ class RedisLink:
     limits fail open or closed at once)."""
 
     def __init__(self, settings) -> None:
-        import redis.asyncio as aioredis
-
         self.settings = settings
-        self.client = aioredis.Redis.from_url(settings.url, socket_connect_timeout=settings.timeout,
-                                              socket_timeout=settings.timeout, retry_on_timeout=False)
+        self.client = make_client(settings)
         self.script = self.client.register_script(LEASE_SCRIPT)
         self.down_until = 0.0
         self.backoff = 0.0
@@ -120,17 +117,49 @@ class RedisLink:
                         url=redacted_url(self.settings.url), failures=self.failures)
 
 
-class _Lease:
-    __slots__ = ("tokens", "expires", "blocked_until", "fetching", "seen", "since", "rate")
+def make_client(settings):
+    """redis-py's asyncio client for the `redis:` settings: one server, the primary a set of Sentinels
+    names (redis-py asks them again after a connection error, so a failover is followed), or a Redis
+    Cluster (redis-py routes each script call to the node of its key's slot and follows MOVED)."""
+    import redis.asyncio as aioredis
 
-    def __init__(self, now: float) -> None:
-        self.tokens = 0
-        self.expires = 0.0
-        self.blocked_until = 0.0
-        self.fetching: asyncio.Future | None = None
-        self.seen = 0          # requests since `since`, for the rate estimate
-        self.since = now
-        self.rate = 0.0        # requests/s this worker sees for the key (smoothed)
+    from .config.ratelimit import parse_host_port
+
+    common = {"socket_connect_timeout": settings.timeout, "socket_timeout": settings.timeout}
+    mode = settings.mode
+    if mode == "server":
+        return aioredis.Redis.from_url(settings.url, retry_on_timeout=False, **common)
+    parts = urlsplit(settings.url)
+    auth = {"username": parts.username or None, "password": parts.password or None}
+    if mode == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        db = int(parts.path.strip("/") or 0)
+        sentinel = Sentinel([parse_host_port(a, 26379) for a in settings.sentinels],
+                            sentinel_kwargs={"password": settings.sentinel_password, **common},
+                            ssl=parts.scheme == "rediss", db=db, **auth, **common)
+        return sentinel.master_for(settings.service, redis_class=aioredis.Redis, **common)
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    host, port = parse_host_port(parts.netloc.rpartition("@")[2], 6379)
+    nodes = [ClusterNode(host, port)] + [ClusterNode(*parse_host_port(a, 6379)) for a in settings.nodes]
+    return RedisCluster(startup_nodes=nodes, ssl=parts.scheme == "rediss", **auth, **common)
+
+
+def bucket_key(settings, identity: int, h: int) -> str:
+    """The Redis key of one limit's bucket for one key hash. On a Redis Cluster the variable part is
+    a hash tag (`{...}`), so the slot is that of the limit and key alone, whatever the prefix."""
+    if settings.mode == "cluster":
+        return f"{settings.key_prefix}{{{identity:016x}:{h:016x}}}"
+    return f"{settings.key_prefix}{identity:016x}:{h:016x}"
+
+
+def _Lease(now: float):
+    """A key's lease: the core's ClusterLease (ratelimit.pyx), so that requests spend from it in C.
+    Fields: tokens, expires, blocked_until, fetching, seen, since, rate."""
+    from ._core import ClusterLease
+
+    return ClusterLease(now)
 
 
 class ClusterLimit:
@@ -139,7 +168,7 @@ class ClusterLimit:
     def __init__(self, link: RedisLink, identity: int, rate: float, period: float, burst: int,
                  fail_open: bool) -> None:
         self.link = link
-        self.prefix = f"{link.settings.key_prefix}{identity:016x}:"
+        self.identity = identity
         self.interval_ns = int(period * 1e9 / rate)
         self.tau_ns = self.interval_ns * burst
         self.rate_per_s = rate / period
@@ -203,16 +232,23 @@ class ClusterLimit:
     def failing(self) -> bool:
         return not self.link.usable(time.monotonic())
 
-    def fetch(self, h: int, cost: int) -> asyncio.Future:
+    def fetch(self, h: int, cost: int, refresh: bool = False) -> asyncio.Future:
         """The lease request for key `h` (one at a time per key: every waiter shares it)."""
         lease = self._lease(h)
         if lease.fetching is None or lease.fetching.done():
             loop = asyncio.get_running_loop()
             start_sweeper(loop)
-            lease.fetching = loop.create_task(self._fetch(h, lease, cost))
+            lease.fetching = loop.create_task(self._fetch(h, lease, cost, refresh))
         return lease.fetching
 
-    async def _fetch(self, h: int, lease: _Lease, cost: int) -> None:
+    def refresh(self, h: int) -> None:
+        """Half of a full lease's time has passed: ask for the next one while requests go on spending
+        this one (they wait only if it runs out first), so that a busy key never pauses at renewal."""
+        lease = self.leases.get(h)
+        if lease is not None and self.link.usable(time.monotonic()):
+            self.fetch(h, 1, refresh=True)
+
+    async def _fetch(self, h: int, lease: _Lease, cost: int, refresh: bool = False) -> None:
         now = time.monotonic()
         elapsed = now - lease.since
         if elapsed > 0.05:
@@ -225,9 +261,11 @@ class ClusterLimit:
         back = lease.tokens if now >= lease.expires else 0
         if back:
             lease.tokens = 0
+        back += lease.owed
+        lease.owed = 0
         try:
-            grant, wait_us, _left = await self.link.lease(self.prefix + f"{h:016x}", self.interval_ns,
-                                                          self.tau_ns, want, back)
+            grant, wait_us, _left = await self.link.lease(bucket_key(self.link.settings, self.identity, h),
+                                                          self.interval_ns, self.tau_ns, want, back)
         except Exception as exc:      # a timeout, a refused connection, a script error
             self.link.failed(exc)
             return
@@ -235,10 +273,14 @@ class ClusterLimit:
             self.returned += back
         self.granted += grant
         now = time.monotonic()
-        if lease.tokens and now >= lease.expires:
-            lease.tokens = 0      # a lease that expired meanwhile went back with this call... or the next
+        if grant and (refresh or now >= lease.expires):
+            # what is left of the old lease is never spent past its time: it goes back with the next
+            # call, and the new grant (taken now) is the lease
+            lease.owed += lease.tokens
+            lease.tokens = 0
         lease.tokens += grant
         lease.expires = now + self.lease_s
+        lease.refresh_at = now + self.lease_s / 2 if grant >= want and grant else 1e300
         if grant < want and lease.tokens < cost:
             lease.blocked_until = now + max(wait_us / 1e6, self.min_wait_s)
 
@@ -258,10 +300,15 @@ class ClusterLimit:
         stopped)."""
         now = time.monotonic()
         for h, lease in list(self.leases.items()):
-            if lease.tokens and now >= lease.expires and (lease.fetching is None or lease.fetching.done()):
-                back, lease.tokens = lease.tokens, 0
+            if (lease.owed or (lease.tokens and now >= lease.expires)) and \
+                    (lease.fetching is None or lease.fetching.done()):
+                back = lease.owed + (lease.tokens if now >= lease.expires else 0)
+                lease.owed = 0
+                if now >= lease.expires:
+                    lease.tokens = 0
                 try:
-                    await self.link.lease(self.prefix + f"{h:016x}", self.interval_ns, self.tau_ns, 0, back)
+                    await self.link.lease(bucket_key(self.link.settings, self.identity, h), self.interval_ns,
+                                          self.tau_ns, 0, back)
                     self.returned += back
                 except Exception as exc:
                     self.link.failed(exc)
@@ -276,7 +323,8 @@ _sweeper: asyncio.Task | None = None
 def cluster_limit(settings, identity: int, rate: float, period: float, burst: int, fail_open: bool) -> ClusterLimit:
     """A cluster limit on this worker's link to `settings` (one link per distinct settings). A
     reload that keeps a limit's identity and settings keeps its leases."""
-    key = (settings.url, settings.timeout, settings.lease, settings.max_keys, settings.key_prefix)
+    key = (settings.url, settings.timeout, settings.lease, settings.max_keys, settings.key_prefix, settings.mode,
+           tuple(settings.sentinels), settings.service, settings.sentinel_password, tuple(settings.nodes))
     link = _links.get(key)
     if link is None:
         link = _links[key] = RedisLink(settings)

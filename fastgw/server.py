@@ -245,8 +245,9 @@ class Supervisor:
                 log(f"cannot start the admin API: {exc}", "admin_failed", "error")
                 return 1
         # the rate limiters' table, mapped before the fork so every worker shares its buckets
-        # (ratelimit.pyx); a restarted worker finds them as they were
-        _core.rate_table()
+        # (ratelimit.pyx); a restarted worker finds them as they were. Its in-flight ledger, a row a
+        # worker, lets _reap give back the concurrency slots of a worker that died mid-request
+        _core.rate_table(0, self.nworkers)
         # the pipe stays open: a restarted worker reports ready on it too
         self.ready_r, self.ready_w = os.pipe()
         os.set_blocking(self.ready_r, False)
@@ -482,6 +483,10 @@ class Supervisor:
                 return
             log(f"worker {child.index} (pid {pid}) exited with status {code}; restarting", "worker_exited", "error",
                 worker=child.index, worker_pid=pid, status=code, respawn=True)
+            released = _core.rate_table().release_worker(child.index)
+            if released:
+                log(f"gave back {released} in-flight rate-limit slot(s) worker {child.index} held",
+                    "ratelimit_slots_released", worker=child.index, slots=released)
             self._spawn(child.index)
         self._finish_if_stopped()
 
@@ -648,6 +653,7 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     events.open_worker_sink(loop)
+    _core.rate_table().set_worker(index)     # its in-flight slots in its ledger row (ratelimit.pyx)
     from . import dns
 
     loop.run_until_complete(dns.prime(loop, cfg))     # hostname targets, resolved before serving

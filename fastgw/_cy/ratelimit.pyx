@@ -20,7 +20,7 @@
 # key: a reload that leaves a limit unchanged finds its buckets where they were; a changed limit
 # hashes elsewhere and starts fresh (its old slots expire).
 
-from libc.stdint cimport uint64_t, int64_t
+from libc.stdint cimport uint64_t, int64_t, int32_t
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
@@ -120,6 +120,9 @@ cdef extern from *:
     static inline void rl_leave(rl_slot* s) {
         __atomic_fetch_sub(&s->val, 1, __ATOMIC_ACQ_REL);
     }
+    static inline void rl_sub(int64_t* p, int64_t d) {
+        __atomic_fetch_sub(p, d, __ATOMIC_ACQ_REL);
+    }
     """
     ctypedef struct rl_slot:
         uint64_t key
@@ -142,6 +145,7 @@ cdef extern from *:
     void rl_refund(rl_slot* s, int64_t inc) nogil
     int64_t rl_enter(rl_slot* s) nogil
     void rl_leave(rl_slot* s) nogil
+    void rl_sub(int64_t* p, int64_t d) nogil
 
 cdef enum:
     RL_HEADER_BYTES = 64      # sizeof(rl_table) before the slots
@@ -169,8 +173,16 @@ cdef class RateTable:
     cdef bint has_buf
     cdef rl_table* t
     cdef readonly Py_ssize_t capacity
+    # The in-flight ledger: per worker, how many in-flight counts it holds in each slot (int32 x
+    # capacity a worker, also MAP_SHARED), so that the supervisor can give back what a worker that
+    # died held (release_worker): its requests never reached their log phase.
+    cdef object ledger_map
+    cdef Py_buffer lbuf
+    cdef bint has_lbuf
+    cdef int32_t* mine
+    cdef readonly int workers
 
-    def __init__(self, Py_ssize_t capacity=262144, seed=None):
+    def __init__(self, Py_ssize_t capacity=262144, seed=None, int workers=0):
         import mmap
         import os
         if capacity < RL_PROBES or capacity & (capacity - 1):
@@ -183,10 +195,45 @@ cdef class RateTable:
         self.t.magic = RL_MAGIC
         self.t.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self.t.mask = capacity - 1
+        if workers > 0:
+            self.workers = workers
+            self.ledger_map = mmap.mmap(-1, 4 * capacity * workers)
+            PyObject_GetBuffer(self.ledger_map, &self.lbuf, PyBUF_WRITABLE)
+            self.has_lbuf = True
 
     def __dealloc__(self):
         if self.has_buf:
             PyBuffer_Release(&self.buf)
+        if self.has_lbuf:
+            PyBuffer_Release(&self.lbuf)
+
+    def set_worker(self, int index):
+        """In a worker: count its in-flight slots in ledger row `index` (no ledger: no-op)."""
+        if self.has_lbuf and 0 <= index < self.workers:
+            self.mine = <int32_t*>self.lbuf.buf + <Py_ssize_t>index * self.capacity
+
+    def release_worker(self, int index):
+        """In the supervisor, after worker `index` exited: give back every in-flight count it held;
+        returns how many."""
+        cdef int32_t* row
+        cdef Py_ssize_t i
+        cdef int64_t n = 0
+        cdef int32_t c
+        if not self.has_lbuf or not 0 <= index < self.workers:
+            return 0
+        row = <int32_t*>self.lbuf.buf + <Py_ssize_t>index * self.capacity
+        for i in range(self.capacity):
+            c = row[i]
+            if c != 0:
+                rl_sub(&self.slot_at(i).val, c)
+                row[i] = 0
+                n += c
+        return n
+
+    cdef inline void held(self, rl_slot* s, int d) noexcept:
+        """This worker's ledger entry of slot `s` moves by `d` (after an enter, before a leave)."""
+        if self.mine != NULL:
+            self.mine[(<char*>s - <char*>self.t - RL_HEADER_BYTES) // RL_SLOT_BYTES] += d
 
     cdef inline rl_slot* slot_at(self, Py_ssize_t i) noexcept:
         return <rl_slot*>(<char*>self.t + RL_HEADER_BYTES + RL_SLOT_BYTES * i)
@@ -269,24 +316,46 @@ cdef class RateTable:
         if n > limit:
             rl_leave(s)
             return (False, n - 1)
+        self.held(s, 1)
         return (True, n)
 
     def leave(self, bytes key, int64_t now_ns):
         cdef uint64_t k = self.key_hash(rl_mix(0, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)), True)
         cdef rl_slot* s = self.find(k, now_ns)
         if s != NULL:
+            self.held(s, -1)
             rl_leave(s)
+
+
+cdef class ClusterLease:
+    """One key's lease of a cluster limit in one worker (fastgw/ratelimit_cluster.py manages it): a
+    cdef class so that a request spending from it (the common case) is a few C reads and writes, not
+    Python attribute lookups. Times are CLOCK_MONOTONIC seconds, as time.monotonic() gives them."""
+    cdef public int64_t tokens
+    cdef public double expires
+    cdef public double blocked_until
+    cdef public object fetching       # the lease request in flight, or None
+    cdef public int64_t seen          # requests since `since`, for the rate estimate
+    cdef public double since
+    cdef public double rate           # requests/s this worker sees for the key (smoothed)
+    cdef public double refresh_at     # past it, a request starts the next lease request ahead of need
+    cdef public int64_t owed          # tokens of a replaced lease, given back with the next call
+
+    def __init__(self, double now):
+        self.since = now
+        self.refresh_at = 1e300
 
 
 cdef RateTable _rate_table = None
 
 
-def rate_table(Py_ssize_t capacity=0):
+def rate_table(Py_ssize_t capacity=0, int workers=0):
     """The gateway's table, made on first use (the supervisor makes it before it forks, so workers
-    share it; an in-process gateway gets its own). `capacity` counts only on that first call."""
+    share it; an in-process gateway gets its own). `capacity` and `workers` (the in-flight ledger's
+    rows) count only on that first call."""
     global _rate_table
     if _rate_table is None:
-        _rate_table = RateTable(capacity) if capacity else RateTable()
+        _rate_table = RateTable(capacity or 262144, None, workers)
     return _rate_table
 
 
@@ -309,7 +378,8 @@ cdef class LimitSpec:
     cdef tuple parts           # ((KP_*, bytes argument), ...)
     cdef bytes name            # the policy item's name in the headers
     cdef readonly str description
-    cdef public object cluster # a ClusterLimit (fastgw/ratelimit_cluster.py) for `scope: cluster`
+    cdef object _cluster       # a ClusterLimit (fastgw/ratelimit_cluster.py) for `scope: cluster`
+    cdef dict leases           # its leases by key hash (ClusterLease), read in C on the fast path
     cdef int64_t cost
 
     def __init__(self, identity, bint concurrency, double rate, double period, int64_t burst, int64_t cost,
@@ -331,6 +401,30 @@ cdef class LimitSpec:
         self.when_missing = when_missing
         self.name = name
         self.description = description
+
+    @property
+    def cluster(self):
+        return self._cluster
+
+    @cluster.setter
+    def cluster(self, value):
+        self._cluster = value
+        self.leases = value.leases if value is not None else None
+
+
+cdef inline ClusterLease _spendable(LimitSpec spec, uint64_t ck, double now):
+    """The key's lease when a request of the spec's cost can spend from it now, else None."""
+    cdef object found = spec.leases.get(ck)
+    cdef ClusterLease lease
+    if found is None:
+        return None
+    lease = <ClusterLease>found
+    if lease.tokens >= spec.cost and now < lease.expires:
+        if now >= lease.refresh_at:   # half the lease gone: the next one is asked for now, in the background
+            lease.refresh_at = 1e300
+            spec._cluster.refresh(ck)
+        return lease
+    return None
 
 
 cdef inline int64_t _ceil_s(int64_t ns) noexcept:
@@ -428,20 +522,26 @@ cdef class RateLimitPolicy(Policy):
     cdef int on_request(self, Exchange ex) except -1:
         if self.has_cluster:
             return self._cluster_first(ex)
-        return self._evaluate(ex)
+        return self._evaluate(ex, NULL, NULL)
 
     cdef int _cluster_first(self, Exchange ex) except -1:
         """A cluster limit without a usable lease pauses the request until its lease request
         answers (or its deadline passes); then every limit is evaluated at once."""
         cdef LimitSpec spec
         cdef uint64_t h
-        cdef int missing
-        for s in self.specs:
-            spec = <LimitSpec>s
-            if spec.cluster is None:
+        cdef int missing, i
+        cdef double now = <double>rl_now_ns() / 1e9
+        cdef uint64_t hs[RL_MAX_LIMITS]      # every limit's key, for _evaluate (not computed twice)
+        cdef int misses[RL_MAX_LIMITS]
+        for i in range(len(self.specs)):
+            spec = <LimitSpec>self.specs[i]
+            missing = misses[i] = self._key(ex, spec, &hs[i])
+            h = hs[i]
+            if spec._cluster is None:
                 continue
-            missing = self._key(ex, spec, &h)
             if missing and spec.when_missing != WM_SHARED:
+                continue
+            if _spendable(spec, rl_final(h), now) is not None:
                 continue
             if spec.cluster.needs_lease(rl_final(h), spec.cost):
                 import asyncio
@@ -450,9 +550,10 @@ cdef class RateLimitPolicy(Policy):
                 ex.pause_deadline(self.cluster_deadline)
                 waiter.add_done_callback(_LeaseArrived(self, ex))
                 return P_PAUSED
-        return self._evaluate(ex)
+        return self._evaluate(ex, hs, misses)
 
-    cdef int _evaluate(self, Exchange ex) except -1:
+    cdef int _evaluate(self, Exchange ex, uint64_t* hs, int* misses) except -1:
+        """`hs`, `misses`: every limit's key hash and missing flag, when the caller has them."""
         cdef int64_t now = rl_now_ns() if self.clock is None else self.clock()
         cdef object cluster_taken = None
         cdef rl_slot* taken[RL_MAX_LIMITS]
@@ -467,9 +568,17 @@ cdef class RateLimitPolicy(Policy):
         cdef bint store_down = False
         cdef int i, j
         cdef list held = None
+        cdef ClusterLease lease
+        cdef uint64_t ck
+        cdef Py_ssize_t last = len(self.specs) - 1
+        cdef double now_s = <double>(now if self.clock is None else rl_now_ns()) / 1e9   # a lease's clock
         for i in range(len(self.specs)):
             spec = <LimitSpec>self.specs[i]
-            missing = self._key(ex, spec, &h)
+            if hs != NULL:
+                h = hs[i]
+                missing = misses[i]
+            else:
+                missing = self._key(ex, spec, &h)
             if missing:
                 if spec.when_missing == WM_SKIP:
                     continue
@@ -477,9 +586,15 @@ cdef class RateLimitPolicy(Policy):
                     refuser = spec
                     retry = 0
                     break
-            if spec.cluster is not None:
+            if spec._cluster is not None:
                 ck = rl_final(h)
-                n = spec.cluster.take(ck, spec.cost)
+                lease = _spendable(spec, ck, now_s)
+                if lease is not None:        # the common case, in C: spend from the lease
+                    lease.seen += spec.cost
+                    lease.tokens -= spec.cost
+                    n = lease.tokens
+                else:
+                    n = spec.cluster.take(ck, spec.cost)
                 if n == -3:                  # Redis away, failing open
                     continue
                 if n < 0:
@@ -490,9 +605,10 @@ cdef class RateLimitPolicy(Policy):
                     else:
                         retry = spec.cluster.retry_after_ns(ck)
                     break
-                if cluster_taken is None:
-                    cluster_taken = []
-                cluster_taken.append((spec, ck))
+                if i < last:                 # only a later limit's refusal gives it back
+                    if cluster_taken is None:
+                        cluster_taken = []
+                    cluster_taken.append((spec, ck))
                 remaining = n
                 reset = 0
                 ratio = <double>remaining / <double>spec.quota
@@ -512,6 +628,7 @@ cdef class RateLimitPolicy(Policy):
                     refuser = spec
                     retry = 1000000000
                     break
+                self.table.held(s, 1)
                 if held is None:
                     held = []
                 held.append(<Py_ssize_t>(<char*>s - <char*>self.table.t))
@@ -545,6 +662,7 @@ cdef class RateLimitPolicy(Policy):
                         (<LimitSpec>cspec).cluster.refund(ck, (<LimitSpec>cspec).cost)
                 if held is not None:
                     for off in held:
+                        self.table.held(<rl_slot*>(<char*>self.table.t + <Py_ssize_t>off), -1)
                         rl_leave(<rl_slot*>(<char*>self.table.t + <Py_ssize_t>off))
                 self.limited += 1
                 self._note(ex, refuser, False)
@@ -616,6 +734,7 @@ cdef class RateLimitPolicy(Policy):
         if held is not None:
             ex.rl_held = None
             for off in held:
+                self.table.held(<rl_slot*>(<char*>self.table.t + <Py_ssize_t>off), -1)
                 rl_leave(<rl_slot*>(<char*>self.table.t + <Py_ssize_t>off))
         return 0
 

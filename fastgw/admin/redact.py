@@ -68,6 +68,8 @@ def redacted_config(cfg: GatewayConfig) -> dict:
     if redis and redis.get("url"):
         from fastgw.ratelimit_cluster import redacted_url
         redis["url"] = redacted_url(redis["url"])
+    if redis and redis.get("sentinel_password") is not None:
+        redis["sentinel_password"] = REDACTED
     return data
 
 

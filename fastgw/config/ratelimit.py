@@ -14,7 +14,7 @@ from .policies import PolicyBase
 from .positions import Token
 from .values import PositiveDuration
 
-__all__ = ["KEY_SOURCES", "Limit", "RateLimitPolicy", "Redis", "check_rate_limit", "check_redis", "parse_key_part"]
+__all__ = ["KEY_SOURCES", "Limit", "RateLimitPolicy", "Redis", "check_rate_limit", "check_redis", "parse_host_port", "parse_key_part"]
 
 PositiveInt = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 #: What a key part may name: fixed ones, and `source:argument` ones.
@@ -70,17 +70,41 @@ class RateLimitPolicy(PolicyBase, tag="rate_limit", kw_only=True):
 
 
 class Redis(Base, kw_only=True):
-    """The Redis server `cluster` rate limits share (one for the whole config)."""
+    """The Redis server `cluster` rate limits share (one for the whole config): one server, a
+    Sentinel-managed primary (`mode: sentinel`) or a Redis Cluster (`mode: cluster`)."""
 
     url: str
-    """redis://[:password@]host[:port][/db], rediss:// (TLS) or unix:///path/to/socket."""
-    timeout: PositiveDuration = 0.05
+    """redis://[:password@]host[:port][/db], rediss:// (TLS) or unix:///path/to/socket. With
+    `mode: sentinel`, the primary's password, db and TLS (its host is the one Sentinel names); with
+    `mode: cluster`, one node of the cluster."""
+    timeout: PositiveDuration = 0.25
     """The deadline of one lease request: past it the limit fails open or closed."""
     lease: PositiveDuration = 0.1
     """How long leased tokens stay usable before the unused ones go back."""
     max_keys: PositiveInt = 100_000
     """Keys with a lease held per worker; past it the oldest leases are given back."""
     key_prefix: str = "fastgw:rl:"
+    mode: Literal["server", "sentinel", "cluster"] = "server"
+    """`server`: the one at `url`; `sentinel`: the primary `service` the `sentinels` name (and, after a
+    failover, the new one); `cluster`: a Redis Cluster, `url` and `nodes` its startup nodes."""
+    sentinels: list[str] = msgspec.field(default_factory=list)
+    """`mode: sentinel`: the Sentinels' host:port addresses."""
+    service: str = "mymaster"
+    """`mode: sentinel`: the primary's name in the Sentinels' configuration."""
+    sentinel_password: str | None = None
+    """`mode: sentinel`: the Sentinels' own password (requirepass), if any."""
+    nodes: list[str] = msgspec.field(default_factory=list)
+    """`mode: cluster`: more startup nodes (host:port) besides `url`'s."""
+
+
+def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """("10.0.0.1", 26379) from "10.0.0.1:26379", "[::1]:26379" or "host". Raises ValueError."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit("//" + text)
+    if not parts.hostname or parts.path or parts.query or parts.username:
+        raise ValueError(f"not a host:port address: {text!r}")
+    return parts.hostname, parts.port or default_port
 
 
 def check_redis(cfg, out: list) -> None:
@@ -98,10 +122,29 @@ def check_redis(cfg, out: list) -> None:
         else:
             if parts.scheme not in ("redis", "rediss", "unix"):
                 out.append((["redis", "url"], f"not a Redis URL (redis://, rediss:// or unix://): {redacted_url(cfg.redis.url)!r}"))
-            elif parts.scheme != "unix" and not parts.hostname:
+            elif cfg.redis.mode == "sentinel" and parts.scheme == "unix":
+                out.append((["redis", "url"], "with `mode: sentinel` the primary is a TCP address Sentinel names"))
+            elif parts.scheme != "unix" and not parts.hostname and cfg.redis.mode != "sentinel":
                 out.append((["redis", "url"], f"no host in {redacted_url(cfg.redis.url)!r}"))
             elif parts.scheme == "unix" and not parts.path:
                 out.append((["redis", "url"], f"no socket path in {redacted_url(cfg.redis.url)!r}"))
+        if cfg.redis.mode == "sentinel" and not cfg.redis.sentinels:
+            out.append((["redis", "sentinels"], "`mode: sentinel` needs the Sentinels' addresses"))
+        for field, port in (("sentinels", 26379), ("nodes", 6379)):
+            for i, address in enumerate(getattr(cfg.redis, field)):
+                try:
+                    parse_host_port(address, port)
+                except ValueError as exc:
+                    out.append((["redis", field, i], str(exc)))
+        if cfg.redis.sentinels and cfg.redis.mode != "sentinel":
+            out.append((["redis", "sentinels"], "`sentinels` belongs to `mode: sentinel`"))
+        if cfg.redis.nodes and cfg.redis.mode != "cluster":
+            out.append((["redis", "nodes"], "`nodes` belongs to `mode: cluster`"))
+        if cfg.redis.mode == "cluster" and "{" in cfg.redis.key_prefix:
+            out.append((["redis", "key_prefix"], "on a Redis Cluster the key's hash tag is fastgw's own: a `{` in "
+                        "the prefix would put every bucket in one slot"))
+        if cfg.redis.mode == "cluster" and cfg.redis.url.startswith("unix:"):
+            out.append((["redis", "url"], "a Redis Cluster's nodes are TCP addresses, not a unix socket"))
         return
     lists = [(["policies"], cfg.policies)] + [(["routes", i, "policies"], r.policies) for i, r in enumerate(cfg.routes)]
     for base, policies in lists:

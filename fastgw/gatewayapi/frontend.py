@@ -21,6 +21,8 @@ from ..config.positions import Token, format_path, parse_path
 from ..config.schema import GatewayConfig
 from .manifests import Issues, Obj, read_manifest_files, read_manifests
 from .streams import ROUTE_PROTOCOL, STREAM_ROUTE_VERSIONS, listener_protocol, map_stream_routes
+from .traffic_policy import API_VERSION as _BTP_VERSION
+from .traffic_policy import map_traffic_policies
 
 __all__ = ["GATEWAY_GROUP", "PortMap", "load_manifests", "manifests_to_native"]
 
@@ -128,6 +130,7 @@ def _map(objs: list[Obj], issues: Issues, host: str | None, port_map: PortMap | 
     b.collect(objs)
     b.map_gateways()
     b.map_routes()
+    map_traffic_policies(b)
     map_stream_routes(b)
     return b.native, b.origins, issues
 
@@ -179,6 +182,8 @@ class _Builder:
         self.secrets: dict[str, Obj] = {}       # kubernetes.io/tls Secrets for HTTPS listeners
         self.configmaps: dict[str, Obj] = {}    # CA bundles (key ca.crt) of BackendTLSPolicies
         self.backend_tls: list[Obj] = []        # BackendTLSPolicies
+        self.traffic_policies: list[Obj] = []   # Envoy Gateway BackendTrafficPolicies (traffic_policy.py)
+        self.route_natives: dict[str, list[int]] = {}   # HTTPRoute key -> its native routes' indexes
         self.listeners: dict[str, list[_Listener]] = {}   # gateway key -> listeners
 
     # -- reporting and typed access ----------------------------------------------------------------
@@ -244,12 +249,13 @@ class _Builder:
                         "GatewayClass": _GATEWAY_VERSIONS, "Service": ("v1",),
                         "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",), "ConfigMap": ("v1",),
                         "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3"),
+                        "BackendTrafficPolicy": (_BTP_VERSION,),
                         **STREAM_ROUTE_VERSIONS}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
                          f"({GATEWAY_GROUP}/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
                          f"(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
-                         f"({GATEWAY_GROUP}/v1)")
+                         f"({GATEWAY_GROUP}/v1), BackendTrafficPolicy ({_BTP_VERSION}, its rateLimit)")
                 continue
             if api not in expected:
                 self.err(obj, ["apiVersion"], f"unsupported apiVersion {api!r} for {kind} "
@@ -282,6 +288,8 @@ class _Builder:
                 self.configmaps[obj.key] = obj
             elif kind == "BackendTLSPolicy":
                 self.backend_tls.append(obj)
+            elif kind == "BackendTrafficPolicy":
+                self.traffic_policies.append(obj)
             elif kind == "EndpointSlice":
                 labels = obj.metadata.get("labels")
                 svc = labels.get(_SLICE_LABEL) if isinstance(labels, dict) else None
@@ -536,6 +544,7 @@ class _Builder:
                 native = {"name": f"{names[route.key]}.r{i}", **native, "listeners": listeners}
                 index = len(self.native["routes"])
                 self.native["routes"].append(native)
+                self.route_natives.setdefault(route.key, []).append(index)
                 for tokens, origin in origins.items():
                     self.origins[("routes", index, *tokens)] = origin
                 self.origins[("routes", index, "listeners")] = (route, ["spec", "parentRefs"])

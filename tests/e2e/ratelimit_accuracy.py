@@ -2,7 +2,8 @@
 R requests/s; clients drive them unevenly (1, 2 and 4 connections) well above R for a fixed time;
 the figure is admitted / allowed over the steady state (after the first second).
 
-One command: .venv/bin/python tests/e2e/ratelimit_accuracy.py [R] [SECONDS]
+One command: .venv/bin/python tests/e2e/ratelimit_accuracy.py [R] [SECONDS] [server|cluster|sentinel]
+(or bench/ratelimit_accuracy.py, which repeats it).
 """
 
 from __future__ import annotations
@@ -103,22 +104,43 @@ def accuracy(stamps: list[float], start: float, seconds: float, rate: int, warmu
     return len(window) / (rate * (seconds - warmup))
 
 
-def main(rate: int = 200, seconds: float = 8.0) -> None:
+def main(rate: int = 200, seconds: float = 8.0, topology: str = "server") -> float:
+    """One run: 3 gateways on a fresh Redis (`server`, a 3-node `cluster`, or a `sentinel` set);
+    prints and returns admitted / allowed over the steady state."""
     import tempfile
 
-    with _Ctx() as ctx:
-        redis, echo = ctx.redis, ctx.echo
-        gws = [Gateway(config(echo.address, redis.url, rate), tempfile.mkdtemp(prefix="fastgw-acc-")).start()
-               for _ in range(3)]
+    with _Ctx(topology) as ctx:
+        echo = ctx.echo
+        cfg = config(echo.address, ctx.url, rate)
+        cfg["redis"].update(ctx.redis_extra)
+        gws = [Gateway(cfg, tempfile.mkdtemp(prefix="fastgw-acc-")).start() for _ in range(3)]
         ctx.gateways = gws
         stamps, statuses, start = run_load([g.port for g in gws], seconds)
-        print(f"R={rate}/s over {seconds:g}s, 3 gateways, 1/2/4 connections: statuses {statuses}; "
-              f"admitted/allowed (steady state) = {accuracy(stamps, start, seconds, rate):.4f}")
+        figure = accuracy(stamps, start, seconds, rate)
+        print(f"R={rate}/s over {seconds:g}s, 3 gateways, 1/2/4 connections, Redis {topology}: statuses {statuses}; "
+              f"admitted/allowed (steady state) = {figure:.4f}")
+        return figure
 
 
 class _Ctx:
+    def __init__(self, topology: str = "server") -> None:
+        self.topology = topology
+
     def __enter__(self):
-        self.redis = RedisServer()
+        from support.redis_topologies import ClusterSet, SentinelSet
+
+        self.redis_extra: dict = {}
+        if self.topology == "cluster":
+            self.redis = ClusterSet()
+            self.url = f"redis://127.0.0.1:{self.redis.ports[0]}"
+            self.redis_extra = {"mode": "cluster"}
+        elif self.topology == "sentinel":
+            self.redis = SentinelSet()
+            self.url = "redis://"
+            self.redis_extra = {"mode": "sentinel", "sentinels": [self.redis.sentinel_address]}
+        else:
+            self.redis = RedisServer()
+            self.url = self.redis.url
         self.echo = EchoServer("echo")
         self.gateways = []
         return self
@@ -131,4 +153,4 @@ class _Ctx:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:2]), *(float(a) for a in sys.argv[2:3]))
+    main(*(int(a) for a in sys.argv[1:2]), *(float(a) for a in sys.argv[2:3]), *sys.argv[3:4])

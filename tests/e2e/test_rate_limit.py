@@ -204,6 +204,37 @@ def test_workers_share_one_limit(echo, gateway_factory):
     assert len(admitted_by) > 1, "one worker took every connection: the test shows nothing"
 
 
+def test_a_dead_workers_in_flight_slots_are_given_back(gateway_factory):
+    """A worker killed mid-request never runs that request's log phase: the supervisor gives its
+    in-flight slots back when it restarts it (the ledger, docs/rate-limiting.md)."""
+    import os
+    import signal
+    import time
+
+    slow_up = RawUpstream(slow(2.0), "slow")
+    try:
+        cfg = simple_config(upstreams={"slow": upstream_config(slow_up.address)},
+                            routes=[route("c", "/", rl({"concurrent": 1, "key": ["route"]}, name="one"),
+                                          upstream="slow")])
+        gw = gateway_factory(cfg, workers=2)
+        workers = gw.descendants()
+        holder = RawConn(gw.port)
+        holder.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.5)     # its request in flight before the probes (else a probe takes the slot)
+        wait_until(lambda: get(gw, "/").status == 503, what="the slot held")
+        owner = wait_until(lambda: socket_owner_pids(gw.port, holder.sock.getsockname()[1], workers),
+                           what="the worker holding the request")
+        os.kill(owner[0], signal.SIGKILL)
+        wait_until(lambda: len(gw.descendants()) == 2 and owner[0] not in gw.descendants(),
+                   what="the worker restarted")
+        holder.close()
+        time.sleep(0.1)
+        assert get(gw, "/").status == 200          # admitted (answered after the upstream's 2s)
+        assert "ratelimit_slots_released" in gw.stderr
+    finally:
+        slow_up.close()
+
+
 def test_config_errors_name_the_path(tmp_path):
     import subprocess
     import sys

@@ -479,7 +479,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[2].kind", "unsupported kind 'Pod' (v1); supported: Gateway, HTTPRoute "
          "(gateway.networking.k8s.io/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
          "(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
-         "(gateway.networking.k8s.io/v1)", line_of("kind: Pod")),
+         "(gateway.networking.k8s.io/v1), BackendTrafficPolicy (gateway.envoyproxy.io/v1alpha1, its rateLimit)",
+         line_of("kind: Pod")),
     ]
 
 

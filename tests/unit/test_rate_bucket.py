@@ -116,3 +116,27 @@ def _rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def test_in_flight_ledger_gives_back_a_dead_workers_slots():
+    t = _core.RateTable(1024, seed=7, workers=2)
+    pid = os.fork()
+    if pid == 0:     # worker 1 takes all three slots and dies without leaving
+        t.set_worker(1)
+        os._exit(0 if all(t.enter(b"c", T0, 3)[0] for _ in range(3)) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert t.enter(b"c", T0, 3)[0] is False          # held by a process that is gone
+    assert t.release_worker(0) == 0                  # another worker's row: nothing
+    assert t.release_worker(1) == 3
+    assert t.release_worker(1) == 0                  # once
+    assert t.enter(b"c", T0, 3) == (True, 1)
+
+
+def test_ledger_follows_enter_and_leave():
+    t = _core.RateTable(1024, seed=7, workers=1)
+    t.set_worker(0)
+    assert t.enter(b"d", T0, 5)[0] and t.enter(b"d", T0, 5)[0]
+    t.leave(b"d", T0)
+    assert t.release_worker(0) == 1                  # one still held
+    assert t.enter(b"d", T0, 1) == (True, 1)         # the count is back to 0 before this one

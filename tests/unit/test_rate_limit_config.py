@@ -68,3 +68,37 @@ def test_redis_url_checked_and_redacted():
     shown = msgspec.json.encode(redacted_config(cfg)).decode()
     assert "hunter2" not in shown and "redis://:<redacted>@h:6379/0" in shown
     assert redacted_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_redis_sentinel_and_cluster_settings():
+    ok = "{type: rate_limit, limits: [{rate: 1, scope: cluster}]}"
+    cfg = load(ok, "redis: {url: 'redis://:pw@/2', mode: sentinel, sentinels: ['10.0.0.1:26379', '[::1]'],"
+                   " service: main, sentinel_password: s3cret}\n")
+    assert cfg.redis.mode == "sentinel" and cfg.redis.service == "main" and cfg.redis.timeout == 0.25
+    shown = msgspec.json.encode(redacted_config(cfg)).decode()
+    assert "s3cret" not in shown and "pw@" not in shown
+    cfg = load(ok, "redis: {url: 'redis://10.0.0.1:7000', mode: cluster, nodes: ['10.0.0.2:7000']}\n")
+    assert cfg.redis.nodes == ["10.0.0.2:7000"]
+    text = errors(ok, "redis: {url: 'redis://', mode: sentinel}\n")
+    assert "$.redis.sentinels" in text and "Sentinels' addresses" in text
+    text = errors(ok, "redis: {url: 'redis://h', mode: sentinel, sentinels: ['h:notaport']}\n")
+    assert "$.redis.sentinels[0]" in text
+    text = errors(ok, "redis: {url: 'redis://h', mode: cluster, nodes: ['a/b']}\n")
+    assert "$.redis.nodes[0]" in text
+    text = errors(ok, "redis: {url: 'redis://h', nodes: ['a:1']}\n")
+    assert "$.redis.nodes" in text and "mode: cluster" in text
+    text = errors(ok, "redis: {url: 'redis://h', mode: ring}\n")
+    assert "$.redis.mode" in text
+    text = errors(ok, "redis: {url: 'redis://', mode: cluster}\n")
+    assert "$.redis.url" in text and "no host" in text
+
+
+def test_cluster_keys_are_hash_tagged():
+    from fastgw.config.ratelimit import Redis
+    from fastgw.ratelimit_cluster import bucket_key
+
+    assert bucket_key(Redis(url="redis://h"), 1, 2) == "fastgw:rl:0000000000000001:0000000000000002"
+    assert bucket_key(Redis(url="redis://h", mode="cluster"), 1, 2) == "fastgw:rl:{0000000000000001:0000000000000002}"
+    text = errors("{type: rate_limit, limits: [{rate: 1, scope: cluster}]}",
+                  "redis: {url: 'redis://h', mode: cluster, key_prefix: '{x}:'}\n")
+    assert "$.redis.key_prefix" in text
