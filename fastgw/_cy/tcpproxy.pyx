@@ -208,6 +208,7 @@ cdef void stream_connect(Tunnel t, Route route) except *:
     t.group = group
     t.target = target
     t.target_index = i
+    target.active += 1                      # least request: an open stream counts as a request
     t.idle_timeout = route_tunnels(route).idle_timeout
     t.state = T_CONNECTING
     t.deadline = monotonic() + group.connect_timeout
@@ -303,6 +304,8 @@ cdef void stream_finished(Tunnel t) except *:
     cdef StreamStats st
     cdef Route route = t.route
     cdef PolicyChain chain
+    if t.target is not None:
+        t.target.active -= 1
     if route is not None and (t.down.nbytes or t.up.nbytes):
         st = _stats(t.listen_address, route)
         st.bytes_received += t.down.nbytes
