@@ -281,3 +281,45 @@ def test_tls_stream_listener_config_errors(listener, why):
     with pytest.raises(ConfigError) as info:
         loads_config(json.dumps(cfg), "json")
     assert why in str(info.value) and "$.listeners[0]" in str(info.value)
+
+
+def test_a_reload_swaps_the_certificate_and_keeps_open_tunnels(gateway_factory, tmp_path):
+    echo = TcpEcho("e")
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    cert1, key1 = make_cert(one, ["a.example.com"])
+    cert2, key2 = make_cert(two, ["a.example.com"])
+    live_cert, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    live_cert.write_bytes(cert1.read_bytes())
+    live_key.write_bytes(key1.read_bytes())
+    cfg = {"listeners": [{"address": "127.0.0.1:0", "name": "web"},
+                         {"address": "127.0.0.2:0", "name": "term", "protocol": "tls",
+                          "tls": {"certificates": [{"cert": str(live_cert), "key": str(live_key)}]}}],
+           "upstreams": {"u": upstream_config(echo.address)},
+           "routes": [{"name": "http", "listeners": ["web"], "upstream": "u"},
+                      {"name": "t", "listeners": ["term"], "upstream": "u"}]}
+    try:
+        g = gateway_factory(cfg, workers=1)
+        raw = socket.create_connection((EDGE, g.ports[1]), timeout=10)
+        old = client_context(cert1).wrap_socket(raw, server_hostname="a.example.com")
+        old.sendall(b"1")
+        got = b""
+        while len(got) < 3:
+            got += old.recv(10)
+        assert got == b"e:1"
+        live_cert.write_bytes(cert2.read_bytes())
+        live_key.write_bytes(key2.read_bytes())
+        n = g.stderr_line_count()
+        g.reload(cfg)
+        wait_until(lambda: "configuration reloaded" in g.stderr_since(n), what="the worker reloaded")
+        assert _talk(g.ports[1], cert2, "a.example.com", b"new", half_close=False) == b"e:new"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _talk(g.ports[1], cert1, "a.example.com", b"x", half_close=False)
+        old.sendall(b"2")                        # the tunnel from before the reload goes on
+        got = b""
+        while not got.endswith(b"2"):
+            got += old.recv(10)
+        old.close()
+    finally:
+        echo.close()
