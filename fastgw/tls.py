@@ -148,6 +148,7 @@ class DirectSSLObject(ssl.SSLObject):
         self = super()._create(*args, **kwargs)
         inner = self._sslobj
         self.read, self.write, self.pending = inner.read, inner.write, inner.pending
+        self.do_handshake = inner.do_handshake
         return self
 
 

@@ -529,8 +529,10 @@ cdef class Tunnel:
 
     @property
     def kind(self):
-        if self.ex is not None or self.listener is None:
+        if self.ex is not None or self.listen_address is None:
             return "websocket" if self.websocket else "upgrade"
+        if self.listener is None:               # refused before a stream listener was known
+            return "tcp"
         if self.terminate:
             return "tls"
         return "tls-passthrough" if self.listener.hello else "tcp"
