@@ -13,6 +13,7 @@ handshake and the drain cancel out. The client and the upstream are outside valg
     .venv/bin/python bench/https_instructions.py --top 30    # and the functions that cost the most
     .venv/bin/python bench/https_instructions.py --plain     # the same over plain HTTP, for the ratio
     .venv/bin/python bench/https_instructions.py --nginx     # nginx (one process) in fastgw's place
+    .venv/bin/python bench/https_instructions.py --handshakes [--rsa]   # a full handshake per request
 
 bench/README.md (HTTPS) has the figures.
 """
@@ -83,12 +84,30 @@ def requests(s, n: int) -> None:
             raise SystemExit(f"unexpected response: {got[:200]!r}")
 
 
+RSA = False                 # --rsa: an RSA 2048 certificate instead of ECDSA P-256
+HANDSHAKES = False          # --handshakes: every request on a new connection, a full TLS handshake each
+
+
+def run(port: int, plain: bool, n: int) -> str:
+    """n requests: on one keep-alive connection, or (--handshakes) each on its own; the cipher."""
+    if not HANDSHAKES:
+        s, cipher = _client(port, plain)
+        requests(s, n)
+        s.close()
+        return cipher
+    for _ in range(n):
+        s, cipher = _client(port, plain)     # Python's client never resumes unless given a session
+        requests(s, 1)
+        s.close()
+    return cipher
+
+
 def measure(d: Path, plain: bool, n: int, nginx: bool = False) -> tuple[int, Path, str]:
     srv, up_port = upstream()
     crt, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=bench"],
-                   check=True, capture_output=True)  # fmt: skip
+    alg = ["-newkey", "rsa:2048"] if RSA else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    subprocess.run(["openssl", "req", "-x509", *alg, "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2",
+                    "-subj", "/CN=bench"], check=True, capture_output=True)  # fmt: skip
     tls = "" if plain else f", tls: {{certificates: [{{cert: '{crt}', key: '{key}'}}]}}"
     cfg = d / "fastgw.yaml"
     cfg.write_text(f"""
@@ -127,17 +146,7 @@ routes:
                 port = int(m.group(1))
         if port is None or worker is None:
             raise SystemExit("the gateway did not start under valgrind:\n" + "".join(lines[-30:]))
-        raw = socket.create_connection(("127.0.0.1", port), timeout=120)
-        if plain:
-            s, cipher = raw, "none"
-        else:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            s = ctx.wrap_socket(raw)
-            cipher = f"{s.version()} {s.cipher()[0]}"
-        requests(s, n)
-        s.close()
+        cipher = run(port, plain, n)
     finally:
         proc.terminate()
         try:
@@ -198,14 +207,13 @@ http {{
         deadline = time.monotonic() + 120
         while True:
             try:
-                s, cipher = _client(port, plain)
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit("nginx did not start under valgrind") from None
                 time.sleep(0.5)
-        requests(s, n)
-        s.close()
+        cipher = run(port, plain, n)
     finally:
         proc.terminate()
         proc.wait(120)
@@ -221,16 +229,23 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=0, metavar="K", help="the K costliest functions per request")
     ap.add_argument("--plain", action="store_true", help="plain HTTP instead of HTTPS")
     ap.add_argument("--nginx", action="store_true", help="measure nginx instead of fastgw")
+    ap.add_argument("--handshakes", action="store_true", help="a new connection (full handshake) per request")
+    ap.add_argument("--rsa", action="store_true", help="an RSA 2048 certificate (default ECDSA P-256)")
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    global LOW, HIGH, HANDSHAKES, RSA
+    RSA = args.rsa
+    if args.handshakes:
+        HANDSHAKES, LOW, HIGH = True, 50, 250
     d = Path(args.keep or tempfile.mkdtemp(prefix="fastgw-https-ir-"))
     d.mkdir(parents=True, exist_ok=True)
     ir_low, low, cipher = measure(d, args.plain, LOW, args.nginx)
     ir_high, high, _ = measure(d, args.plain, HIGH, args.nginx)
     print(f"instructions/request: {round((ir_high - ir_low) / (HIGH - LOW))} "
-          f"({'nginx' if args.nginx else 'fastgw'}, {'http' if args.plain else 'https'}, {cipher})")
+          f"({'nginx' if args.nginx else 'fastgw'}, {'http' if args.plain else 'https'}, {cipher}"
+          f"{', a full handshake per request' if HANDSHAKES else ''})")
     if args.top:
         a, b = per_function(low), per_function(high)
         diff = {f: (b.get(f, 0) - a.get(f, 0)) / (HIGH - LOW) for f in set(a) | set(b)}
