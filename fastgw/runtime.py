@@ -339,15 +339,19 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
 
 
 def compile_streams(cfg: GatewayConfig, routes: dict) -> dict[str, _core.StreamListener]:
-    """tcp and tls-passthrough addresses -> their routes (only routes that name the listener attach),
-    hosts intersected with the listener's hostname."""
+    """tcp, tls-passthrough and tls addresses -> their routes (only routes that name the listener
+    attach), hosts intersected with the listener's hostname; each entry says whether its listener
+    terminates TLS (a tls address may also hold tls-passthrough listeners)."""
     streams: dict[str, _core.StreamListener] = {}
     attached: dict[str, list] = {}
     modes: dict[str, str] = {}
+    names: dict[str, str | None] = {}
     for listener in cfg.listeners:
         if listener.protocol == "http":
             continue
-        modes[listener.address] = listener.protocol
+        if modes.get(listener.address) != "tls":
+            modes[listener.address] = listener.protocol
+        names.setdefault(listener.address, listener.name)
         entries = attached.setdefault(listener.address, [])
         for route in cfg.routes:
             if route.listeners is None or listener.name not in route.listeners:
@@ -355,9 +359,10 @@ def compile_streams(cfg: GatewayConfig, routes: dict) -> dict[str, _core.StreamL
             for m in route.all_matches:
                 hosts = intersect_hosts(m.hosts, listener.hostname)
                 if hosts != []:
-                    entries.append((hosts, routes[route.name]))
+                    entries.append((hosts, routes[route.name], listener.protocol == "tls", listener.name))
     for address, entries in attached.items():
-        streams[address] = _core.StreamListener(modes[address], entries, cfg.limits.header_timeout)
+        streams[address] = _core.StreamListener(modes[address], entries, cfg.limits.header_timeout,
+                                                name=names[address])
     return streams
 
 

@@ -74,11 +74,18 @@ class BoundListener:
     host: str
     port: int
     tls: bool = False           # the address terminates TLS (its listeners have `tls`)
+    stream: str | None = None   # a stream listener's protocol (tcp, tls-passthrough, tls), else None
+
+    @property
+    def scheme(self) -> str:
+        if self.stream is not None:
+            return "tcp" if self.stream == "tcp" else "tls"
+        return "https" if self.tls else "http"
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if self.family == socket.AF_INET6 else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 def _reuseport_socket(family: int, host: str, port: int) -> socket.socket:
@@ -137,12 +144,22 @@ def bind_placeholders(cfg: GatewayConfig, reuse_port: bool = False
             sock = _bind_unless_served(listener.address, listener.host, listener.port, reuse_port)
             socks.append(sock)
             tls = any(lst.tls is not None for lst in cfg.listeners if lst.address == listener.address)
-            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1], tls)
+            stream = _stream_protocol(cfg, listener.address)
+            bound[listener.address] = BoundListener(sock.family, sock.getsockname()[0], sock.getsockname()[1], tls,
+                                                    stream)
     except BaseException:
         for sock in socks:
             sock.close()
         raise
     return socks, bound
+
+
+def _stream_protocol(cfg: GatewayConfig, address: str) -> str | None:
+    """The stream protocol of an address (tls when tls and tls-passthrough listeners share it)."""
+    found = {lst.protocol for lst in cfg.listeners if lst.address == address and lst.protocol != "http"}
+    if not found:
+        return None
+    return "tls" if "tls" in found else found.pop()
 
 
 def _bind_unless_served(address: str, host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -673,7 +690,10 @@ def run_worker(cfg: GatewayConfig, generation: int, index: int, bound: dict[str,
     for address, b in bound.items():
         sock = _reuseport_socket(b.family, b.host, b.port)
         endpoint = tls_endpoints.by_address.get(address)
-        if endpoint is None:
+        if b.stream is not None:
+            # a stream listener terminates TLS itself, after reading the ClientHello (tlsterm.pyx)
+            server = loop.create_server(worker.protocol_factory(address, endpoint), sock=sock, backlog=4096)
+        elif endpoint is None:
             server = loop.create_server(worker.protocol_factory(address), sock=sock, backlog=4096)
         else:
             server = loop.create_server(worker.protocol_factory(address, endpoint), sock=sock, backlog=4096,

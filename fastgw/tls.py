@@ -137,6 +137,21 @@ def build_table(tls_listeners: list[Listener]) -> CertTable:
     return CertTable(exact, wildcard, default or first)
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """The SSLObject of a TLS listener's connections. uvloop's sslproto (and tlsterm.pyx) call
+    read, write and pending once or more per record; ssl.SSLObject's are Python methods that only
+    forward to the C object, a Python frame per call. Here they are the C object's own bound
+    methods (same arguments), so a keep-alive HTTPS request runs no Python bytecode for its TLS."""
+
+    @classmethod
+    def _create(cls, *args, **kwargs):
+        self = super()._create(*args, **kwargs)
+        inner = self._sslobj
+        self.read, self.write, self.pending = inner.read, inner.write, inner.pending
+        self.do_handshake = inner.do_handshake
+        return self
+
+
 class TlsEndpoint:
     """One TLS listening address: the front context its socket was created with and the certificate
     table its handshakes pick from."""
@@ -145,6 +160,7 @@ class TlsEndpoint:
         self.address = address
         self.handshake_timeout = tls.handshake_timeout
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.sslobject_class = DirectSSLObject
         _settings(self.ctx, tls)
         self.ctx.sni_callback = self._on_sni
         self.table: CertTable | None = None

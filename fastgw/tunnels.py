@@ -11,7 +11,7 @@ from .metrics import Family, counter, gauge, register
 
 __all__ = ["tunnel_families"]
 
-KINDS = ("websocket", "upgrade", "tcp", "tls-passthrough")
+KINDS = ("websocket", "upgrade", "tcp", "tls-passthrough", "tls")
 
 
 def tunnel_families(worker) -> list[Family]:

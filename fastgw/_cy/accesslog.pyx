@@ -279,6 +279,17 @@ cdef int _time(WBuf* b, bint json) except -1:
     return 0
 
 
+cdef inline int _stream_key(WBuf* b, bytes key, bint json) except -1:
+    """`,"key":` (JSON) or ` key=` (text) before a stream line's field."""
+    if json:
+        wb_put(b, b',"', 2)
+        wb_put(b, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        return wb_put(b, b'":', 2)
+    wb_put(b, b" ", 1)
+    wb_put(b, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+    return wb_put(b, b"=", 1)
+
+
 # ---- the policy --------------------------------------------------------------------------------------
 
 cdef class AccessLogPolicy(Policy):
@@ -435,6 +446,61 @@ cdef class AccessLogPolicy(Policy):
                     return _str_field(b, p + h.fields[i].value, h.fields[i].value_len, json)
             return _null(b, json)
         return _null(b, json)
+
+    cdef int on_stream(self, Tunnel t) except -1:
+        """The line of a stream connection (tcp, tls-passthrough, tls), written when it ends. It
+        has no Exchange, so it has its own fixed fields (docs/tunnels.md#access-log); the text
+        template is HTTP's and does not apply: a text line is `key=value` pairs."""
+        cdef object sink_obj = t.worker.access_log
+        cdef LineSink sink
+        cdef WBuf* b
+        cdef bint json = self.json
+        cdef double now = monotonic()
+        if sink_obj is None or self._sampled_out():
+            return 0
+        sink = <LineSink>sink_obj
+        b = sink.begin_line()
+        if b == NULL:
+            return 0
+        wb_put(b, b'{"time":' if json else b"time=", 8 if json else 5)
+        _time(b, json)
+        _stream_key(b, b"kind", json)
+        _str_field(b, b"stream", 6, json)
+        _stream_key(b, b"protocol", json)
+        _unicode_field(b, t.kind, json)
+        _stream_key(b, b"client_ip", json)
+        _str_field(b, PyBytes_AS_STRING(t.client_addr), PyBytes_GET_SIZE(t.client_addr), json) \
+            if t.client_addr is not None else _null(b, json)
+        _stream_key(b, b"client_port", json)
+        wb_put_int(b, t.client_port)
+        _stream_key(b, b"listener", json)
+        _unicode_field(b, t.listener_name, json)
+        _stream_key(b, b"sni", json)
+        if t.sni is not None:
+            _str_field(b, PyBytes_AS_STRING(t.sni), PyBytes_GET_SIZE(t.sni), json)
+        else:
+            _null(b, json)
+        _stream_key(b, b"route", json)
+        _unicode_field(b, t.route.name if t.route is not None else None, json)
+        _stream_key(b, b"upstream", json)
+        _unicode_field(b, t.group.name if t.group is not None else None, json)
+        _stream_key(b, b"target", json)
+        _unicode_field(b, t.target.address if t.target is not None else None, json)
+        _stream_key(b, b"bytes_received", json)
+        wb_put_int(b, t.down.nbytes)
+        _stream_key(b, b"bytes_sent", json)
+        wb_put_int(b, t.up.nbytes)
+        _stream_key(b, b"duration_ms", json)
+        _ms(b, now - t.t_accept)
+        _stream_key(b, b"upstream_connect_ms", json)
+        _ms(b, t.t_connected - t.t_accept) if t.t_connected else _null(b, json)
+        _stream_key(b, b"termination", json)
+        _unicode_field(b, <str>TERMINATION_NAMES[t.termination] or None, json)
+        _stream_key(b, b"flags", json)
+        _flags(b, t.flags, json)
+        wb_put(b, b"}\n" if json else b"\n", 2 if json else 1)
+        sink.end_line()
+        return 0
 
     cdef int _query(self, WBuf* b, const char* q, Py_ssize_t n, bint json) except -1:
         """The query, with the values of the redacted parameters (all, when none is named) as

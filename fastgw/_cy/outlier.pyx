@@ -95,6 +95,11 @@ cdef class OutlierState:
             return self._eject(i, now, EJ_FAILURES)
         return False
 
+    cdef void connected(self, Py_ssize_t i) noexcept:
+        """A stream connection to target i was made (no response to judge): failures reset."""
+        if 0 <= i < self.n:
+            self.failures[i] = 0
+
     cdef bint responded(self, Py_ssize_t i, int status, double now) except -1:
         """Target i answered with `status`. True when a 5xx streak ejects it now."""
         if i < 0 or i >= self.n:

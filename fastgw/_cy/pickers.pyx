@@ -215,6 +215,11 @@ cdef class TargetPicker:
     cdef Py_ssize_t pick(self, Exchange ex) except -2:
         return self.rr.pick()
 
+    cdef Py_ssize_t pick_for_client(self, bytes client_ip) except -2:
+        """A stream connection's pick: only the client's IP is known (hash pickers keyed on it use it;
+        the others pick as for a keyless request)."""
+        return self.pick(None)
+
     cdef void _compact(self) noexcept:
         cdef Py_ssize_t i
         cdef uint64_t total = 0
@@ -323,6 +328,14 @@ cdef class HashPicker(TargetPicker):
 
     cdef Py_ssize_t lookup(self, uint64_t h) noexcept:
         return -1
+
+    cdef Py_ssize_t pick_for_client(self, bytes client_ip) except -2:
+        if self.source != KS_CLIENT_IP or client_ip is None:
+            return self._random_available()
+        return self.lookup(hash_bytes(PyBytes_AS_STRING(client_ip), PyBytes_GET_SIZE(client_ip)))
+
+    def pick_for_client_for_test(self, bytes client_ip):
+        return self.pick_for_client(client_ip)
 
     def lookup_for_test(self, uint64_t h):
         return self.lookup(h)

@@ -155,6 +155,22 @@ cdef class UpstreamGroup:
             ex.target_index = i
         return <Target>self.targets[i]
 
+    cdef Py_ssize_t pick_for_key(self, bytes client_ip) except -2:
+        """A stream connection's target index (-1: none): as pick(), with the client's IP as the key
+        of a hash balancer (a stream has no request to take a header, cookie or path from)."""
+        if not self.targets:
+            return -1
+        if self.outlier is not None and self.outlier.n_ejected:
+            self._return_due()
+        if self.picker is None:
+            return self.balancer.pick()
+        return self.picker.pick_for_client(client_ip)
+
+    cdef void attempt_connected(self, Py_ssize_t i) except *:
+        """A stream's connect to target i succeeded: its run of connect failures ends."""
+        if self.outlier is not None:
+            self.outlier.connected(i)
+
     cdef Target pick_other(self, Exchange ex, Target avoid):
         """A target other than `avoid` for a retry, or None when the balancer offers no other."""
         cdef Target t

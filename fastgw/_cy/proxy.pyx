@@ -247,7 +247,7 @@ cdef class Worker:
         of the listeners configured on that address. tls_endpoint: the address's
         fastgw.tls.TlsEndpoint when it terminates TLS."""
         if self.runtime.streams and listen_address in self.runtime.streams:
-            return functools.partial(stream_connection, self, listen_address)    # tcpproxy.pyx
+            return functools.partial(stream_connection, self, listen_address, tls_endpoint)    # tcpproxy.pyx
         return functools.partial(ClientConn, self, listen_address, tls_endpoint)
 
     def start(self):

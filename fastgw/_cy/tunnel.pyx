@@ -17,12 +17,26 @@
 
 from libc.stdint cimport uint8_t
 
+cdef class TlsSide
+
 cdef enum:
-    T_HELLO = 0          # tls-passthrough: waiting for the ClientHello that names the route
+    T_HELLO = 0          # tls-passthrough / tls: waiting for the ClientHello that names the route
     T_CONNECTING         # the upstream connection is being made; the client's bytes are held
     T_OPEN
     T_CLOSING            # going away: close frames sent, the peers' answers awaited
     T_DONE
+    T_HANDSHAKE          # tls (terminate): the client's TLS handshake is under way
+
+    # how a stream connection ended (its access log line's `termination`)
+    TE_NONE = 0
+    TE_DONE              # both directions finished with a FIN (or a TLS close_notify)
+    TE_CLIENT_CLOSED     # the client closed (or half-closed towards a side that cannot) first
+    TE_UPSTREAM_CLOSED
+    TE_CLIENT_RESET
+    TE_UPSTREAM_RESET
+    TE_IDLE_TIMEOUT
+    TE_DRAIN             # the drain's time was up
+    TE_REFUSED           # never tunnelled: the flags say why
 
     TUNNEL_HOLD_MAX = 262144       # client bytes held before the upstream is there: reading pauses past it
     WS_CLOSE_GRACE = 1             # seconds a going-away tunnel waits for the peers' close frames
@@ -87,6 +101,10 @@ cdef bytes _ws_close_to_upstream():
     cdef bytes key = os.urandom(4)
     masked = bytes(b ^ key[i % 4] for i, b in enumerate(_WS_GOING_AWAY_PAYLOAD))
     return b"\x88" + bytes([0x80 | len(_WS_GOING_AWAY_PAYLOAD)]) + key + masked
+
+
+cdef tuple TERMINATION_NAMES = ("", "done", "client_closed", "upstream_closed", "client_reset", "upstream_reset",
+                                "idle_timeout", "drain", "refused")
 
 
 cdef class TunnelSettings:
@@ -221,8 +239,26 @@ cdef class TunnelEnd:
     cdef bint closed             # its connection is gone
     cdef bint write_paused
     cdef bint close_sent         # going away: a close frame went to this side
-    cdef long long nbytes        # bytes this side sent
+    cdef long long nbytes        # bytes this side sent (plaintext, when the gateway terminates its TLS)
     cdef WsTrack track           # frames this side sends
+    cdef TlsSide tls             # a terminating stream listener's client side (tlsterm.pyx), else None
+
+    cdef inline void send(self, bytes data) except *:
+        """Bytes to this side (encrypted first when the gateway terminates its TLS)."""
+        if self.tls is None:
+            self.transport.write(data)
+        else:
+            tls_send(self, data)
+
+    cdef bint send_eof(self) except -1:
+        """A FIN towards this side; False when its transport cannot half-close."""
+        if self.tls is not None:
+            tls_send_eof(self)
+            return True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            return True
+        return False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -239,7 +275,7 @@ cdef class TunnelEnd:
             self.nbytes += n
             if t.websocket:
                 ws_track(&self.track, <const uint8_t*>PyBytes_AS_STRING(data), n)
-            self.peer.transport.write(data)
+            self.peer.send(data)
         elif t.state == T_CLOSING:
             # only a close frame is awaited from a side that was sent one; the rest is dropped
             if self.close_sent:
@@ -250,21 +286,27 @@ cdef class TunnelEnd:
             t.early_data(data)
 
     def data_received(self, bytes data):
-        self.feed(data)
+        if self.tls is None:
+            self.feed(data)
+        else:
+            tls_received(self, data)
 
     def eof_received(self):
         cdef Tunnel t = self.tunnel
+        if self.eof:
+            return True
         self.eof = True
         if t.state == T_OPEN:
             if self.peer.eof:
+                t.ended(TE_DONE)
                 t.close_both()          # both directions are done
                 return True
-            if self.peer.transport.can_write_eof():
-                self.peer.transport.write_eof()
+            if self.peer.send_eof():
                 return True
+            t.ended(TE_CLIENT_CLOSED if self.is_client else TE_UPSTREAM_CLOSED)
             t.close_both()
             return True
-        if t.state == T_HELLO or t.state == T_CONNECTING:
+        if t.state == T_HELLO or t.state == T_CONNECTING or t.state == T_HANDSHAKE:
             return True                 # the FIN follows the held bytes once the upstream is there
         return False
 
@@ -314,6 +356,20 @@ cdef class Tunnel:
     cdef Py_ssize_t held_bytes
     cdef bint held_paused
     cdef readonly bytes sni
+    cdef object tls_endpoint              # the address's fastgw.tls.TlsEndpoint (tls listeners)
+    cdef bint terminate                   # the route's listener terminates TLS (tls, not passthrough)
+    cdef str listener_name
+    cdef bytes client_addr
+    cdef int client_port
+    cdef Py_ssize_t target_index
+    cdef double t_accept
+    cdef double t_connected
+    cdef readonly int flags               # RF_* bits: why it was refused or how it failed
+    cdef readonly int termination         # TE_*
+
+    cdef inline void ended(self, int how) noexcept:
+        if self.termination == TE_NONE:
+            self.termination = how
 
     cdef void setup(self, Worker worker, double idle_timeout, bint websocket) except *:
         self.worker = worker
@@ -350,9 +406,11 @@ cdef class Tunnel:
                 self.active = False
                 self.last_active = now
             elif self.idle_timeout > 0 and now - self.last_active >= self.idle_timeout:
+                self.ended(TE_IDLE_TIMEOUT)
                 self.close_both()
         elif self.state != T_DONE and self.deadline > 0 and now >= self.deadline:
             if self.state == T_CLOSING:
+                self.ended(TE_DRAIN)
                 self.close_both()
             else:
                 self.refuse(RF_UPSTREAM_TIMEOUT if self.state == T_CONNECTING else RF_REQUEST_TIMEOUT)
@@ -361,6 +419,7 @@ cdef class Tunnel:
         """The drain's time is up: close frames 1001 where a frame boundary allows, then FIN."""
         if self.state != T_OPEN or not self.websocket:
             if self.state != T_CLOSING:
+                self.ended(TE_DRAIN)
                 self.close_both()
             return
         self.state = T_CLOSING
@@ -382,6 +441,8 @@ cdef class Tunnel:
 
     cdef void close_both(self) except *:
         if self.down.transport is not None and not self.down.closed:
+            if self.down.tls is not None:
+                tls_send_eof(self.down)          # a TLS client is told with a close_notify
             self.down.transport.close()
         if self.up.transport is not None and not self.up.closed:
             self.up.transport.close()
@@ -397,6 +458,13 @@ cdef class Tunnel:
             return
         if self.state == T_CLOSING and not other.closed and other.transport is not None:
             return                           # its close answer, or the grace period, ends it
+        if exc is not None and self.state == T_OPEN:
+            self.ended(TE_CLIENT_RESET if end.is_client else TE_UPSTREAM_RESET)
+            self.flags |= RF_DOWNSTREAM_DISCONNECT if end.is_client else RF_UPSTREAM_RESET
+        elif end.eof and other.eof:
+            self.ended(TE_DONE)
+        else:
+            self.ended(TE_CLIENT_CLOSED if end.is_client else TE_UPSTREAM_CLOSED)
         if other.transport is not None and not other.closed:
             if exc is not None and self.state == T_OPEN:
                 other.transport.abort()      # a reset is passed on as a reset, not as a clean end
@@ -450,6 +518,10 @@ cdef class Tunnel:
     def _up_protocol(self):
         return self.up
 
+    @property
+    def termination_name(self):
+        return TERMINATION_NAMES[self.termination]
+
     def _connect_done(self, task):
         stream_connect_done(self, task)
 
@@ -457,9 +529,13 @@ cdef class Tunnel:
 
     @property
     def kind(self):
-        if self.ex is not None or self.listener is None:
+        if self.ex is not None or self.listen_address is None:
             return "websocket" if self.websocket else "upgrade"
-        return self.listener.mode
+        if self.listener is None:               # refused before a stream listener was known
+            return "tcp"
+        if self.terminate:
+            return "tls"
+        return "tls-passthrough" if self.listener.hello else "tcp"
 
     @property
     def is_open(self):

@@ -86,7 +86,8 @@ class Listener(Base, kw_only=True):
     """TLS termination (HTTPS): certificates chosen by SNI, client certificates (docs/tls.md)."""
     protocol: ListenerProtocol = "http"
     """`tcp`: each connection is piped to its route's upstream; `tls-passthrough`: the ClientHello's
-    SNI picks the route and the TLS bytes are piped, not terminated (docs/tunnels.md)."""
+    SNI picks the route and the TLS bytes are piped, not terminated; `tls`: the SNI picks the route,
+    the gateway terminates TLS with `tls` and pipes the decrypted bytes (docs/tunnels.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -229,6 +229,8 @@ def check_tls(cfg: GatewayConfig, out: list) -> None:
     for i, listener in enumerate(cfg.listeners):
         tls = listener.tls
         base: list[Token] = ["listeners", i, "tls"]
+        if listener.protocol == "tls-passthrough":
+            continue        # shares a tls address with terminating listeners, holds no TLS settings
         j = first_on.setdefault(listener.address, i)
         other = cfg.listeners[j]
         if j != i and (other.tls is None) != (tls is None):

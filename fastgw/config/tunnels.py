@@ -1,6 +1,6 @@
 """Tunnels and stream listeners in the config: a route's `tunnel` (the HTTP/1.1 Upgrade protocols a
-client may switch to, the tunnels' idle timeout) and the checks of `listeners[].protocol` `tcp` and
-`tls-passthrough` and the routes attached to them (docs/tunnels.md)."""
+client may switch to, the tunnels' idle timeout) and the checks of `listeners[].protocol` `tcp`,
+`tls-passthrough` and `tls` (TLS terminated, then TCP) and the routes attached to them (docs/tunnels.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ListenerProtocol", "Tunnel", "check_streams"]
 
-ListenerProtocol = Literal["http", "tcp", "tls-passthrough"]
+ListenerProtocol = Literal["http", "tcp", "tls-passthrough", "tls"]
 
 UpgradeProtocol = Annotated[str, Meta(min_length=1, pattern=r"^(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$")]
 
@@ -56,7 +56,7 @@ def check_streams(cfg: GatewayConfig, out: list) -> None:
         path: list[Token] = ["listeners", i]
         protocol = listener.protocol
         first = by_address.setdefault(listener.address, (protocol, i))
-        if first[0] != protocol:
+        if first[0] != protocol and {first[0], protocol} != {"tls", "tls-passthrough"}:
             out.append(([*path, "protocol"], f"protocol {protocol!r} differs from {first[0]!r} of "
                         f"$.listeners[{first[1]}] on the same address"))
         if protocol == "http":
@@ -69,6 +69,12 @@ def check_streams(cfg: GatewayConfig, out: list) -> None:
             kinds[listener.name] = protocol
         if protocol == "tcp" and listener.hostname is not None:
             out.append(([*path, "hostname"], "a tcp listener has no hostname (TCP carries none)"))
+        if protocol == "tls" and listener.tls is None:
+            out.append(([*path, "tls"], "a tls listener terminates TLS: it needs 'tls' with its certificates "
+                        "(for TLS passed through untouched, use protocol tls-passthrough)"))
+        elif protocol in ("tcp", "tls-passthrough") and listener.tls is not None:
+            out.append(([*path, "tls"], f"a {protocol} listener does not terminate TLS: use protocol tls "
+                        "for a stream listener that does"))
     stream_names = {n for n, k in kinds.items() if k != "http"}
     tcp_taken: dict[str, int] = {}
     for i, route in enumerate(cfg.routes):
@@ -78,14 +84,14 @@ def check_streams(cfg: GatewayConfig, out: list) -> None:
         if not streams:
             continue
         if named - stream_names:
-            out.append(([*base, "listeners"], "a route serves either HTTP listeners or tcp / tls-passthrough "
-                        "listeners, not both"))
+            out.append(([*base, "listeners"], "a route serves either HTTP listeners or tcp / tls-passthrough / "
+                        "tls listeners, not both"))
             continue
         for j, m in enumerate(route.all_matches):
             where = [*base, "matches", j] if route.matches is not None else [*base, "match"]
             if m.path.prefix != "/" or m.path.exact or m.path.template or m.path.regex or m.methods \
                     or m.headers or m.query:
-                out.append((where, "a route on a tcp or tls-passthrough listener matches by hosts (SNI) only"))
+                out.append((where, "a route on a tcp, tls-passthrough or tls listener matches by hosts (SNI) only"))
             if m.hosts is not None:
                 if any(kinds.get(n) == "tcp" for n in streams):
                     out.append(([*where, "hosts"], "a tcp listener has no host to match (TCP carries none)"))
@@ -95,9 +101,9 @@ def check_streams(cfg: GatewayConfig, out: list) -> None:
                     except ValueError as e:
                         out.append(([*where, "hosts", k], str(e)))
         if route.filters is not None or any(b.filters is not None for b in route.backends or ()):
-            out.append(([*base, "filters"], "filters are HTTP's: a tcp or tls-passthrough route has none"))
+            out.append(([*base, "filters"], "filters are HTTP's: a tcp, tls-passthrough or tls route has none"))
         if route.policies:
-            out.append(([*base, "policies"], "policies are HTTP's: a tcp or tls-passthrough route has none"))
+            out.append(([*base, "policies"], "policies are HTTP's: a tcp, tls-passthrough or tls route has none"))
         for name in streams:
             if kinds[name] == "tcp":
                 if name in tcp_taken:

@@ -358,12 +358,12 @@ class _Builder:
                 protocol = self.string(gw, at, li, "protocol", required=True)
                 native_protocol = "http" if protocol == "HTTPS" else listener_protocol(li)
                 if protocol is not None and native_protocol is None:
-                    reason = ("TLS listeners are supported in Passthrough mode (TLSRoute); HTTPS terminates"
+                    reason = ("a TLS listener's tls.mode is Passthrough or Terminate"
                               if protocol == "TLS" else "only HTTP, HTTPS, TCP and TLS listeners are supported")
                     self.err(gw, [*at, "protocol"], f"not supported: protocol {protocol!r} ({reason})")
                     continue
                 tls = None
-                if protocol == "HTTPS":
+                if protocol == "HTTPS" or native_protocol == "tls":
                     tls = self._listener_tls(gw, at, li)
                     if tls is None:
                         continue
@@ -397,7 +397,7 @@ class _Builder:
             self.listeners[gw.key] = out
 
     def _listener_tls(self, gw: Obj, at: list[Token], li: dict[str, Any]) -> dict[str, Any] | None:
-        """An HTTPS listener's `tls`: Terminate with the certificates of its kubernetes.io/tls Secrets."""
+        """An HTTPS (or TLS Terminate) listener's `tls`: the certificates of its kubernetes.io/tls Secrets."""
         if "tls" not in li:
             self.err(gw, at, "an HTTPS listener needs tls.certificateRefs")
             return None
@@ -406,7 +406,8 @@ class _Builder:
                                               "frontendValidation": "not supported: frontendValidation"})
         mode = tls.get("mode", "Terminate")
         if mode != "Terminate":
-            self.err(gw, [*tat, "mode"], f"not supported: mode {mode!r} on an HTTPS listener (Terminate only)")
+            self.err(gw, [*tat, "mode"], f"not supported: mode {mode!r} on an HTTPS listener (Terminate only; "
+                     "Passthrough is a TLS listener's)")
             return None
         certs = []
         for j, ref in enumerate(self.items(gw, tat, tls, "certificateRefs")):
@@ -506,7 +507,7 @@ class _Builder:
                     continue
                 if li.kinds is not None and (GATEWAY_GROUP, route_kind) not in li.kinds:
                     continue
-                if li.protocol != ROUTE_PROTOCOL[route_kind]:
+                if li.protocol not in ROUTE_PROTOCOL[route_kind]:
                     continue
                 if li.hostname is not None and hostnames and not any(
                         _host_intersects(li.hostname, h) for h in hostnames):

@@ -1,7 +1,8 @@
-"""Gateway API TCPRoute and TLSRoute (passthrough) -> native stream routes (docs/tunnels.md).
+"""Gateway API TCPRoute and TLSRoute (Passthrough and Terminate) -> native stream routes (docs/tunnels.md).
 
-A Gateway listener with protocol `TCP` becomes a native `tcp` listener and one with protocol `TLS` and
-`tls.mode: Passthrough` a `tls-passthrough` listener. A TCPRoute's rule becomes a route of weighted
+A Gateway listener with protocol `TCP` becomes a native `tcp` listener, one with protocol `TLS` and
+`tls.mode: Passthrough` a `tls-passthrough` listener, and one in `Terminate` mode a `tls` listener
+with the certificates of its certificateRefs. A TCPRoute's rule becomes a route of weighted
 backends on the tcp listeners it attaches to; when several TCPRoutes attach to one tcp listener only
 the oldest (creationTimestamp, then namespace/name) carries its traffic, as the spec's conflict rule
 and the TCPRouteMultipleRoutesAttachment conformance test ask. A TLSRoute's hostnames become the
@@ -17,15 +18,16 @@ if TYPE_CHECKING:
     from ..config.positions import Token
     from .frontend import _Builder
 
-__all__ = ["ROUTE_PROTOCOL", "STREAM_ROUTE_VERSIONS", "listener_protocol", "map_stream_routes", "passthrough"]
+__all__ = ["ROUTE_PROTOCOL", "STREAM_ROUTE_VERSIONS", "listener_protocol", "map_stream_routes", "passthrough",
+           "terminate"]
 
 GROUP = "gateway.networking.k8s.io"
 STREAM_ROUTE_VERSIONS = {
     "TCPRoute": (f"{GROUP}/v1alpha2",),
     "TLSRoute": (f"{GROUP}/v1alpha2", f"{GROUP}/v1alpha3", f"{GROUP}/v1"),
 }
-#: the native listener protocol each route kind attaches to
-ROUTE_PROTOCOL = {"HTTPRoute": "http", "TCPRoute": "tcp", "TLSRoute": "tls-passthrough"}
+#: the native listener protocols each route kind attaches to
+ROUTE_PROTOCOL = {"HTTPRoute": ("http",), "TCPRoute": ("tcp",), "TLSRoute": ("tls-passthrough", "tls")}
 
 
 def passthrough(item: Any) -> bool:
@@ -34,6 +36,14 @@ def passthrough(item: Any) -> bool:
         return False
     tls = item.get("tls")
     return isinstance(tls, dict) and tls.get("mode") == "Passthrough" and set(tls) <= {"mode"}
+
+
+def terminate(item: Any) -> bool:
+    """A Gateway listener of protocol TLS in Terminate mode (TLSRoute; the gateway holds the key)."""
+    if not isinstance(item, dict) or item.get("protocol") != "TLS":
+        return False
+    tls = item.get("tls")
+    return isinstance(tls, dict) and tls.get("mode", "Terminate") == "Terminate"
 
 
 def listener_protocol(item: Any) -> str | None:
@@ -45,6 +55,8 @@ def listener_protocol(item: Any) -> str | None:
         return "tcp"
     if passthrough(item):
         return "tls-passthrough"
+    if terminate(item):
+        return "tls"
     return None
 
 

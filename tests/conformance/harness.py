@@ -340,7 +340,8 @@ class GatewayProcess:
             for raw in self.proc.stderr:
                 line = raw.decode(errors="replace").rstrip()
                 self.stderr.append(line)
-                if "listening on http://" in line or "listening on https://" in line:
+                if any(f"listening on {scheme}://" in line for scheme in ("http", "https", "tcp", "tls")) \
+                        and "admin API listening" not in line:
                     listening.add(line.rsplit("://", 1)[1])
                     if len(listening) >= len(self.addresses):
                         ready.set()

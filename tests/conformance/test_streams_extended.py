@@ -2,8 +2,9 @@
 13 §4): each suite's Gateways, routes and backends become manifests, `load_manifests` maps them to the
 native config, a real gateway serves it, and every case runs over real sockets against echo-tcp-like
 backends (a line with the pod name, then echo; the TLS ones terminate with a certificate for the
-suite's names and answer HTTP for the `https` application). Suites that need TLS termination at the
-gateway (TLS listeners in Terminate mode) are skipped with that reason: they are wt-tls's."""
+suite's names and answer HTTP for the `https` application). TLS listeners in Terminate mode get their
+certificateRefs as kubernetes.io/tls Secrets and BackendTLSPolicies their CA as a ConfigMap, all made
+from one self-signed certificate for every name of the suite (so it is also the CA that verifies)."""
 
 from __future__ import annotations
 
@@ -38,11 +39,6 @@ def _stream_suites() -> list[dict[str, Any]]:
     return [s for s in DATA["suites"] if any(r["kind"] in ("TCPRoute", "TLSRoute") for r in s.get("routes", []))]
 
 
-def _terminates(suite: dict[str, Any]) -> bool:
-    return any(li["protocol"] in ("HTTPS",) or (li.get("tls") or {}).get("mode") == "Terminate"
-               for g in suite["gateways"] for li in g["listeners"])
-
-
 def _params() -> list[Any]:
     if DATA is None:
         if in_ci():
@@ -51,10 +47,7 @@ def _params() -> list[Any]:
     out = []
     for s in _stream_suites():
         for c in s["cases"]:
-            marks = []
-            if _terminates(s):
-                marks.append(pytest.mark.skip(reason="TLS termination on a stream listener (TLSRoute Terminate) is not built yet"))
-            out.append(pytest.param(s["name"], c["id"], id=c["id"], marks=marks))
+            out.append(pytest.param(s["name"], c["id"], id=c["id"]))
     return out
 
 
@@ -119,7 +112,7 @@ class World:
         for b in suite["backends"]:
             for p in b["ports"]:
                 tls = p["port"] in (443, 8443) and (b.get("tls_certificate") or "tls" in p.get("name", ""))
-                be = Backend(f"{b['name']}-pod", ctx if tls else None)
+                be = Backend(f"{b.get('pods_of') or b['name']}-pod", ctx if tls else None)
                 self.backends[(b["name"], p["port"])] = be
             docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": b["name"], "namespace": NAMESPACE},
                          "spec": {"ports": [{"name": p.get("name", "p"), "port": p["port"], "protocol": "TCP"}
@@ -131,17 +124,35 @@ class World:
                          "ports": [{"name": p.get("name", "p"), "port": self.backends[(b["name"], p["port"])].port,
                                     "protocol": "TCP"} for p in b["ports"]],
                          "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]})
+        cert_pem, key_pem = self.cert.read_text(), key.read_text()
+        secrets: set[str] = set()
         self.port_map: dict[tuple[str, int], int] = {}
         for gw in suite["gateways"]:
             listeners = []
             for li in gw["listeners"]:
                 out = {k: li[k] for k in ("name", "port", "protocol", "hostname", "tls") if li.get(k) is not None}
+                refs = (li.get("tls") or {}).get("certificateRefs")
+                if refs:
+                    out["tls"] = {**li["tls"], "certificateRefs": [{"kind": "Secret", "name": r} for r in refs]}
+                    secrets.update(refs)
                 out["allowedRoutes"] = {"namespaces": {"from": "All"}}
                 listeners.append(out)
                 self.port_map.setdefault((gw["name"], li["port"]), free_port())
             docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                          "metadata": {"name": gw["name"], "namespace": NAMESPACE},
                          "spec": {"gatewayClassName": "fastgw", "listeners": listeners}})
+        for name in sorted(secrets):
+            docs.append({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                         "metadata": {"name": name, "namespace": NAMESPACE},
+                         "stringData": {"tls.crt": cert_pem, "tls.key": key_pem}})
+        for pol in suite.get("backend_tls_policies", []):
+            for ref in pol["validation"].get("caCertificateRefs", []):
+                docs.append({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": ref["name"], "namespace": NAMESPACE},
+                             "data": {"ca.crt": cert_pem}})
+            docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+                         "metadata": {"name": pol["name"], "namespace": NAMESPACE},
+                         "spec": {"targetRefs": pol["targetRefs"], "validation": pol["validation"]}})
         t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
         for i, r in enumerate(suite["routes"]):
             parents = [{"name": p["gateway"], "namespace": NAMESPACE,

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-LISTEN_RE = re.compile(r'(?<!admin API )listening on https?://([^\s:"]+|\[[^\]]+\]):(\d+)')
+LISTEN_RE = re.compile(r'(?<!admin API )listening on (?:https?|tcp|tls)://([^\s:"]+|\[[^\]]+\]):(\d+)')
 # What a build may print that would be of our making: setuptools' deprecations and beta notes (`build`
 # shows a backend's warnings as "WARNING <message>"; pip's own notes are "WARNING: ..."), and MANIFEST.in
 # or license-files patterns that match nothing.

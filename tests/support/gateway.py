@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LISTEN_RE = re.compile(r'(?<!admin API )listening on https?://([^\s:"]+|\[[^\]]+\]):(\d+)')
+LISTEN_RE = re.compile(r'(?<!admin API )listening on (?:https?|tcp|tls)://([^\s:"]+|\[[^\]]+\]):(\d+)')
 STARTUP_TIMEOUT = 30.0
 
 

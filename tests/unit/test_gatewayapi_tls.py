@@ -116,3 +116,32 @@ def test_backend_tls_policy_with_a_bad_ca_ref_leaves_the_backend_unresolved(ref)
     assert out["upstreams"] == {}
     (r,) = out["routes"]
     assert r.get("upstream") is None     # answers 500, as Gateway API asks
+
+
+def test_tls_terminate_and_passthrough_listeners_on_one_port(pki):
+    """TLSRoute Terminate: a TLS listener in Terminate mode is a native `tls` stream listener with the
+    Secret's certificate; one in Passthrough mode on the same port stays tls-passthrough without."""
+    _, site = pki
+    gw = gateway(listeners=[
+        {"name": "term", "port": 8443, "protocol": "TLS", "hostname": "a.example.org",
+         "tls": {"mode": "Terminate", "certificateRefs": [{"name": "site"}]}},
+        {"name": "pass", "port": 8443, "protocol": "TLS", "hostname": "b.example.org", "tls": {"mode": "Passthrough"}},
+    ])
+    tls_route = {"apiVersion": GW, "kind": "TLSRoute", "metadata": {"name": "t"},
+                 "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["a.example.org", "b.example.org"],
+                          "rules": [{"backendRefs": [{"name": "svc", "port": 8080}]}]}}
+    docs = [gw, secret("site", site.cert_pem, site.key_pem), tls_route, service(), slice_()]
+    out = native(*docs)
+    term, passthrough = out["listeners"]
+    assert term["protocol"] == "tls" and term["tls"]["certificates"] == [
+        {"cert_pem": site.cert_pem, "key_pem": site.key_pem}]
+    assert passthrough["protocol"] == "tls-passthrough" and "tls" not in passthrough
+    (r,) = out["routes"]
+    assert r["listeners"] == [term["name"], passthrough["name"]] and r["match"] == {
+        "hosts": ["a.example.org", "b.example.org"]}
+    cfg = load_manifests(dump(*docs), "m.yaml")            # the native checks accept the shared port
+    assert [lst.protocol for lst in cfg.listeners] == ["tls", "tls-passthrough"]
+    with pytest.raises(ConfigError) as exc:                  # Terminate needs its certificates
+        load_manifests(dump(gateway(listeners=[{"name": "t", "port": 8443, "protocol": "TLS",
+                                                "tls": {"mode": "Terminate"}}]), service(), slice_()), "m.yaml")
+    assert any("certificateRefs" in i.path or "certificate" in i.message for i in exc.value.errors), exc.value.errors
