@@ -78,7 +78,8 @@ class WorkerOps:
             **self._identity(),
             "upstreams": {name: {"targets": _targets(group),
                                  "circuit_breakers": None if group.breakers is None
-                                 else group.breakers.describe(group.targets)}
+                                 else group.breakers.describe(group.targets),
+                                 "retry_budget": None if group.budget is None else group.budget.describe()}
                           for name, group in groups.items()},
         }
 
