@@ -53,7 +53,7 @@ RESILIENCE = {
     "all": """targets: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002}]
     circuit_breakers: {}""",
 }
-RESILIENT_ROUTE = "upstream: origin, retry: {attempts: 2, on: [5xx]}"
+RESILIENT_ROUTE = "upstream: origin, retry: {attempts: 2, retry_on: [5xx]}"
 
 
 def config_text() -> str:
@@ -64,7 +64,7 @@ def config_text() -> str:
     if mode:
         text = text.replace("targets: [{address: 127.0.0.1:9001}]", RESILIENCE["targets" if mode == "targets"
                                                                               else "all"])
-        if mode in ("retry", "timeouts"):
+        if mode == "retry":
             text = text.replace("    circuit_breakers: {}\n", "")
         if mode != "targets":
             route = RESILIENT_ROUTE + (", timeouts: {request: 30s, backend_request: 10s}" if mode == "timeouts"
@@ -216,7 +216,7 @@ def main() -> None:
                     help="N native no-op policies on the route (the policies4 scenario: 4)")
     ap.add_argument("--resilience", choices=("targets", "retry", "all", "timeouts"),
                     help="two targets (passive health on); and a retry policy (retry); and circuit breakers "
-                         "(all); and route timeouts (timeouts): configured, never triggered")
+                         "(all); all and route timeouts (timeouts): configured, never triggered")
     args = ap.parse_args()
     if args.policies:
         os.environ["FASTGW_IR_POLICIES"] = str(args.policies)

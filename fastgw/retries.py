@@ -17,7 +17,7 @@ def build_retry_policy(route: Route) -> _core.RetryPolicy | None:
             return None
         # timeouts alone: the upstream's default fail-over stands (docs/health.md)
         return _core.RetryPolicy(1, ("connect-failure", "reset"), (), 0.0, 0.0, False, 0, request, backend, True)
-    return _core.RetryPolicy(r.attempts, tuple(r.on), tuple(r.statuses), r.backoff.base, r.backoff.cap(),
+    return _core.RetryPolicy(r.attempts, tuple(r.retry_on), tuple(r.statuses), r.backoff.base, r.backoff.cap(),
                              r.non_idempotent, r.buffer_body_bytes, request, backend, False)
 
 

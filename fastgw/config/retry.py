@@ -36,7 +36,7 @@ class RetryPolicy(Base, kw_only=True):
 
     attempts: Annotated[int, Meta(ge=0, le=10)] = 1
     """Retries after the first try (Gateway API `retry.attempts`): 2 allows 3 tries in all."""
-    on: list[RetryOn] = msgspec.field(default_factory=lambda: ["connect-failure", "reset", "timeout"])
+    retry_on: list[RetryOn] = msgspec.field(default_factory=lambda: ["connect-failure", "reset", "timeout"])
     """Conditions: `connect-failure` (refused, connect timeout, TLS), `reset` (closed before any
     response byte), `timeout` (no response head within `timeouts.backend_request` or the upstream's
     `response_header`), `5xx` (any 5xx answer), `gateway-error` (502, 503, 504)."""

@@ -625,7 +625,7 @@ class _Builder:
         if "retry" not in r:
             return
         rt = self.fields(route, [*at, "retry"], r.get("retry"), {"codes": None, "attempts": None, "backoff": None})
-        retry: dict[str, Any] = {"on": ["connect-failure", "reset", "timeout"]}
+        retry: dict[str, Any] = {"retry_on": ["connect-failure", "reset", "timeout"]}
         origins[("retry",)] = (route, [*at, "retry"])
         attempts = self.integer(route, [*at, "retry"], rt, "attempts")
         if attempts is not None:

@@ -67,7 +67,7 @@ FAST = {"base": "1ms", "max": "2ms"}
 def test_a_5xx_is_retried_until_the_upstream_answers(gateway_factory):
     up = FailFirst(2, 503)
     with up.server as s:
-        gw = gateway_factory(retry_config(s.address, {"attempts": 2, "on": ["gateway-error"], "backoff": FAST}))
+        gw = gateway_factory(retry_config(s.address, {"attempts": 2, "retry_on": ["gateway-error"], "backoff": FAST}))
         with client(gw) as c:
             r = c.get("/x")
         assert (r.status_code, r.text) == (200, "ok")
@@ -137,7 +137,7 @@ def test_the_request_timeout_caps_all_attempts(gateway_factory):
 def test_a_post_with_a_body_is_not_retried_by_default(gateway_factory):
     up = FailFirst(1, 503)
     with up.server as s:
-        gw = gateway_factory(retry_config(s.address, {"attempts": 3, "on": ["5xx"], "backoff": FAST}))
+        gw = gateway_factory(retry_config(s.address, {"attempts": 3, "retry_on": ["5xx"], "backoff": FAST}))
         with client(gw) as c:
             assert c.post("/p", content=b"payload").status_code == 503
             assert up.count == 1
@@ -194,7 +194,7 @@ class Storm:
 def test_the_budget_limits_retries_under_a_storm(gateway_factory):
     storm = Storm(20)
     with storm.server as s:
-        gw = gateway_factory(retry_config(s.address, {"attempts": 1, "on": ["5xx"], "backoff": FAST},
+        gw = gateway_factory(retry_config(s.address, {"attempts": 1, "retry_on": ["5xx"], "backoff": FAST},
                                           retry_budget={"percent": 20, "min_retries": 3}))
         statuses: list[int] = []
         lock = threading.Lock()

@@ -51,8 +51,8 @@ def test_config_errors_name_the_path() -> None:
         ("$.routes[0].timeouts.backend_request", "backend_request (2s) is longer than request (1s)")]
     assert problems(config(retry={"backoff": {"base": "1s", "max": "10ms"}})) == [
         ("$.routes[0].retry.backoff.max", "max (0.01s) is shorter than base (1s)")]
-    (path, message), = problems(config(retry={"on": ["sometimes"]}))
-    assert path == "$.routes[0].retry.on[0]"
+    (path, message), = problems(config(retry={"retry_on": ["sometimes"]}))
+    assert path == "$.routes[0].retry.retry_on[0]"
     (path, message), = problems(config(retry={"statuses": [200]}))
     assert path == "$.routes[0].retry.statuses[0]"
     text = config().replace("targets:", "balancer: {type: maglev, hash_on: {source: path}}\n    slow_start: "
@@ -140,7 +140,7 @@ def test_timeouts_and_retry_map_onto_the_route() -> None:
     (r,) = manifests([{"backendRefs": REF, "timeouts": {"request": "400ms", "backendRequest": "200ms"},
                        "retry": {"codes": [500, 503], "attempts": 5, "backoff": "10ms"}}])["routes"]
     assert r["timeouts"] == {"request": "400ms", "backend_request": "200ms"}
-    assert r["retry"] == {"on": ["connect-failure", "reset", "timeout"], "attempts": 5, "statuses": [500, 503],
+    assert r["retry"] == {"retry_on": ["connect-failure", "reset", "timeout"], "attempts": 5, "statuses": [500, 503],
                           "backoff": {"base": "10ms"}}
 
 
