@@ -132,6 +132,11 @@ def _targets(group) -> list[dict]:
     health = group.health() or [{"health": "healthy"}] * len(group.targets)
     out = [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
            for t, h in zip(group.targets, health, strict=True)]
+    if group.slow_start is not None:
+        for i, entry in enumerate(out):
+            ramp = group.slow_start.describe(i)
+            if ramp is not None:
+                entry["slow_start"] = ramp        # {weight_percent, seconds_left} while it ramps
     for entry in out:
         name = origin(entry["address"])
         if name is not None:

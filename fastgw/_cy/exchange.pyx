@@ -851,6 +851,8 @@ cdef class Exchange:
         self.next_target = None
         self.retried = True
         self.resends += 1
+        if self.group.stats is not None:
+            self.group.stats.retries += 1
         if self.br is not None and not self.br_retry:
             self.br_retry = True
             self.br.retries += 1

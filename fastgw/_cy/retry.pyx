@@ -18,6 +18,7 @@
 
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
+from heapq import heappop as _heappop, heappush as _heappush
 
 cdef class Exchange
 
@@ -179,10 +180,75 @@ cdef int retry_requeue_body(Exchange ex) except -1:
         ex.up_queued += PyBytes_GET_SIZE(chunk)
 
 
+cdef class DeadlineQueue:
+    """A worker's retry deadlines and backoffs: a heap of (when, seq, exchange) under one event loop
+    timer set for the earliest. An exchange's live entry is the tuple in its `timer` field; clearing
+    the field cancels it (an entry no longer named there is stale and dropped when it reaches the
+    top, which the next push also checks), so a request costs a tuple and a heap push, not an event
+    loop timer of its own (uvloop's call_later and cancel cost about as much as the rest of a
+    request)."""
+    cdef list heap
+    cdef object loop
+    cdef object handle
+    cdef double next_fire
+    cdef uint64_t seq
+
+    def __init__(self, loop):
+        self.heap = []
+        self.loop = loop
+
+    cdef inline void _drop_stale(self) except *:
+        cdef list heap = self.heap
+        while heap and (<Exchange>(<tuple>heap[0])[2]).timer is not heap[0]:
+            _heappop(heap)
+
+    cdef int push(self, Exchange ex, double when, double now) except -1:
+        cdef tuple entry
+        self._drop_stale()
+        self.seq += 1
+        entry = (when, self.seq, ex)
+        ex.timer = entry
+        _heappush(self.heap, entry)
+        when = <double>(<tuple>self.heap[0])[0]      # the earliest, this one or another
+        if self.handle is None or when < self.next_fire:
+            self._schedule(when, now)
+
+    cdef int _schedule(self, double when, double now) except -1:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.next_fire = when
+        self.handle = self.loop.call_later(when - now if when > now else 0.0, _deadlines_due, self)
+
+    cdef int fire(self) except -1:
+        cdef list heap = self.heap
+        cdef tuple entry
+        cdef Exchange ex
+        cdef double now = monotonic()
+        self.handle = None
+        while heap and <double>(<tuple>heap[0])[0] <= now + 0.0005:
+            entry = _heappop(heap)
+            ex = <Exchange>entry[2]
+            if ex.timer is entry:
+                ex.timer = None
+                _retry_timer_fired(ex)
+        self._drop_stale()
+        if heap and (self.handle is None or <double>(<tuple>heap[0])[0] < self.next_fire):
+            self._schedule(<double>(<tuple>heap[0])[0], monotonic())
+
+
+def _deadlines_due(DeadlineQueue q):
+    q.fire()
+
+
+cdef dict _deadline_queues = {}
+
+
 cdef int _set_timer(Exchange ex, double delay) except -1:
-    if ex.timer is not None:
-        ex.timer.cancel()
-    ex.timer = ex.worker.loop.call_later(delay if delay > 0 else 0.0, _retry_timer_fired, ex)
+    cdef DeadlineQueue q = _deadline_queues.get(ex.worker)
+    cdef double now = monotonic()
+    if q is None:
+        q = _deadline_queues[ex.worker] = DeadlineQueue(ex.worker.loop)
+    q.push(ex, now + (delay if delay > 0 else 0.0), now)
 
 
 cdef int retry_arm(Exchange ex) except -1:
@@ -201,8 +267,7 @@ cdef int retry_arm(Exchange ex) except -1:
 cdef int retry_end(Exchange ex) except -1:
     """The log phase: the timer cancelled, the budget's counts given back."""
     if ex.timer is not None:
-        ex.timer.cancel()
-        ex.timer = None
+        ex.timer = None                 # its queue entry is stale now
     if ex.rb is not None:
         ex.rb.active -= 1
         if ex.rb_retry:
@@ -215,7 +280,6 @@ cdef int retry_head(Exchange ex) except -1:
     """A response head came and goes on to the client: the deadlines end (the body is timed by the
     upstream's body_idle)."""
     if ex.timer is not None:
-        ex.timer.cancel()
         ex.timer = None
 
 
@@ -227,14 +291,16 @@ cdef bint _may_retry(Exchange ex, RetryPolicy p) except -1:
     if ex.tries >= p.attempts:
         if p.attempts > 0:
             ex.flags |= RF_RETRY_LIMIT
+            if ex.group.stats is not None:
+                ex.group.stats.retries_exhausted += 1
         return False
     if ex.deadline_at != 0.0 and monotonic() >= ex.deadline_at:
         return False
-    if ex.br is not None and not ex.br_retry and not ex.br.may_retry():
+    if (ex.br is not None and not ex.br_retry and not ex.br.may_retry()) or (
+            ex.rb is not None and not ex.rb_retry and not ex.rb.may_retry()):
         ex.flags |= RF_OVERFLOW_RETRIES
-        return False
-    if ex.rb is not None and not ex.rb_retry and not ex.rb.may_retry():
-        ex.flags |= RF_OVERFLOW_RETRIES
+        if ex.group.stats is not None:
+            ex.group.stats.retry_overflows += 1
         return False
     return True
 
@@ -317,6 +383,8 @@ cdef int retry_go(Exchange ex) except -1:
         return 0
     ex.target = t
     ex.resends += 1
+    if ex.group.stats is not None:
+        ex.group.stats.retries += 1
     ex._requeue()
     ex._dispatch()
 
@@ -332,11 +400,11 @@ cdef int _give_up(Exchange ex, int status, const char* reason) except -1:
     ex.send_error(status, reason)
 
 
-def _retry_timer_fired(Exchange ex):
+cdef int _retry_timer_fired(Exchange ex) except -1:
     cdef UpstreamConn up
     ex.timer = None
     if ex.finished:
-        return
+        return 0
     if ex.deadline_at != 0.0 and monotonic() >= ex.deadline_at - 0.0005:
         # the whole request's deadline: whatever attempt or backoff is under way ends
         ex.backing_off = False
@@ -345,14 +413,14 @@ def _retry_timer_fired(Exchange ex):
         ex.flags |= RF_UPSTREAM_TIMEOUT
         _upstream_failure_event(ex, 504, b"request timeout", RF_UPSTREAM_TIMEOUT)
         _give_up(ex, 504, b"request timeout")
-        return
+        return 0
     if ex.backing_off:
         ex.backing_off = False
         retry_go(ex)
-        return
+        return 0
     up = ex.up
     if up is None:
-        return
+        return 0
     # the attempt's own deadline (timeouts.backend_request): as a response timeout
     up.detach_and_close()
     count_failure(ex, FK_RESPONSE_TIMEOUT)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+from support.admin import admin_client, with_admin
 from support.client import wait_until
 from support.gateway import simple_config
 from support.logs import access_lines, wait_event
@@ -194,8 +195,8 @@ class Storm:
 def test_the_budget_limits_retries_under_a_storm(gateway_factory):
     storm = Storm(20)
     with storm.server as s:
-        gw = gateway_factory(retry_config(s.address, {"attempts": 1, "retry_on": ["5xx"], "backoff": FAST},
-                                          retry_budget={"percent": 20, "min_retries": 3}))
+        gw = gateway_factory(with_admin(retry_config(s.address, {"attempts": 1, "retry_on": ["5xx"], "backoff": FAST},
+                                                     retry_budget={"percent": 20, "min_retries": 3})))
         statuses: list[int] = []
         lock = threading.Lock()
 
@@ -221,6 +222,10 @@ def test_the_budget_limits_retries_under_a_storm(gateway_factory):
                            if len(access_lines(gw)) >= 20 else None)
         assert sum("UOR" in a["flags"] for a in lines) == 16
         assert sorted(a["attempts"] for a in lines) == [1] * 16 + [2] * 4
+        with admin_client(gw) as admin:
+            (budget,) = admin.get("/upstreams").json()["upstreams"]["echo"]["retry_budget_by_worker"].values()
+        assert {k: budget[k] for k in ("active_requests", "active_retries", "retried", "overflows")} == {
+            "active_requests": 0, "active_retries": 0, "retried": 4, "overflows": 16}
 
 
 def test_slow_start_gives_a_returning_target_a_small_share(gateway_factory):

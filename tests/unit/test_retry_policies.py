@@ -184,3 +184,19 @@ def test_header_persistence_is_reported() -> None:
     assert [(i.path, i.message) for i in exc.value.errors] == [
         ("$[1].spec.rules[0].sessionPersistence.type", "not supported: session persistence of type 'Header' "
                                                         "(Cookie only)")]
+
+
+def test_a_target_a_reload_adds_ramps_and_the_others_do_not() -> None:
+    from fastgw.runtime import compile_runtime
+
+    cfg = yaml.safe_load(config())
+    cfg["upstreams"]["u"]["slow_start"] = {"window": "1h"}
+    rt = compile_runtime(loads_config(yaml.safe_dump(cfg), "yaml", file="c.yaml"))
+    assert rt.groups["u"].slow_start.n_ramping == 0          # present at start-up: full weight
+    cfg["upstreams"]["u"]["targets"].append({"address": "127.0.0.1:2"})
+    rt2 = compile_runtime(loads_config(yaml.safe_dump(cfg), "yaml", file="c.yaml"), rt)
+    ss = rt2.groups["u"].slow_start
+    assert ss.describe(0) is None
+    assert ss.describe(1)["weight_percent"] == 10
+    picks = [rt2.groups["u"].pick_for_test() for _ in range(1100)]
+    assert picks.count("127.0.0.1:2") == 100              # weights 100 : 10, round robin: exact
