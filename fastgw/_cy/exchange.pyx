@@ -157,7 +157,11 @@ cdef class Exchange:
     # the body kept for a replay, and the upstream's retry budget this exchange is counted in
     cdef int resends
     cdef int tries
-    cdef object timer
+    cdef object timer                # a backoff's event loop timer
+    cdef object dl_list              # the DeadlineList holding this exchange's deadline (retry.pyx)
+    cdef Exchange dl_prev
+    cdef Exchange dl_next
+    cdef double dl_when
     cdef double deadline_at
     cdef bint backing_off
     cdef list replay
@@ -212,6 +216,10 @@ cdef class Exchange:
         self.resends = 0
         self.tries = 0
         if self.timer is not None: self.timer = None
+        if self.dl_list is not None: self.dl_list = None
+        if self.dl_prev is not None: self.dl_prev = None
+        if self.dl_next is not None: self.dl_next = None
+        self.dl_when = 0.0
         self.deadline_at = 0.0
         self.backing_off = False
         if self.replay is not None: self.replay = None
@@ -1101,7 +1109,7 @@ cdef class Exchange:
             self.br.release(self.br_pending, self.br_retry)
             self.br = None
             self.br_pending = self.br_retry = False
-        if self.timer is not None or self.rb is not None:
+        if self.timer is not None or self.rb is not None or self.dl_list is not None:
             retry_end(self)
         record_exchange(self)
         if self.rt.tracing is not None:

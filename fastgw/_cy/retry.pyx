@@ -18,7 +18,6 @@
 
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
-from heapq import heappop as _heappop, heappush as _heappush
 
 cdef class Exchange
 
@@ -48,6 +47,7 @@ cdef class RetryPolicy:
     cdef readonly double try_timeout
     cdef readonly bint failover_only
     cdef uint64_t rng
+    cdef object deadlines            # DeadlineList of this worker's exchanges on the policy's routes
 
     def __init__(self, int attempts=1, on=("connect-failure", "reset", "timeout"), statuses=(),
                  double backoff_base=0.025, double backoff_max=0.25, bint non_idempotent=False,
@@ -180,38 +180,55 @@ cdef int retry_requeue_body(Exchange ex) except -1:
         ex.up_queued += PyBytes_GET_SIZE(chunk)
 
 
-cdef class DeadlineQueue:
-    """A worker's retry deadlines and backoffs: a heap of (when, seq, exchange) under one event loop
-    timer set for the earliest. An exchange's live entry is the tuple in its `timer` field; clearing
-    the field cancels it (an entry no longer named there is stale and dropped when it reaches the
-    top, which the next push also checks), so a request costs a tuple and a heap push, not an event
-    loop timer of its own (uvloop's call_later and cancel cost about as much as the rest of a
-    request)."""
-    cdef list heap
+cdef class DeadlineList:
+    """A worker's attempt and request deadlines of one route policy: exchanges in a list sorted by
+    deadline, linked through their own fields (dl_prev, dl_next), under one event loop timer set for
+    the first. A deadline is (almost always) later than every one before it, so adding one is an
+    append and removing one is an unlink: no allocation and no event loop timer per request (uvloop's
+    call_later and cancel cost about as much as the rest of a request)."""
+    cdef Exchange head
+    cdef Exchange tail
     cdef object loop
     cdef object handle
     cdef double next_fire
-    cdef uint64_t seq
 
     def __init__(self, loop):
-        self.heap = []
         self.loop = loop
 
-    cdef inline void _drop_stale(self) except *:
-        cdef list heap = self.heap
-        while heap and (<Exchange>(<tuple>heap[0])[2]).timer is not heap[0]:
-            _heappop(heap)
+    cdef int add(self, Exchange ex, double when, double now) except -1:
+        cdef Exchange after = self.tail
+        if ex.dl_list is not None:
+            (<DeadlineList>ex.dl_list).remove(ex)
+        while after is not None and after.dl_when > when:
+            after = after.dl_prev
+        ex.dl_when = when
+        ex.dl_list = self
+        ex.dl_prev = after
+        if after is None:
+            ex.dl_next = self.head
+            self.head = ex
+        else:
+            ex.dl_next = after.dl_next
+            after.dl_next = ex
+        if ex.dl_next is None:
+            self.tail = ex
+        else:
+            ex.dl_next.dl_prev = ex
+        if self.handle is None or self.head.dl_when < self.next_fire:
+            self._schedule(self.head.dl_when, now)
 
-    cdef int push(self, Exchange ex, double when, double now) except -1:
-        cdef tuple entry
-        self._drop_stale()
-        self.seq += 1
-        entry = (when, self.seq, ex)
-        ex.timer = entry
-        _heappush(self.heap, entry)
-        when = <double>(<tuple>self.heap[0])[0]      # the earliest, this one or another
-        if self.handle is None or when < self.next_fire:
-            self._schedule(when, now)
+    cdef int remove(self, Exchange ex) except -1:
+        if ex.dl_prev is None:
+            self.head = ex.dl_next
+        else:
+            ex.dl_prev.dl_next = ex.dl_next
+        if ex.dl_next is None:
+            self.tail = ex.dl_prev
+        else:
+            ex.dl_next.dl_prev = ex.dl_prev
+        ex.dl_next = None
+        ex.dl_prev = None
+        ex.dl_list = None
 
     cdef int _schedule(self, double when, double now) except -1:
         if self.handle is not None:
@@ -220,35 +237,31 @@ cdef class DeadlineQueue:
         self.handle = self.loop.call_later(when - now if when > now else 0.0, _deadlines_due, self)
 
     cdef int fire(self) except -1:
-        cdef list heap = self.heap
-        cdef tuple entry
         cdef Exchange ex
         cdef double now = monotonic()
         self.handle = None
-        while heap and <double>(<tuple>heap[0])[0] <= now + 0.0005:
-            entry = _heappop(heap)
-            ex = <Exchange>entry[2]
-            if ex.timer is entry:
-                ex.timer = None
-                _retry_timer_fired(ex)
-        self._drop_stale()
-        if heap and (self.handle is None or <double>(<tuple>heap[0])[0] < self.next_fire):
-            self._schedule(<double>(<tuple>heap[0])[0], monotonic())
+        while self.head is not None and self.head.dl_when <= now + 0.0005:
+            ex = self.head
+            self.remove(ex)
+            _retry_timer_fired(ex)
+        if self.head is not None and (self.handle is None or self.head.dl_when < self.next_fire):
+            self._schedule(self.head.dl_when, monotonic())
 
 
-def _deadlines_due(DeadlineQueue q):
-    q.fire()
+def _deadlines_due(DeadlineList dl):
+    dl.fire()
 
 
-cdef dict _deadline_queues = {}
+def _backoff_done(Exchange ex):
+    ex.timer = None
+    _retry_timer_fired(ex)
 
 
 cdef int _set_timer(Exchange ex, double delay) except -1:
-    cdef DeadlineQueue q = _deadline_queues.get(ex.worker)
-    cdef double now = monotonic()
-    if q is None:
-        q = _deadline_queues[ex.worker] = DeadlineQueue(ex.worker.loop)
-    q.push(ex, now + (delay if delay > 0 else 0.0), now)
+    """A backoff (rare): an event loop timer of its own."""
+    if ex.timer is not None:
+        ex.timer.cancel()
+    ex.timer = ex.worker.loop.call_later(delay if delay > 0 else 0.0, _backoff_done, ex)
 
 
 cdef int retry_arm(Exchange ex) except -1:
@@ -261,13 +274,18 @@ cdef int retry_arm(Exchange ex) except -1:
     when = ex.deadline_at
     if p.try_timeout > 0 and (when == 0.0 or now + p.try_timeout < when):
         when = now + p.try_timeout
-    _set_timer(ex, when - now)
+    if p.deadlines is None:
+        p.deadlines = DeadlineList(ex.worker.loop)
+    (<DeadlineList>p.deadlines).add(ex, when, now)
 
 
 cdef int retry_end(Exchange ex) except -1:
     """The log phase: the timer cancelled, the budget's counts given back."""
     if ex.timer is not None:
-        ex.timer = None                 # its queue entry is stale now
+        ex.timer.cancel()
+        ex.timer = None
+    if ex.dl_list is not None:
+        (<DeadlineList>ex.dl_list).remove(ex)
     if ex.rb is not None:
         ex.rb.active -= 1
         if ex.rb_retry:
@@ -279,8 +297,8 @@ cdef int retry_end(Exchange ex) except -1:
 cdef int retry_head(Exchange ex) except -1:
     """A response head came and goes on to the client: the deadlines end (the body is timed by the
     upstream's body_idle)."""
-    if ex.timer is not None:
-        ex.timer = None
+    if ex.dl_list is not None:
+        (<DeadlineList>ex.dl_list).remove(ex)
 
 
 cdef bint _may_retry(Exchange ex, RetryPolicy p) except -1:
@@ -326,7 +344,7 @@ cdef bint retry_after_status(Exchange ex, int status) except -1:
     closes unread)."""
     cdef RetryPolicy p = ex.route.retry
     if not p.retries_status(status) or not _may_retry(ex, p):
-        if ex.timer is not None:
+        if ex.dl_list is not None:
             retry_head(ex)
         return False
     _upstream_failure_event(ex, status, b"upstream answered a retriable status", 0)
@@ -360,6 +378,8 @@ cdef int _schedule(Exchange ex, int flag) except -1:
         if now + delay > ex.deadline_at:
             delay = ex.deadline_at - now
     ex.backing_off = True
+    if ex.dl_list is not None:
+        (<DeadlineList>ex.dl_list).remove(ex)     # the request's deadline is the backoff's limit
     if ex.tc.trace_hi | ex.tc.trace_lo:
         ex.up_head = trace_retry(ex, flag, ex.up_head)
     if delay <= 0 and ex.deadline_at == 0.0:
