@@ -196,7 +196,7 @@ def test_the_budget_limits_retries_under_a_storm(gateway_factory):
     storm = Storm(20)
     with storm.server as s:
         gw = gateway_factory(with_admin(retry_config(s.address, {"attempts": 1, "retry_on": ["5xx"], "backoff": FAST},
-                                                     retry_budget={"percent": 20, "min_retries": 3})))
+                                                     retry_budget={"percent": 20, "min_retries": 3})), workers=1)
         statuses: list[int] = []
         lock = threading.Lock()
 
@@ -237,7 +237,7 @@ def test_slow_start_gives_a_returning_target_a_small_share(gateway_factory):
             "health": {"passive": {"base_ejection": "0.3s"}},
             "slow_start": {"window": "1h", "min_weight_percent": 10},
         }
-        gw = gateway_factory(cfg)
+        gw = gateway_factory(cfg, workers=1)         # health and ramps are per worker
         with client(gw) as c:
             assert [c.get(f"/w{i}").status_code for i in range(4)] == [200] * 4   # the reset fails over
             wait_event(gw, "target_ejected", target=f.address)
