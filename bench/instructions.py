@@ -54,17 +54,39 @@ RATE_LIMIT = ("{type: rate_limit, headers: [], limits: [{rate: 10000000, key: [c
 REDIS = "redis: {url: 'redis://127.0.0.1:9/0'}\n"
 
 
+# --resilience: two targets (passive health is on by default from two), and with "all" also a
+# retry policy (budget on), circuit breakers and route timeouts, none of them triggered.
+RESILIENCE = {
+    "targets": """targets: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002}]""",
+    "all": """targets: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002}]
+    circuit_breakers: {}""",
+}
+RESILIENT_ROUTE = "upstream: origin, retry: {attempts: 2, retry_on: [5xx]}"
+
+
 def config_text() -> str:
-    """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N) and the
-    rate limit of FASTGW_IR_RATE_LIMIT (--rate-limit local|cluster)."""
+    """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N), the rate limit
+    of FASTGW_IR_RATE_LIMIT (--rate-limit local|cluster) and the FASTGW_IR_RESILIENCE variant
+    (--resilience targets|retry|all|timeouts)."""
+    text = CONFIG
+    mode = os.environ.get("FASTGW_IR_RESILIENCE")
+    if mode:
+        text = text.replace("targets: [{address: 127.0.0.1:9001}]", RESILIENCE["targets" if mode == "targets"
+                                                                              else "all"])
+        if mode == "retry":
+            text = text.replace("    circuit_breakers: {}\n", "")
+        if mode != "targets":
+            route = RESILIENT_ROUTE + (", timeouts: {request: 30s, backend_request: 10s}" if mode == "timeouts"
+                                       else "")
+            text = text.replace("upstream: origin}", route + "}")
     n = int(os.environ.get("FASTGW_IR_POLICIES", "0"))
     rl = os.environ.get("FASTGW_IR_RATE_LIMIT", "")
     policies = ["{type: noop}"] * n
     if rl:
         policies.append(RATE_LIMIT % (", scope: cluster" if rl == "cluster" else ""))
     if not policies:
-        return CONFIG
-    text = CONFIG.replace("upstream: origin}", f"upstream: origin, policies: [{', '.join(policies)}]}}")
+        return text
+    text = text.replace("upstream: origin", f"upstream: origin, policies: [{', '.join(policies)}]", 1)
     return text + (REDIS if rl == "cluster" else "")
 
 
@@ -134,21 +156,37 @@ def run_cycles(n: int, path: str = "/") -> None:
     if os.environ.get("FASTGW_IR_RATE_LIMIT") == "cluster":
         prime_leases()
     loop = FakeLoop()
+    if os.environ.get("FASTGW_IR_RESILIENCE") == "timeouts":
+        import uvloop
+
+        loop.call_later = uvloop.new_event_loop().call_later    # route timeouts: uvloop's real timers
     worker = _core.Worker(loop, compile_runtime(loads_config(config_text(), "yaml")))
     client = worker()
     ct = CountingTransport(client, ("127.0.0.1", 8080), ("127.0.0.1", 40000))
     client.connection_made(ct)
-    client.data_received(request)
-    up = loop.connects[0][0]
-    ut = CountingTransport(up, ("127.0.0.1", 50000), ("127.0.0.1", 9001))
-    up.connection_made(ut)
-    up.data_received(RESPONSE)
-    client_data, up_data = client.data_received, up.data_received
-    for _ in range(n - 1):
+    client_data = client.data_received
+    ups = []                          # one upstream connection per target, opened by the first cycles
+    while True:
         client_data(request)
-        up_data(RESPONSE)
-    if len(loop.connects) != 1:
-        raise SystemExit(f"the upstream connection was not reused ({len(loop.connects)} connects)")
+        if len(loop.connects) == len(ups):
+            break                     # a pooled connection took it: every target has one
+        up = loop.connects[-1][0]
+        ut = CountingTransport(up, ("127.0.0.1", 50000 + len(ups)), ("127.0.0.1", 9001 + len(ups)))
+        up.connection_made(ut)
+        up.data_received(RESPONSE)
+        ups.append(up.data_received)
+    ups[0](RESPONSE)                  # round robin: the next cycle is the first target's again
+    k = len(ups)
+    if k == 1:
+        up_data = ups[0]
+        for _ in range(n - 2):
+            client_data(request)
+            up_data(RESPONSE)
+    for i in range(n - k - 1 if k > 1 else 0):
+        client_data(request)
+        ups[(i + 1) % k](RESPONSE)
+    if len(loop.connects) != len(ups):
+        raise SystemExit(f"the upstream connections were not reused ({len(loop.connects)} connects)")
     if not ct.last.startswith(b"HTTP/1.1 200 OK\r\n") or not ct.last.endswith(b"xyz"):
         raise SystemExit(f"unexpected response: {ct.last!r}")
     if not ut.last.startswith(request[: request.index(b"\r\n") + 2]):
@@ -211,11 +249,16 @@ def main() -> None:
                     help="N native no-op policies on the route (the policies4 scenario: 4)")
     ap.add_argument("--rate-limit", choices=("local", "cluster"),
                     help="the ratelimit scenario's client-IP limit on the route: local, or through Redis")
+    ap.add_argument("--resilience", choices=("targets", "retry", "all", "timeouts"),
+                    help="two targets (passive health on); and a retry policy (retry); and circuit breakers "
+                         "(all); all and route timeouts (timeouts): configured, never triggered")
     args = ap.parse_args()
     if args.rate_limit:
         os.environ["FASTGW_IR_RATE_LIMIT"] = args.rate_limit
     if args.policies:
         os.environ["FASTGW_IR_POLICIES"] = str(args.policies)
+    if args.resilience:
+        os.environ["FASTGW_IR_RESILIENCE"] = args.resilience
     if args.cycles:
         run_cycles(args.cycles, args.path)
         return

@@ -53,3 +53,11 @@ def build_outlier(up: Upstream, n: int) -> _core.OutlierState | None:
         return None
     return _core.OutlierState(n, p.consecutive_failures, p.consecutive_5xx, p.base_ejection, p.max_ejection,
                               p.max_ejected_percent)
+
+
+def build_slow_start(up: Upstream, weights: list[int]) -> _core.SlowStart | None:
+    """weights: the balancer's (the configured ones x 100, so a ramp moves in 1% steps)."""
+    s = up.slow_start
+    if s is None or not weights:
+        return None
+    return _core.SlowStart(list(weights), s.window, s.aggression, s.min_weight_percent)

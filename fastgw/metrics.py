@@ -90,12 +90,15 @@ def _upstream_families(worker) -> list[Family]:
     metrics = worker.runtime.metrics
     if metrics is None:
         return []
-    failures, hits, misses = [], [], []
+    failures, hits, misses, retries, overflows, exhausted = [], [], [], [], [], []
     for name, stats in metrics.upstreams.items():
         for kind, n in stats.failure_counts().items():
             failures.append([[name, kind], n])
         hits.append([[name], stats.pool_hits])
         misses.append([[name], stats.pool_misses])
+        retries.append([[name], stats.retries])
+        overflows.append([[name], stats.retry_overflows])
+        exhausted.append([[name], stats.retries_exhausted])
     return [
         counter("fastgw_upstream_failures_total", "Failed upstream attempts by kind (a retried attempt counts "
                 "too).", ["upstream", "kind"], failures),
@@ -103,6 +106,12 @@ def _upstream_families(worker) -> list[Family]:
                 ["upstream"], hits),
         counter("fastgw_upstream_pool_misses_total", "Requests that needed a new upstream connection.",
                 ["upstream"], misses),
+        counter("fastgw_upstream_retries_total", "Tries sent again: fail-overs and route retries "
+                "(docs/retries.md).", ["upstream"], retries),
+        counter("fastgw_upstream_retry_overflows_total", "Retries not made because the retry budget or "
+                "max_retries refused them (flag UOR).", ["upstream"], overflows),
+        counter("fastgw_upstream_retries_exhausted_total", "Requests whose route's retries were used up "
+                "(flag URX).", ["upstream"], exhausted),
     ]
 
 

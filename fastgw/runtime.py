@@ -15,12 +15,13 @@ from email.utils import format_datetime
 import msgspec
 
 from . import _core, dns
-from .balancing import build_active_health, build_breakers, build_outlier, build_picker
+from .balancing import build_active_health, build_breakers, build_outlier, build_picker, build_slow_start
 from .config import GatewayConfig
 from .config.schema import Filters, HeaderEdits, Listener, Match, Route
 from .config.validate import template_captures
 from .counters import compile_counters
 from .policychain import compile_chains
+from .retries import build_budget, build_retry_policy, retried_upstreams
 from .tls import upstream_context, upstream_key, upstream_peer_check
 
 
@@ -250,6 +251,7 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
             old_targets[target.pool_key] = target
 
     groups: dict[str, _core.UpstreamGroup] = {}
+    retried = retried_upstreams(cfg)
     for name, up in cfg.upstreams.items():
         targets = []
         weights = []
@@ -275,7 +277,7 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
                     kept.max_requests = target.max_requests
                     target = kept
                 targets.append(target)
-                weights.append(t.weight)
+                weights.append(t.weight * (100 if up.slow_start is not None else 1))
         group = _core.UpstreamGroup(
             name, targets, weights,
             up.timeouts.connect, up.timeouts.response_header, up.timeouts.body_idle,
@@ -286,14 +288,21 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         group.active_health = build_active_health(up, len(targets))
         group.breakers = build_breakers(up, old_groups.get(name))
         group.failover = up.failover
+        group.budget = build_budget(up, name in retried, old_groups.get(name))
+        group.slow_start = build_slow_start(up, weights)
         if name in old_groups:
             group.adopt_balancer(old_groups[name])
             group.adopt_health(old_groups[name])
+            if group.slow_start is not None:
+                old = old_groups[name]
+                where = {t.address: j for j, t in enumerate(old.targets)}
+                group.slow_start.adopt(old.slow_start, [where.get(t.address, -1) for t in targets], group)
         groups[name] = group
 
     global_chain, chains, policies = compile_chains(cfg, previous)
     routes = {r.name: _compile_route(r, cfg, groups, chains[r.name]) for r in cfg.routes}
     for r in cfg.routes:
+        routes[r.name].retry = build_retry_policy(r)
         if r.tunnel is not None:
             routes[r.name].tunnels = _core.TunnelSettings(r.tunnel.allowed(), r.tunnel.idle_timeout)
     by_address: dict[str, list[Listener]] = {}

@@ -78,7 +78,8 @@ class WorkerOps:
             **self._identity(),
             "upstreams": {name: {"targets": _targets(group),
                                  "circuit_breakers": None if group.breakers is None
-                                 else group.breakers.describe(group.targets)}
+                                 else group.breakers.describe(group.targets),
+                                 "retry_budget": None if group.budget is None else group.budget.describe()}
                           for name, group in groups.items()},
         }
 
@@ -131,6 +132,11 @@ def _targets(group) -> list[dict]:
     health = group.health() or [{"health": "healthy"}] * len(group.targets)
     out = [{"address": t.address, "idle_connections": t.idle_connections, "active_requests": t.active, **h}
            for t, h in zip(group.targets, health, strict=True)]
+    if group.slow_start is not None:
+        for i, entry in enumerate(out):
+            ramp = group.slow_start.describe(i)
+            if ramp is not None:
+                entry["slow_start"] = ramp        # {weight_percent, seconds_left} while it ramps
     for entry in out:
         name = origin(entry["address"])
         if name is not None:

@@ -399,7 +399,7 @@ cdef class AccessLogPolicy(Policy):
         if f == AF_TARGET:
             return _unicode_field(b, ex.target.address if ex.target is not None else None, json)
         if f == AF_ATTEMPTS:
-            return wb_put_int(b, (2 if ex.retried else 1) if ex.up_head is not None else 0)
+            return wb_put_int(b, (1 + ex.resends) if ex.up_head is not None else 0)
         if f == AF_FLAGS:
             return _flags(b, ex.flags, json)
         if f == AF_OUTCOME:

@@ -77,6 +77,11 @@ cdef class SmoothWeightedRR:
             self._up[index] = available
             self.n_available += 1 if available else -1
 
+    cdef void set_weight(self, Py_ssize_t index, int64_t weight) noexcept:
+        """Slow start (slowstart.pyx): a target's weight while it ramps up."""
+        if 0 <= index < self.n and weight > 0:
+            self._weight[index] = weight
+
     def is_available(self, Py_ssize_t index):
         if index < 0 or index >= self.n:
             raise IndexError(f"target index {index} out of range (0..{self.n - 1})")

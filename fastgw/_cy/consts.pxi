@@ -63,6 +63,7 @@ cdef enum ResponseFlag:
     RF_OVERFLOW_PENDING = 1 << 19            # UOP: max_pending_requests
     RF_OVERFLOW_REQUESTS = 1 << 20           # UOA: max_requests (active)
     RF_OVERFLOW_RETRIES = 1 << 21            # UOR: max_retries: a failed attempt was not retried
+    RF_RETRY_LIMIT = 1 << 22                 # URX: a route's retries were used up (retry.pyx)
 
 # What became of an exchange, for the log phase.
 cdef enum Outcome:

@@ -27,7 +27,7 @@ cdef tuple FLAG_CODES = (
     (RF_POLICY_ANSWER, "PA"), (RF_POLICY_ERROR, "PE"), (RF_POLICY_TIMEOUT, "PT"),
     (RF_UPSTREAM_BODY_TIMEOUT, "UBT"), (RF_NO_BACKEND, "NB"), (RF_REDIRECT, "RD"),
     (RF_OVERFLOW_CONNECTIONS, "UOC"), (RF_OVERFLOW_PENDING, "UOP"), (RF_OVERFLOW_REQUESTS, "UOA"),
-    (RF_OVERFLOW_RETRIES, "UOR"),
+    (RF_OVERFLOW_RETRIES, "UOR"), (RF_RETRY_LIMIT, "URX"),
 )
 cdef tuple OUTCOME_NAMES = ("none", "proxied", "answered", "policy", "refused", "aborted")
 
@@ -152,6 +152,22 @@ cdef class Exchange:
     cdef CircuitBreakers br
     cdef bint br_pending
     cdef bint br_retry
+    # retries (retry.pyx): re-sends after the first attempt (a stale connection's replay included),
+    # the route policy's retries made, the timer of a deadline or a backoff, the request's deadline,
+    # the body kept for a replay, and the upstream's retry budget this exchange is counted in
+    cdef int resends
+    cdef int tries
+    cdef object timer                # a backoff's event loop timer
+    cdef object dl_list              # the DeadlineList holding this exchange's deadline (retry.pyx)
+    cdef Exchange dl_prev
+    cdef Exchange dl_next
+    cdef double dl_when
+    cdef double deadline_at
+    cdef bint backing_off
+    cdef list replay
+    cdef int64_t replay_bytes
+    cdef RetryBudget rb
+    cdef bint rb_retry
 
     cdef int reset(self) except -1:
         """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
@@ -197,6 +213,19 @@ cdef class Exchange:
         if self.br is not None: self.br = None
         self.br_pending = False
         self.br_retry = False
+        self.resends = 0
+        self.tries = 0
+        if self.timer is not None: self.timer = None
+        if self.dl_list is not None: self.dl_list = None
+        if self.dl_prev is not None: self.dl_prev = None
+        if self.dl_next is not None: self.dl_next = None
+        self.dl_when = 0.0
+        self.deadline_at = 0.0
+        self.backing_off = False
+        if self.replay is not None: self.replay = None
+        self.replay_bytes = 0
+        if self.rb is not None: self.rb = None
+        self.rb_retry = False
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0
@@ -469,6 +498,8 @@ cdef class Exchange:
             self.refusal = b"no upstream target available"
             self.flags |= RF_NO_HEALTHY_UPSTREAM
             return 503
+        if self.group.budget is not None:
+            budget_admit(self)
         if self.group.breakers is not None:
             return self._admit(<CircuitBreakers>self.group.breakers)
         return OUT_PROXY
@@ -499,6 +530,8 @@ cdef class Exchange:
             self._answer_before_upstream(data, off, n, outcome)
             return 0
         self.retry_ok = self.req_framing == FR_NONE and _idempotent(self.p + self.h.method, self.h.method_len)
+        if self.route.retry is not None:
+            retry_begin(self)
         if self.h.upgrade >= 0:
             self.upgrade = upgrade_requested(self)
         self._build_upstream_head()
@@ -678,6 +711,8 @@ cdef class Exchange:
             self.up.expect_response(True, monotonic())
 
     cdef int _send_up(self, bytes chunk) except -1:
+        if self.replay is not None:
+            retry_keep(self, chunk)
         if self.mirror is not None:
             self.mirror.send(chunk)
         if self.up_queue is None:
@@ -716,6 +751,8 @@ cdef class Exchange:
         count_pool(self.group, up is not None)
         if self.tc.sampled:
             self.tc.t_attempt = monotonic()
+        if self.route.retry is not None:
+            retry_arm(self)
         if up is not None:
             up.attach(self, True)
             self.up = up
@@ -723,6 +760,13 @@ cdef class Exchange:
             self._flush_queue()
         else:
             self._connect()
+
+    cdef int _requeue(self) except -1:
+        """The request again, for another attempt: its head, and the body kept so far."""
+        self.up_queue = [self.up_head]
+        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        if self.replay is not None:
+            retry_requeue_body(self)
 
     cdef int _connect(self) except -1:
         cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
@@ -764,17 +808,22 @@ cdef class Exchange:
             # a pooled connection the upstream had closed: replay once on a fresh connection to
             # the same target (upstream_peer would pick another; the target did nothing wrong)
             self.retried = True
+            self.resends += 1
             if self.tc.trace_hi | self.tc.trace_lo:
                 self.up_head = trace_retry(self, flag, self.up_head)
-            self.up_queue = [self.up_head]
-            self.up_queued = PyBytes_GET_SIZE(self.up_head)
+            self._requeue()
             self._connect()
             return 0
         if flag == RF_UPSTREAM_CONNECT_FAILURE or flag == RF_UPSTREAM_TIMEOUT or (
                 flag == RF_UPSTREAM_RESET and may_retry):
             self.group.attempt_failed(self.target_index)
+            if self.route.retry is not None:
+                if retry_after_failure(self, status, reason, flag):
+                    return 0
+                if self.flags & RF_RETRY_LIMIT and flag != RF_UPSTREAM_TIMEOUT:
+                    status = 503          # retries used up, as Envoy answers
             # a response timeout is not failed over: the request may still be at work there
-            if flag != RF_UPSTREAM_TIMEOUT and self._may_fail_over():
+            elif flag != RF_UPSTREAM_TIMEOUT and self._may_fail_over():
                 _upstream_failure_event(self, status, reason, flag)    # the attempt, logged
                 self._fail_over(flag)
                 return 0
@@ -796,7 +845,7 @@ cdef class Exchange:
         cdef Target other
         if not self.group.failover or not self.retry_ok or self.retried or self.finished:
             return False
-        if self.br is not None and not self.br.may_retry():
+        if (self.br is not None and not self.br.may_retry()) or (self.rb is not None and not self.rb.may_retry()):
             self.flags |= RF_OVERFLOW_RETRIES
             return False
         other = self.group.pick_other(self, self.target)
@@ -809,17 +858,23 @@ cdef class Exchange:
         cdef Target other = self.next_target
         self.next_target = None
         self.retried = True
+        self.resends += 1
+        if self.group.stats is not None:
+            self.group.stats.retries += 1
         if self.br is not None and not self.br_retry:
             self.br_retry = True
             self.br.retries += 1
+        if self.rb is not None and not self.rb_retry:
+            self.rb_retry = True
+            self.rb.retries += 1
+            self.rb.retried += 1
         if self.tc.trace_hi | self.tc.trace_lo:
             self.up_head = trace_retry(self, flag, self.up_head)
         self.target = other
         if self.active_target is not None:
             self.active_target.active -= 1
             self.active_target = None
-        self.up_queue = [self.up_head]
-        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+        self._requeue()
         self._dispatch()
         return 0
 
@@ -839,6 +894,8 @@ cdef class Exchange:
         self.status = h.status
         if self.group.outlier is not None:
             self.group.attempt_answered(self.target_index, h.status)
+        if self.route.retry is not None and retry_after_status(self, h.status):
+            return RESP_ANSWERED          # dropped for a retry
         self.resp_p = p
         self.resp_h = h
         self.resp_framing = up_framing
@@ -1062,6 +1119,8 @@ cdef class Exchange:
             self.br.release(self.br_pending, self.br_retry)
             self.br = None
             self.br_pending = self.br_retry = False
+        if self.timer is not None or self.rb is not None or self.dl_list is not None:
+            retry_end(self)
         record_exchange(self)
         if self.rt.tracing is not None:
             trace_end(self)

@@ -135,6 +135,11 @@ cdef class UpstreamStats:
     cdef int64_t failures[FK_COUNT]
     cdef readonly int64_t pool_hits
     cdef readonly int64_t pool_misses
+    # retries (retry.pyx): tries sent again (fail-over and route retries), retries the budget or
+    # max_retries refused, requests whose route's retries were used up
+    cdef readonly int64_t retries
+    cdef readonly int64_t retry_overflows
+    cdef readonly int64_t retries_exhausted
 
     def __init__(self, str name):
         self.name = name

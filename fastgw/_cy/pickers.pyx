@@ -275,6 +275,15 @@ cdef class TargetPicker:
     cdef void availability_changed(self):
         pass
 
+    cdef void set_weight(self, Py_ssize_t index, int64_t weight) except *:
+        """Slow start (slowstart.pyx): a target's weight while it ramps up."""
+        if index < 0 or index >= self.n or weight <= 0:
+            return
+        self.weight[index] = <uint32_t>weight
+        self._compact()
+        if self.rr is not None:
+            self.rr.set_weight(index, weight)
+
     def pick_for_test(self, Exchange ex=None):
         """Python entry for tests: the index choose() returns for `ex` (None: a keyless pick)."""
         return self.pick(ex) if ex is None else self.choose(ex)

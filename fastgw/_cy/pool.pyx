@@ -13,6 +13,9 @@ cdef class TargetPicker
 cdef class OutlierState
 cdef class ActiveHealthState
 cdef class CircuitBreakers
+cdef class RetryPolicy
+cdef class RetryBudget
+cdef class SlowStart
 cdef class TunnelSettings
 cdef class StreamListener
 
@@ -125,6 +128,8 @@ cdef class UpstreamGroup:
     cdef public bint failover         # an idempotent request whose connection fails goes to another target
     cdef public ActiveHealthState active_health   # active checks' results (activehealth.pyx); None: off
     cdef public CircuitBreakers breakers          # breakers.pyx; None: no limits
+    cdef public RetryBudget budget                # retry.pyx; None: no budget
+    cdef public SlowStart slow_start              # slowstart.pyx; None: off
 
     def __init__(self, str name, list targets, list weights, double connect_timeout,
                  double header_timeout, double body_timeout):
@@ -143,6 +148,8 @@ cdef class UpstreamGroup:
             return None
         if self.outlier is not None and self.outlier.n_ejected:
             self._return_due()
+        if self.slow_start is not None and self.slow_start.n_ramping:
+            self.slow_start.apply(self)
         if self.picker is None:
             i = self.balancer.pick()
         elif ex is None:
@@ -197,6 +204,8 @@ cdef class UpstreamGroup:
         if available and ((self.active_health is not None and self.active_health.is_down(i))
                           or (self.outlier is not None and self.outlier.ejected_until[i] != 0.0)):
             return
+        if available and self.slow_start is not None and not self.balancer._up[i]:
+            self.slow_start.begin(i)          # back in: its weight ramps up
         self.balancer.set_available(i, available)
         if self.picker is not None:
             self.picker.set_available(i, available)
@@ -287,6 +296,7 @@ cdef class Route:
     cdef readonly PolicyChain chain
     cdef public RouteMetrics metrics  # None: metrics are off
     cdef public TunnelSettings tunnels  # upgrades allowed and the tunnels' idle timeout (None: the defaults)
+    cdef public RetryPolicy retry     # retry policy and timeouts (retry.pyx); None: the upstream's fail-over
 
     def __init__(self, str name, list backends, max_body, PolicyChain chain=None):
         self.name = name

@@ -5,6 +5,7 @@ cdef object _events = None
 cdef dict _FAILURE_KINDS = {
     RF_UPSTREAM_CONNECT_FAILURE: "connect", RF_UPSTREAM_TIMEOUT: "timeout", RF_UPSTREAM_RESET: "reset",
     RF_UPSTREAM_PROTOCOL_ERROR: "protocol_error", RF_UPSTREAM_BODY_TIMEOUT: "body_timeout",
+    0: "status",
 }
 cdef dict _CONNECT_KINDS = {
     b"upstream connection refused": "refused", b"upstream name not resolved": "dns",
@@ -30,4 +31,4 @@ cdef void _upstream_failure_event(Exchange ex, int status, const char* reason, i
                  route=ex.route.name if ex.route is not None else None,
                  upstream=ex.group.name if ex.group is not None else None,
                  target=ex.target.address if ex.target is not None else None,
-                 attempts=2 if ex.retried else 1)
+                 attempts=1 + ex.resends)

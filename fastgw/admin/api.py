@@ -159,6 +159,7 @@ class AdminAPI:
                 "timeouts": msgspec.to_builtins(up.timeouts),
                 "keepalive": msgspec.to_builtins(up.keepalive),
                 "circuit_breakers_by_worker": {},
+                "retry_budget_by_worker": {},
             }
         for answer in answers:
             for name, up in (answer.get("upstreams") or {}).items():
@@ -167,6 +168,8 @@ class AdminAPI:
                 by_address = {t["address"]: t for t in out[name]["targets"]}
                 if up.get("circuit_breakers") is not None:
                     out[name]["circuit_breakers_by_worker"][str(answer["pid"])] = up["circuit_breakers"]
+                if up.get("retry_budget") is not None:
+                    out[name]["retry_budget_by_worker"][str(answer["pid"])] = up["retry_budget"]
                 for target in up["targets"]:
                     entry = by_address.get(target["address"])
                     named = by_address.get(target.get("resolved_from"))

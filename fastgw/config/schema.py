@@ -25,6 +25,7 @@ from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Consumer, Policy
 from .ratelimit import Redis
+from .retry import RetryBudget, RetryPolicy, RouteTimeouts, SlowStart
 from .tls import ListenerTls, UpstreamTls
 from .tracing import Tracing
 from .tunnels import ListenerProtocol, Tunnel
@@ -156,6 +157,11 @@ class Upstream(Base, kw_only=True):
     """How targets given by name are resolved and refreshed (docs/health.md)."""
     circuit_breakers: CircuitBreakers | None = None
     """Limits on connections, pending, active requests and retries, per worker (docs/health.md)."""
+    retry_budget: RetryBudget | None = None
+    """Retries in flight at most a share of active requests (docs/retries.md); on with Envoy's
+    defaults for an upstream a route with `retry` sends to."""
+    slow_start: SlowStart | None = None
+    """A returning or new target's weight ramps up over a window (docs/retries.md)."""
 
 
 class PathMatch(Base, kw_only=True):
@@ -317,6 +323,10 @@ class Route(Base, kw_only=True):
     """`false` turns this route's access lines off; `{sample: 0.1}` samples them (docs/observability.md)."""
     tunnel: Tunnel | None = None
     """WebSocket and other Upgrade tunnels, and the pipe of a tcp / tls-passthrough route (docs/tunnels.md)."""
+    retry: RetryPolicy | None = None
+    """Which failed attempts are sent again, how often, after what backoff (docs/retries.md)."""
+    timeouts: RouteTimeouts | None = None
+    """The whole request's deadline and each attempt's (Gateway API `timeouts`, docs/retries.md)."""
 
     @property
     def all_matches(self) -> list[Match]:

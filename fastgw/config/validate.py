@@ -13,6 +13,7 @@ from .logs import check_logs
 from .metrics import check_metrics
 from .policies import check_policies
 from .positions import Token
+from .retry import check_retry, check_slow_start
 from .schema import Filters, GatewayConfig, Match, PathMatch, PathReplace
 from .tls import check_tls
 from .tracing import check_tracing
@@ -71,6 +72,7 @@ def _check_upstreams(cfg: GatewayConfig, out: list[Problem]) -> None:
                 out.append((["upstreams", name, "targets", i, "address"], str(e)))
         check_balancer(upstream.balancer, upstream.sticky, ["upstreams", name], out)
         check_health(upstream.health, ["upstreams", name], out)
+        check_slow_start(upstream, ["upstreams", name], out)
 
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\.\.\.)?\}")
@@ -244,6 +246,7 @@ def _check_routes(cfg: GatewayConfig, out: list[Problem]) -> None:
             names[route.name] = i
         if route.match is not None and route.matches is not None:
             out.append((base, "'match' and 'matches' cannot both be set"))
+        check_retry(route.retry, route.timeouts, base, out)
         if route.matches is not None:
             for j, match in enumerate(route.matches):
                 _check_match(match, [*base, "matches", j], out)

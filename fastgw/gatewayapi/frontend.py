@@ -184,6 +184,7 @@ class _Builder:
         self.backend_tls: list[Obj] = []        # BackendTLSPolicies
         self.traffic_policies: list[Obj] = []   # Envoy Gateway BackendTrafficPolicies (traffic_policy.py)
         self.route_natives: dict[str, list[int]] = {}   # HTTPRoute key -> its native routes' indexes
+        self.backend_lb: list[Obj] = []         # BackendLBPolicies (sessionPersistence)
         self.listeners: dict[str, list[_Listener]] = {}   # gateway key -> listeners
 
     # -- reporting and typed access ----------------------------------------------------------------
@@ -250,12 +251,14 @@ class _Builder:
                         "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",), "ConfigMap": ("v1",),
                         "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3"),
                         "BackendTrafficPolicy": (_BTP_VERSION,),
+                        "BackendLBPolicy": (f"{GATEWAY_GROUP}/v1alpha2",),
                         **STREAM_ROUTE_VERSIONS}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
                          f"({GATEWAY_GROUP}/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
                          f"(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
-                         f"({GATEWAY_GROUP}/v1), BackendTrafficPolicy ({_BTP_VERSION}, its rateLimit)")
+                         f"({GATEWAY_GROUP}/v1), BackendTrafficPolicy ({_BTP_VERSION}, its rateLimit), "
+                         f"BackendLBPolicy ({GATEWAY_GROUP}/v1alpha2)")
                 continue
             if api not in expected:
                 self.err(obj, ["apiVersion"], f"unsupported apiVersion {api!r} for {kind} "
@@ -290,6 +293,8 @@ class _Builder:
                 self.backend_tls.append(obj)
             elif kind == "BackendTrafficPolicy":
                 self.traffic_policies.append(obj)
+            elif kind == "BackendLBPolicy":
+                self.backend_lb.append(obj)
             elif kind == "EndpointSlice":
                 labels = obj.metadata.get("labels")
                 svc = labels.get(_SLICE_LABEL) if isinstance(labels, dict) else None
@@ -555,9 +560,7 @@ class _Builder:
               ) -> tuple[dict[str, Any], dict[tuple[Token, ...], Origin]] | None:
         r = self.fields(route, at, rule, {
             "name": None, "matches": None, "filters": None, "backendRefs": None,
-            "timeouts": "not supported: timeouts",
-            "retry": "not supported: retries",
-            "sessionPersistence": "not supported: session persistence",
+            "timeouts": None, "retry": None, "sessionPersistence": None,
         })
         origins: dict[tuple[Token, ...], Origin] = {(): (route, at)}
         out: dict[str, Any] = {}
@@ -606,7 +609,109 @@ class _Builder:
                     origins[("backends", j, "filters", *tokens)] = origin
             backends.append(backend)
         out["backends"] = backends
+        self._timeouts_and_retry(route, at, r, out, origins)
+        if "sessionPersistence" in r:
+            sticky = self._session_persistence(route, [*at, "sessionPersistence"], r["sessionPersistence"])
+            if sticky is not None:
+                for b in backends:
+                    if b["upstream"] is not None:
+                        b["upstream"] = self._sticky_upstream(b["upstream"], sticky, route,
+                                                              [*at, "sessionPersistence"])
         return out, origins
+
+    # -- timeouts, retries, session persistence (docs/retries.md, docs/load-balancing.md) ---------------
+
+    def _timeouts_and_retry(self, route: Obj, at: list[Token], r: dict[str, Any], out: dict[str, Any],
+                            origins: dict[tuple[Token, ...], Origin]) -> None:
+        """`timeouts.request` / `backendRequest` and `retry` (GEP-1731) -> the route's `timeouts` and
+        `retry`: `attempts` counts retries after the first try; `codes` are the statuses retried;
+        connection errors, resets and backend timeouts are always retried; `backoff` is the base of
+        the jittered exponential backoff."""
+        t = self.fields(route, [*at, "timeouts"], r.get("timeouts"), {"request": None, "backendRequest": None})
+        timeouts: dict[str, Any] = {}
+        for key, native in (("request", "request"), ("backendRequest", "backend_request")):
+            value = self.string(route, [*at, "timeouts"], t, key)
+            if value is not None:
+                timeouts[native] = value
+                origins[("timeouts", native)] = (route, [*at, "timeouts", key])
+        if timeouts:
+            out["timeouts"] = timeouts
+            origins[("timeouts",)] = (route, [*at, "timeouts"])
+        if "retry" not in r:
+            return
+        rt = self.fields(route, [*at, "retry"], r.get("retry"), {"codes": None, "attempts": None, "backoff": None})
+        retry: dict[str, Any] = {"retry_on": ["connect-failure", "reset", "timeout"]}
+        origins[("retry",)] = (route, [*at, "retry"])
+        attempts = self.integer(route, [*at, "retry"], rt, "attempts")
+        if attempts is not None:
+            retry["attempts"] = attempts
+            origins[("retry", "attempts")] = (route, [*at, "retry", "attempts"])
+        codes = []
+        for k, code in enumerate(self.items(route, [*at, "retry"], rt, "codes")):
+            code = self.typed(route, [*at, "retry", "codes", k], code, int, "a status code")
+            if code is not None:
+                origins[("retry", "statuses", len(codes))] = (route, [*at, "retry", "codes", k])
+                codes.append(code)
+        if codes:
+            retry["statuses"] = codes
+        backoff = self.string(route, [*at, "retry"], rt, "backoff")
+        if backoff is not None:
+            retry["backoff"] = {"base": backoff}
+            origins[("retry", "backoff", "base")] = (route, [*at, "retry", "backoff"])
+        out["retry"] = retry
+
+    def _session_persistence(self, obj: Obj, at: list[Token], node: Any) -> dict[str, Any] | None:
+        """GEP-1619 `sessionPersistence` -> the native `sticky` (a cookie the gateway sets naming the
+        target): `sessionName` is the cookie's name; `cookieConfig.lifetimeType: Permanent` gives it
+        `absoluteTimeout` as Max-Age, `Session` (the default) a session cookie."""
+        sp = self.fields(obj, at, node, {
+            "sessionName": None, "absoluteTimeout": None, "type": None, "cookieConfig": None,
+            "idleTimeout": "not supported: idleTimeout (the cookie is not renewed on use)",
+        })
+        kind = sp.get("type", "Cookie")
+        if kind != "Cookie":
+            self.err(obj, [*at, "type"], f"not supported: session persistence of type {kind!r} (Cookie only)")
+            return None
+        cc = self.fields(obj, [*at, "cookieConfig"], sp.get("cookieConfig"), {"lifetimeType": None})
+        lifetime = cc.get("lifetimeType", "Session")
+        sticky: dict[str, Any] = {}
+        name = self.string(obj, at, sp, "sessionName")
+        if name is not None:
+            sticky["cookie"] = name
+        timeout = self.string(obj, at, sp, "absoluteTimeout")
+        if lifetime == "Permanent":
+            if timeout is None:
+                self.err(obj, at, "absoluteTimeout is required with cookieConfig.lifetimeType Permanent")
+                return None
+            sticky["ttl"] = timeout
+        elif lifetime != "Session":
+            self.err(obj, [*at, "cookieConfig", "lifetimeType"], f"expected Permanent or Session, got {lifetime!r}")
+            return None
+        elif timeout is not None:
+            self.err(obj, [*at, "absoluteTimeout"], "not supported: absoluteTimeout on a Session cookie (the "
+                     "cookie carries no expiry; use cookieConfig.lifetimeType: Permanent)")
+            return None
+        return sticky
+
+    def _sticky_upstream(self, name: str, sticky: dict[str, Any], obj: Obj, at: list[Token]) -> str:
+        """The upstream of `name`'s targets with these sticky settings: its own copy, so rules that
+        share a Service but not its session persistence keep theirs apart (pools and health stay per
+        target address)."""
+        import hashlib
+        import json
+
+        tag = hashlib.sha256(json.dumps(sticky, sort_keys=True).encode()).hexdigest()[:8]
+        sticky_name = f"{name}.session-{tag}"
+        ups = self.native["upstreams"]
+        if sticky_name not in ups:
+            ups[sticky_name] = {**ups[name], "sticky": sticky}
+            for tokens, origin in list(self.origins.items()):
+                if tokens[:2] == ("upstreams", name):
+                    self.origins[("upstreams", sticky_name, *tokens[2:])] = origin
+            self.origins[("upstreams", sticky_name, "sticky")] = (obj, at)
+            for key in sticky:
+                self.origins[("upstreams", sticky_name, "sticky", key)] = (obj, at)
+        return sticky_name
 
     def _match(self, route: Obj, at: list[Token], node: Any, hostnames: list[str],
                origins: dict[tuple[Token, ...], Origin], prefix: tuple[Token, ...]) -> dict[str, Any]:
@@ -1005,8 +1110,32 @@ class _Builder:
         self.native["upstreams"][name] = {"targets": targets}
         if tls is not None:
             self.native["upstreams"][name]["tls"] = tls
+        lb = self._backend_lb(svc)
+        if lb is not None:
+            self.native["upstreams"][name]["sticky"], origins[("upstreams", name, "sticky")] = lb
         self.origins.update(origins)
         return name
+
+    def _backend_lb(self, svc: Obj) -> tuple[dict[str, Any], Origin] | None:
+        """The sticky settings a BackendLBPolicy's `sessionPersistence` gives a Service (the oldest
+        policy naming it wins, then by name); a rule's own sessionPersistence takes precedence."""
+        found = []
+        for pol in self.backend_lb:
+            spec = pol.body.get("spec") if isinstance(pol.body.get("spec"), dict) else {}
+            for ref in spec.get("targetRefs") or []:
+                if (isinstance(ref, dict) and (ref.get("group", ""), ref.get("kind")) == ("", "Service")
+                        and pol.namespace == svc.namespace and ref.get("name") == svc.name):
+                    ts = _timestamp(pol.metadata.get("creationTimestamp")) or datetime.datetime.max.replace(
+                        tzinfo=datetime.UTC)
+                    found.append((ts, pol.name, pol, spec))
+        if not found:
+            return None
+        *_, pol, spec = min(found, key=lambda f: f[:2])
+        self.fields(pol, ["spec"], spec, {"targetRefs": None, "sessionPersistence": None})
+        if "sessionPersistence" not in spec:
+            return None
+        sticky = self._session_persistence(pol, ["spec", "sessionPersistence"], spec["sessionPersistence"])
+        return None if sticky is None else (sticky, (pol, ["spec", "sessionPersistence"]))
 
     def _backend_tls(self, svc: Obj, sp: dict[str, Any]) -> dict[str, Any] | str | None:
         """The upstream `tls` a BackendTLSPolicy asks for this Service port: None (no policy), or

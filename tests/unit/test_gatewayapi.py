@@ -422,6 +422,7 @@ UNSUPPORTED = textwrap.dedent("""\
           request: 10s
         sessionPersistence:
           sessionName: s
+          idleTimeout: 1h
         filters:
         - type: ExtensionRef
           extensionRef: {group: example.com, kind: Foo, name: bar}
@@ -462,9 +463,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
     got = issues(UNSUPPORTED)
     assert got == [
         ("$[0].spec.listeners[1]", "an HTTPS listener needs tls.certificateRefs", line_of("- name: https")),
-        ("$[1].spec.rules[0].timeouts", "not supported: timeouts", line_of("- timeouts")),
-        ("$[1].spec.rules[0].sessionPersistence", "not supported: session persistence",
-         line_of("sessionPersistence")),
+        ("$[1].spec.rules[0].sessionPersistence.idleTimeout",
+         "not supported: idleTimeout (the cookie is not renewed on use)", line_of("idleTimeout")),
         ("$[1].spec.rules[0].filters[0].type", "not supported: ExtensionRef filters", line_of("- type: ExtensionRef")),
         ("$[1].spec.rules[0].filters[1].externalAuth.protocol", "not supported: protocol GRPC (fastgw's "
          "external_auth speaks HTTP to the auth service; use protocol HTTP)", line_of("externalAuth:")),
@@ -473,14 +473,13 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].filters[4].type",
          "unknown filter type 'Bogus' (expected one of: RequestHeaderModifier, ResponseHeaderModifier, "
          "RequestRedirect, URLRewrite, RequestMirror, CORS, ExternalAuth, ExtensionRef)", line_of("- type: Bogus")),
-        ("$[1].spec.rules[0].retry", "not supported: retries", line_of("retry:")),
         ("$[1].spec.rules[0].backendRefs[0].colour",
          "unknown field (expected one of: group, kind, name, namespace, port, weight, filters)", line_of("colour")),
         ("$[2].kind", "unsupported kind 'Pod' (v1); supported: Gateway, HTTPRoute "
          "(gateway.networking.k8s.io/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
          "(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
-         "(gateway.networking.k8s.io/v1), BackendTrafficPolicy (gateway.envoyproxy.io/v1alpha1, its rateLimit)",
-         line_of("kind: Pod")),
+         "(gateway.networking.k8s.io/v1), BackendTrafficPolicy (gateway.envoyproxy.io/v1alpha1, its rateLimit), "
+         "BackendLBPolicy (gateway.networking.k8s.io/v1alpha2)", line_of("kind: Pod")),
     ]
 
 
