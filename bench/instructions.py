@@ -14,6 +14,14 @@ compile cancel out.
     .venv/bin/python bench/instructions.py --wrk      # and a short real wrk run against fastgw
     .venv/bin/python bench/instructions.py --rate-limit local    # the `ratelimit` scenario's route
     .venv/bin/python bench/instructions.py --rate-limit cluster  # the same limit through Redis
+    .venv/bin/python bench/instructions.py --access-log --metrics --tracing 0.01   # issue 9's `observed`
+
+With --access-log or --tracing, the work off the request path is counted too, per thread (callgrind
+--separate-threads): the access log's writer thread (the whole file written before the run ends), and the
+span export's encoding (fastgw.tracing.encode_spans over what the run queued), which in a worker runs on
+the loop thread; here it runs on a thread of its own only so that it can be reported apart, and it is
+added to the request's sum. Sampling is random, so the trace RNG is seeded (FASTGW_IR_SEED) and the
+export is also given per sampled exchange and scaled by RATE ("normalized").
 
 Run with PYTHONHASHSEED fixed (the script sets it for the children) the figure repeats to within a few
 instructions; differences between builds are what it is for (bench/README.md has the history).
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -66,9 +75,21 @@ RESILIENT_ROUTE = "upstream: origin, retry: {attempts: 2, retry_on: [5xx]}"
 
 def config_text() -> str:
     """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N), the rate limit
-    of FASTGW_IR_RATE_LIMIT (--rate-limit local|cluster) and the FASTGW_IR_RESILIENCE variant
-    (--resilience targets|retry|all|timeouts)."""
+    of FASTGW_IR_RATE_LIMIT (--rate-limit local|cluster), the FASTGW_IR_RESILIENCE variant
+    (--resilience targets|retry|all|timeouts), the access log (--access-log FORMAT:
+    FASTGW_IR_ACCESS_LOG=FORMAT:PATH), metrics and tracing (--metrics, --tracing)."""
     text = CONFIG
+    al = os.environ.get("FASTGW_IR_ACCESS_LOG")
+    if al:
+        fmt, path = al.split(":", 1)
+        text = text.replace("access_log: {enabled: false}",
+                            f"access_log: {{enabled: true, format: {fmt}, path: '{path}'}}")
+    if os.environ.get("FASTGW_IR_METRICS"):
+        text += "metrics: {enabled: true}\n"
+    rate = os.environ.get("FASTGW_IR_TRACING")
+    if rate:
+        text += (f"tracing: {{enabled: true, sample_rate: {rate}, "
+                 "otlp: {endpoint: 'http://127.0.0.1:9/v1/traces'}}\n")
     mode = os.environ.get("FASTGW_IR_RESILIENCE")
     if mode:
         text = text.replace("targets: [{address: 127.0.0.1:9001}]", RESILIENCE["targets" if mode == "targets"
@@ -155,12 +176,25 @@ def run_cycles(n: int, path: str = "/") -> None:
 
     if os.environ.get("FASTGW_IR_RATE_LIMIT") == "cluster":
         prime_leases()
-    loop = FakeLoop()
+
+    class Loop(FakeLoop):
+        def call_soon(self, cb, *args):     # the sink's flush once its buffer is full: at once
+            cb(*args)
+
+    loop = Loop()
     if os.environ.get("FASTGW_IR_RESILIENCE") == "timeouts":
         import uvloop
 
         loop.call_later = uvloop.new_event_loop().call_later    # route timeouts: uvloop's real timers
-    worker = _core.Worker(loop, compile_runtime(loads_config(config_text(), "yaml")))
+    cfg = loads_config(config_text(), "yaml")
+    worker = _core.Worker(loop, compile_runtime(cfg))
+    if os.environ.get("FASTGW_IR_ACCESS_LOG"):
+        from fastgw import accesslog
+        worker.access_log = accesslog.open_sink(loop, cfg)
+    if os.environ.get("FASTGW_IR_TRACING"):
+        worker.traces.max_queue = 1 << 30
+        if hasattr(worker.traces, "seed"):        # (builds before it: unseeded)
+            worker.traces.seed(int(os.environ.get("FASTGW_IR_SEED", "12345")))
     client = worker()
     ct = CountingTransport(client, ("127.0.0.1", 8080), ("127.0.0.1", 40000))
     client.connection_made(ct)
@@ -191,20 +225,53 @@ def run_cycles(n: int, path: str = "/") -> None:
         raise SystemExit(f"unexpected response: {ct.last!r}")
     if not ut.last.startswith(request[: request.index(b"\r\n") + 2]):
         raise SystemExit(f"unexpected upstream request: {ut.last!r}")
+    stats = {}
+    if os.environ.get("FASTGW_IR_TRACING"):
+        import threading
+
+        from fastgw.tracing import encode_spans
+        records = worker.traces.take(1 << 30)
+        stats["sampled"] = len(records)
+        stats["spans"] = sum(r[0] for r in records)
+        out = []
+
+        def export():                         # a worker does this on its loop, 512 spans a batch
+            for i in range(0, len(records), 256):
+                out.append(encode_spans(records[i:i + 256], worker.traces.clock_offset, "fastgw"))
+
+        # (before the writer is stopped: callgrind numbers threads by slot, and reuses a finished one's)
+        t = threading.Thread(target=export, name="export")
+        t.start()
+        t.join()
+        stats["export_bytes"] = sum(map(len, out))
+    if worker.access_log is not None:
+        sink = worker.access_log
+        sink.close(3600.0)                    # the writer thread writes everything, inside the count
+        stats["lines"], stats["dropped"] = sink.lines, sink.dropped
+    if os.environ.get("FASTGW_IR_STATS"):
+        Path(os.environ["FASTGW_IR_STATS"]).write_text(json.dumps(stats))
 
 
-def callgrind(n: int, out: Path, path: str) -> int:
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+def _totals(path: Path) -> int:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {path}")
+
+
+def callgrind(n: int, out: Path, path: str) -> tuple[list[int], dict]:
+    """Ir per thread (thread 1: the loop; then in start order: the access log's writer, the export),
+    and the run's stats (lines written, exchanges sampled)."""
+    stats = out.with_suffix(".stats")
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1", FASTGW_IR_STATS=str(stats))
+    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
            sys.executable, __file__, "--cycles", str(n), "--path", path]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-4000:])
         raise SystemExit(f"callgrind run failed ({r.returncode})")
-    for line in out.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise SystemExit(f"no totals in {out}")
+    files = sorted(out.parent.glob(out.name + "-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    return [_totals(f) for f in files], json.loads(stats.read_text()) if stats.exists() else {}
 
 
 _ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(.*\S)\s*$")
@@ -223,7 +290,11 @@ def per_function(path: Path) -> dict[str, int]:
 
 
 def top(low: Path, high: Path, k: int) -> None:
-    a, b = per_function(low), per_function(high)
+    a, b = collections.Counter(), collections.Counter()
+    for f in low.parent.glob(low.name + "-*"):
+        a.update(per_function(f))
+    for f in high.parent.glob(high.name + "-*"):
+        b.update(per_function(f))
     diff = {f: (b.get(f, 0) - a.get(f, 0)) / (HIGH - LOW) for f in set(a) | set(b)}
     print(f"top {k} functions, self instructions per request:")
     for name, v in sorted(diff.items(), key=lambda kv: -kv[1])[:k]:
@@ -252,6 +323,11 @@ def main() -> None:
     ap.add_argument("--resilience", choices=("targets", "retry", "all", "timeouts"),
                     help="two targets (passive health on); and a retry policy (retry); and circuit breakers "
                          "(all); all and route timeouts (timeouts): configured, never triggered")
+    ap.add_argument("--access-log", nargs="?", const="json", choices=("json", "text"), metavar="FORMAT",
+                    help="the access log on (json, the default, or text), to a file; its writer thread counted")
+    ap.add_argument("--metrics", action="store_true", help="metrics on (metrics: {enabled: true})")
+    ap.add_argument("--tracing", type=float, metavar="RATE",
+                    help="tracing on at sample_rate RATE; the export's encoding of the sampled spans counted")
     args = ap.parse_args()
     if args.rate_limit:
         os.environ["FASTGW_IR_RATE_LIMIT"] = args.rate_limit
@@ -259,6 +335,10 @@ def main() -> None:
         os.environ["FASTGW_IR_POLICIES"] = str(args.policies)
     if args.resilience:
         os.environ["FASTGW_IR_RESILIENCE"] = args.resilience
+    if args.metrics:
+        os.environ["FASTGW_IR_METRICS"] = "1"
+    if args.tracing is not None:
+        os.environ["FASTGW_IR_TRACING"] = repr(args.tracing)
     if args.cycles:
         run_cycles(args.cycles, args.path)
         return
@@ -267,8 +347,28 @@ def main() -> None:
     d = Path(args.keep or tempfile.mkdtemp(prefix="fastgw-ir-"))
     d.mkdir(parents=True, exist_ok=True)
     low, high = d / f"callgrind.{LOW}", d / f"callgrind.{HIGH}"
-    ir_low, ir_high = callgrind(LOW, low, args.path), callgrind(HIGH, high, args.path)
-    print(f"instructions/request: {round((ir_high - ir_low) / (HIGH - LOW))}")
+    if args.access_log:
+        os.environ["FASTGW_IR_ACCESS_LOG"] = f"{args.access_log}:{d / 'access.log'}"
+    (ir_low, st_low), (ir_high, st_high) = callgrind(LOW, low, args.path), callgrind(HIGH, high, args.path)
+    if len(ir_low) != len(ir_high):
+        raise SystemExit(f"the runs had different threads: {len(ir_low)} and {len(ir_high)}")
+    per = [(b - a) / (HIGH - LOW) for a, b in zip(ir_low, ir_high, strict=True)]
+    print(f"instructions/request: {round(sum(per))}")
+    names = ["loop"] + (["access log writer"] if args.access_log else []) + (["export"] if args.tracing else [])
+    if len(per) != len(names):
+        raise SystemExit(f"{len(per)} threads counted, {len(names)} expected: {names}")
+    if len(per) > 1:
+        for i, v in enumerate(per):
+            print(f"  thread {i + 1} ({names[i] if i < len(names) else '?'}): {v:,.0f}")
+    if args.tracing:
+        sampled = st_high.get("sampled", 0) - st_low.get("sampled", 0)
+        spans = st_high.get("spans", 0) - st_low.get("spans", 0)
+        expected = args.tracing * (HIGH - LOW)
+        print(f"  sampled exchanges in the window: {sampled} ({spans} spans; {expected:g} expected at this rate)")
+        if sampled and len(per) > 1:
+            each = per[-1] * (HIGH - LOW) / sampled
+            print(f"  export per sampled exchange: {each:,.0f}; normalized to rate {args.tracing:g}: "
+                  f"{each * args.tracing:,.0f}/request, sum {round(sum(per[:-1]) + each * args.tracing)}")
     if args.top:
         top(low, high, args.top)
     if not args.keep:

@@ -62,6 +62,7 @@ cdef enum:
     AF_CONSUMER
 
     AL_MAX_OPS = 64
+    AL_TARGET_SLOTS = 4       # a power of two
 
     # access_log.query
     AQ_FULL = 0
@@ -120,6 +121,85 @@ cdef inline Py_ssize_t _utf8_len(const unsigned char* s, Py_ssize_t i, Py_ssize_
     if c == 0xF4:
         return 4 if 0x80 <= c1 <= 0x8F else 0
     return 4 if 0x80 <= c1 <= 0xBF else 0
+
+
+# Bytes copied as they are into both line formats: printable ASCII but `"` and `\\`.
+cdef unsigned char _PLAIN[256]
+
+
+cdef void _init_plain():
+    cdef int c
+    for c in range(256):
+        _PLAIN[c] = 1 if 0x20 <= c < 0x7F and c != 34 and c != 92 else 0
+
+
+_init_plain()
+
+
+cdef inline void _copy(char* d, const char* s, Py_ssize_t n) noexcept nogil:
+    """memcpy for the short runs of a line (keys, literals, names): fixed-size moves that the
+    compiler inlines, overlapping when n is not a power of two, instead of a call into libc."""
+    if n > 32:
+        memcpy(d, s, n)
+    elif n >= 16:
+        memcpy(d, s, 16)
+        memcpy(d + n - 16, s + n - 16, 16)
+    elif n >= 8:
+        memcpy(d, s, 8)
+        memcpy(d + n - 8, s + n - 8, 8)
+    elif n >= 4:
+        memcpy(d, s, 4)
+        memcpy(d + n - 4, s + n - 4, 4)
+    elif n > 0:
+        d[0] = s[0]
+        d[n >> 1] = s[n >> 1]
+        d[n - 1] = s[n - 1]
+
+
+cdef inline int _lit(WBuf* b, const char* s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        wb_reserve(b, n)
+    _copy(b.data + b.len, s, n)
+    b.len += n
+    return 0
+
+
+cdef inline Py_ssize_t _plain_copy(char* o, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Copies the bytes of s that need no escaping, up to the first that does: how many."""
+    cdef Py_ssize_t i = 0
+    while i < n and _PLAIN[s[i]]:
+        o[i] = <char>s[i]
+        i += 1
+    return i
+
+
+cdef int _json_str(WBuf* b, const char* src, Py_ssize_t n) except -1:
+    """`src` as a JSON string, quotes included: copied in one pass when nothing needs escaping
+    (the usual case), else by _json_body from the first byte that does."""
+    cdef Py_ssize_t i
+    if b.len + n + 2 > b.cap:
+        wb_reserve(b, n + 2)
+    b.data[b.len] = b'"'
+    i = _plain_copy(b.data + b.len + 1, <const unsigned char*>src, n)
+    b.len += 1 + i
+    if i < n:
+        _json_body(b, src + i, n - i)
+        if b.len + 1 > b.cap:
+            wb_reserve(b, 1)
+    b.data[b.len] = b'"'
+    b.len += 1
+    return 0
+
+
+cdef int _text_str(WBuf* b, const char* src, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    if b.len + n > b.cap:
+        wb_reserve(b, n)
+    i = _plain_copy(b.data + b.len, <const unsigned char*>src, n)
+    b.len += i
+    if i < n:
+        _text_body(b, src + i, n - i)
+    return 0
 
 
 cdef int _json_body(WBuf* b, const char* src, Py_ssize_t n) except -1:
@@ -188,18 +268,16 @@ cdef int _text_body(WBuf* b, const char* src, Py_ssize_t n) except -1:
 
 cdef inline int _str_field(WBuf* b, const char* s, Py_ssize_t n, bint json) except -1:
     if json:
-        wb_put(b, b'"', 1)
-        _json_body(b, s, n)
-        return wb_put(b, b'"', 1)
+        return _json_str(b, s, n)
     if n == 0:
-        return wb_put(b, b"-", 1)
-    return _text_body(b, s, n)
+        return _lit(b, b"-", 1)
+    return _text_str(b, s, n)
 
 
 cdef inline int _null(WBuf* b, bint json) except -1:
     if json:
-        return wb_put(b, b"null", 4)
-    return wb_put(b, b"-", 1)
+        return _lit(b, b"null", 4)
+    return _lit(b, b"-", 1)
 
 
 cdef int _unicode_field(WBuf* b, str s, bint json) except -1:
@@ -211,25 +289,61 @@ cdef int _unicode_field(WBuf* b, str s, bint json) except -1:
     return _str_field(b, u, n, json)
 
 
+cdef inline int _utoa(char* o, uint64_t v) noexcept nogil:
+    """v in decimal at o (room for 20 digits): how many digits."""
+    cdef char tmp[20]
+    cdef int i = 20, n
+    if v < 10:
+        o[0] = <char>(48 + v)
+        return 1
+    if v < 100:
+        o[0] = <char>(48 + v // 10)
+        o[1] = <char>(48 + v % 10)
+        return 2
+    while v:
+        i -= 1
+        tmp[i] = <char>(48 + v % 10)
+        v //= 10
+    n = 20 - i
+    _copy(o, tmp + i, n)
+    return n
+
+
+cdef inline int _num(WBuf* b, int64_t v) except -1:
+    if v < 0:
+        return wb_put_int(b, v)
+    if b.len + 20 > b.cap:
+        wb_reserve(b, 20)
+    b.len += _utoa(b.data + b.len, <uint64_t>v)
+    return 0
+
+
 cdef int _ms(WBuf* b, double seconds) except -1:
     """Milliseconds with three decimals (microseconds)."""
     cdef int64_t us = <int64_t>(seconds * 1e6 + 0.5)
-    cdef char frac[3]
+    cdef char* o
+    cdef int n
     if us < 0:
         us = 0
-    wb_put_int(b, us // 1000)
+    if b.len + 24 > b.cap:
+        wb_reserve(b, 24)
+    o = b.data + b.len
+    n = _utoa(o, <uint64_t>(us // 1000))
     us %= 1000
-    frac[0] = <char>(48 + us // 100)
-    frac[1] = <char>(48 + (us // 10) % 10)
-    frac[2] = <char>(48 + us % 10)
-    wb_put(b, b".", 1)
-    return wb_put(b, frac, 3)
+    o[n] = b'.'
+    o[n + 1] = <char>(48 + us // 100)
+    o[n + 2] = <char>(48 + (us // 10) % 10)
+    o[n + 3] = <char>(48 + us % 10)
+    b.len += n + 4
+    return 0
 
 
 cdef int _flags(WBuf* b, int flags, bint json) except -1:
     """JSON: ["UF","DC"]; text: UF,DC, or - for none."""
     cdef int i
     cdef bint first = True
+    if flags == 0:
+        return _lit(b, b"[]", 2) if json else _lit(b, b"-", 1)
     if json:
         wb_put(b, b"[", 1)
     for i in range(_n_flags):
@@ -257,7 +371,7 @@ cdef int _time(WBuf* b, bint json) except -1:
     global _time_sec, _time_prefix_len
     cdef timespec ts
     cdef tm t
-    cdef char frac[4]
+    cdef char* o
     cdef int ms
     clock_gettime(CLOCK_REALTIME, &ts)
     if ts.tv_sec != _time_sec:
@@ -266,16 +380,23 @@ cdef int _time(WBuf* b, bint json) except -1:
                                     t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
         _time_sec = ts.tv_sec
     ms = ts.tv_nsec // 1000000
-    frac[0] = <char>(48 + ms // 100)
-    frac[1] = <char>(48 + (ms // 10) % 10)
-    frac[2] = <char>(48 + ms % 10)
-    frac[3] = b'Z'
+    if b.len + _time_prefix_len + 6 > b.cap:
+        wb_reserve(b, _time_prefix_len + 6)
+    o = b.data + b.len
     if json:
-        wb_put(b, b'"', 1)
-    wb_put(b, _time_prefix, _time_prefix_len)
-    wb_put(b, frac, 4)
+        o[0] = b'"'
+        o += 1
+    _copy(o, _time_prefix, _time_prefix_len)
+    o += _time_prefix_len
+    o[0] = <char>(48 + ms // 100)
+    o[1] = <char>(48 + (ms // 10) % 10)
+    o[2] = <char>(48 + ms % 10)
+    o[3] = b'Z'
+    o += 4
     if json:
-        wb_put(b, b'"', 1)
+        o[0] = b'"'
+        o += 1
+    b.len = o - b.data
     return 0
 
 
@@ -292,32 +413,70 @@ cdef inline int _stream_key(WBuf* b, bytes key, bint json) except -1:
 
 # ---- the policy --------------------------------------------------------------------------------------
 
+cdef struct ALOp:
+    Py_ssize_t lit_off       # the literal written before the field, in AccessLogPolicy.litbuf
+    Py_ssize_t lit_len
+    int field
+
+
+cdef bytes _render(str s, bint json):
+    """A name as its whole field (quoted and escaped, or null / -): made once per name, see
+    AccessLogPolicy._cached."""
+    cdef WBuf tmp
+    cdef bytes out
+    wb_init(&tmp, 64)
+    try:
+        _unicode_field(&tmp, s, json)
+        out = wb_bytes(&tmp)
+    finally:
+        wb_free(&tmp)
+    return out
+
+
 cdef class AccessLogPolicy(Policy):
     """Writes the access line of every exchange its chain logs (a route's, or the no-route chain)."""
     cdef readonly bint json
     cdef readonly double sample
     cdef int query_mode
     cdef tuple redact                  # bytes names whose values are redacted (empty: every value)
-    cdef tuple lits                    # ops: lits[i] is written before field fields[i]
-    cdef int fields[AL_MAX_OPS]
+    cdef bytes litbuf                  # the format's literals (keys), end to end, and the tail
+    cdef ALOp ops[AL_MAX_OPS]
     cdef int nops
-    cdef bytes tail
+    cdef Py_ssize_t tail_off
+    cdef Py_ssize_t tail_len
+    cdef tuple outcomes                # the outcome field, rendered, by OC_* value
+    # The last route, upstream and target seen, by identity, with their fields rendered: names come
+    # from config objects, so an exchange mostly meets the one it met before (a route's chain: always
+    # its route). A miss renders the name (one bytes object) and keeps it.
+    cdef object c_route
+    cdef bytes r_route
+    cdef object c_group
+    cdef bytes r_group
+    cdef list c_targets                # [object, rendered] * AL_TARGET_SLOTS, by address bits
     cdef uint64_t rng
 
     def __init__(self, str key, bint json, ops, bytes tail, double sample, str query, redact=(),
                  config=None):
         """ops: [(literal bytes, field name)], the format compiled by fastgw/accesslog.py."""
         cdef int i
+        cdef Py_ssize_t off = 0
+        cdef bytes lit
         Policy.__init__(self, "access_log", "access_log", key, config)
         self.phases = PH_LOG
         self.json = json
         if len(ops) > AL_MAX_OPS:
             raise ValueError(f"an access log format has at most {AL_MAX_OPS} fields")
-        self.lits = tuple(lit for lit, _ in ops)
-        for i, (_, name) in enumerate(ops):
-            self.fields[i] = ACCESS_LOG_FIELDS.index(name)
+        for i, (lit, name) in enumerate(ops):
+            self.ops[i].lit_off = off
+            self.ops[i].lit_len = len(lit)
+            self.ops[i].field = ACCESS_LOG_FIELDS.index(name)
+            off += len(lit)
         self.nops = len(ops)
-        self.tail = tail
+        self.tail_off = off
+        self.tail_len = len(tail)
+        self.litbuf = b"".join([lit for lit, _ in ops]) + tail
+        self.outcomes = tuple(_render(name, json) for name in OUTCOME_NAMES)
+        self.c_targets = [None] * (2 * AL_TARGET_SLOTS)
         self.sample = sample
         self.query_mode = {"full": AQ_FULL, "redact": AQ_REDACT, "omit": AQ_OMIT}[query]
         self.redact = tuple(n.encode() for n in redact)
@@ -342,35 +501,49 @@ cdef class AccessLogPolicy(Policy):
         cdef LineSink sink
         cdef WBuf* b
         cdef Py_ssize_t i
-        cdef bytes lit
+        cdef const char* lits
+        cdef ALOp* op
+        cdef bint has_request
         if sink_obj is None or self._sampled_out():
             return 0
         sink = <LineSink>sink_obj
         b = sink.begin_line()
         if b == NULL:
             return 0
+        lits = PyBytes_AS_STRING(self.litbuf)
+        has_request = ex.h != NULL and ex.outcome != OC_REFUSED
         for i in range(self.nops):
-            lit = <bytes>self.lits[i]
-            wb_put(b, PyBytes_AS_STRING(lit), PyBytes_GET_SIZE(lit))
-            self._field(b, self.fields[i], ex)
-        wb_put(b, PyBytes_AS_STRING(self.tail), PyBytes_GET_SIZE(self.tail))
+            op = &self.ops[i]
+            _lit(b, lits + op.lit_off, op.lit_len)
+            self._field(b, op.field, ex, has_request)
+        _lit(b, lits + self.tail_off, self.tail_len)
         sink.end_line()
         return 0
 
-    cdef int _field(self, WBuf* b, int f, Exchange ex) except -1:
+    cdef inline int _put_rendered(self, WBuf* b, bytes r) except -1:
+        return _lit(b, PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r))
+
+    cdef int _target(self, WBuf* b, object target) except -1:
+        cdef Py_ssize_t slot = 2 * ((<size_t><void*>target >> 6) & (AL_TARGET_SLOTS - 1))
+        cdef list c = self.c_targets
+        cdef bytes r
+        if c[slot] is not target:
+            r = _render((<Target>target).address, self.json)
+            c[slot] = target
+            c[slot + 1] = r
+        return self._put_rendered(b, <bytes>c[slot + 1])
+
+    cdef int _field(self, WBuf* b, int f, Exchange ex, bint has_request) except -1:
+        # one if/elif chain on f: Cython makes it a C switch
         cdef bint json = self.json
-        cdef MessageHead* h = ex.h
-        cdef const char* p = ex.p
-        cdef bint has_request = h != NULL and ex.outcome != OC_REFUSED
-        cdef int i
         cdef char trace_hex_buf[32]
         if f == AF_TIME:
             return _time(b, json)
-        if f == AF_REQUEST_ID:
+        elif f == AF_REQUEST_ID:
             if ex.request_id is None:
                 return _null(b, json)
             return _str_field(b, PyBytes_AS_STRING(ex.request_id), PyBytes_GET_SIZE(ex.request_id), json)
-        if f == AF_TRACE_ID:
+        elif f == AF_TRACE_ID:
             if not has_request:
                 return _null(b, json)
             if ex.tc.trace_hi | ex.tc.trace_lo:     # traced: hex straight from the ids, no str made
@@ -378,57 +551,76 @@ cdef class AccessLogPolicy(Policy):
                 _hex16(trace_hex_buf + 16, ex.tc.trace_lo)
                 return _str_field(b, trace_hex_buf, 32, json)
             return _unicode_field(b, ex._incoming_trace_id(), json)
-        if f == AF_CLIENT_IP:
+        elif f == AF_CLIENT_IP:
             return _str_field(b, PyBytes_AS_STRING(ex.client_addr), PyBytes_GET_SIZE(ex.client_addr), json)
-        if f == AF_STATUS:
-            return wb_put_int(b, ex.status)
-        if f == AF_BYTES_RECEIVED:
-            return wb_put_int(b, ex.bytes_in)
-        if f == AF_BYTES_SENT:
-            return wb_put_int(b, ex.bytes_out)
-        if f == AF_DURATION:
+        elif f == AF_STATUS:
+            return _num(b, ex.status)
+        elif f == AF_BYTES_RECEIVED:
+            return _num(b, ex.bytes_in)
+        elif f == AF_BYTES_SENT:
+            return _num(b, ex.bytes_out)
+        elif f == AF_DURATION:
             return _ms(b, ex.t_done - ex.t_head)
-        if f == AF_UPSTREAM_CONNECT:
+        elif f == AF_UPSTREAM_CONNECT:
             return _ms(b, ex.t_connected - ex.t_head) if ex.t_connected else _null(b, json)
-        if f == AF_UPSTREAM_FIRST_BYTE:
+        elif f == AF_UPSTREAM_FIRST_BYTE:
             return _ms(b, ex.t_first_byte - ex.t_head) if ex.t_first_byte else _null(b, json)
-        if f == AF_ROUTE:
-            return _unicode_field(b, ex.route.name if ex.route is not None else None, json)
-        if f == AF_UPSTREAM:
-            return _unicode_field(b, ex.group.name if ex.group is not None else None, json)
-        if f == AF_TARGET:
-            return _unicode_field(b, ex.target.address if ex.target is not None else None, json)
-        if f == AF_ATTEMPTS:
-            return wb_put_int(b, (1 + ex.resends) if ex.up_head is not None else 0)
-        if f == AF_FLAGS:
+        elif f == AF_ROUTE:
+            if ex.route is None:
+                return _null(b, json)
+            if ex.route is not self.c_route:
+                self.r_route = _render(ex.route.name, json)
+                self.c_route = ex.route
+            return self._put_rendered(b, self.r_route)
+        elif f == AF_UPSTREAM:
+            if ex.group is None:
+                return _null(b, json)
+            if ex.group is not self.c_group:
+                self.r_group = _render(ex.group.name, json)
+                self.c_group = ex.group
+            return self._put_rendered(b, self.r_group)
+        elif f == AF_TARGET:
+            if ex.target is None:
+                return _null(b, json)
+            return self._target(b, ex.target)
+        elif f == AF_ATTEMPTS:
+            return _num(b, (1 + ex.resends) if ex.up_head is not None else 0)
+        elif f == AF_FLAGS:
             return _flags(b, ex.flags, json)
-        if f == AF_OUTCOME:
-            return _unicode_field(b, <str>OUTCOME_NAMES[ex.outcome], json)
-        if f == AF_CONSUMER:
+        elif f == AF_OUTCOME:
+            return self._put_rendered(b, <bytes>self.outcomes[ex.outcome])
+        elif f == AF_CONSUMER:
             if ex.consumer_name is None:
                 return _null(b, json)
             return _str_field(b, PyBytes_AS_STRING(ex.consumer_name), PyBytes_GET_SIZE(ex.consumer_name), json)
-        # the rest are the request's own bytes: none for a head the parser refused
+        return self._request_field(b, f, ex, has_request)
+
+    cdef int _request_field(self, WBuf* b, int f, Exchange ex, bint has_request) except -1:
+        """The fields that are the request's own bytes: none for a head the parser refused."""
+        cdef bint json = self.json
+        cdef MessageHead* h = ex.h
+        cdef const char* p = ex.p
+        cdef int i
         if not has_request:
             return _null(b, json)
         if f == AF_METHOD:
             return _str_field(b, p + h.method, h.method_len, json)
-        if f == AF_AUTHORITY:
+        elif f == AF_AUTHORITY:
             if h.authority >= 0:
                 return _str_field(b, p + h.authority, h.authority_len, json)
             if h.has_host:
                 return _str_field(b, p + h.host, h.host_len, json)
             return _null(b, json)
-        if f == AF_PATH:
+        elif f == AF_PATH:
             return _str_field(b, p + h.target, h.path_len, json)
-        if f == AF_QUERY:
+        elif f == AF_QUERY:
             if self.query_mode == AQ_OMIT or h.path_len >= h.target_len:
                 return _null(b, json)
             if json:
                 wb_put(b, b'"', 1)
             self._query(b, p + h.target + h.path_len + 1, h.target_len - h.path_len - 1, json)
             return wb_put(b, b'"', 1) if json else 0
-        if f == AF_URI:
+        elif f == AF_URI:
             if json:
                 wb_put(b, b'"', 1)
                 _json_body(b, p + h.target, h.path_len)
@@ -438,9 +630,11 @@ cdef class AccessLogPolicy(Policy):
                 wb_put(b, b"?", 1)
                 self._query(b, p + h.target + h.path_len + 1, h.target_len - h.path_len - 1, json)
             return wb_put(b, b'"', 1) if json else 0
-        if f == AF_PROTOCOL:
-            return _str_field(b, b"HTTP/1.0" if h.version_minor == 0 else b"HTTP/1.1", 8, json)
-        if f == AF_USER_AGENT:
+        elif f == AF_PROTOCOL:
+            if json:
+                return _lit(b, b'"HTTP/1.0"' if h.version_minor == 0 else b'"HTTP/1.1"', 10)
+            return _lit(b, b"HTTP/1.0" if h.version_minor == 0 else b"HTTP/1.1", 8)
+        elif f == AF_USER_AGENT:
             for i in range(h.nfields):
                 if h.fields[i].name_len == 10 and _ci_eq(p + h.fields[i].name, 10, b"user-agent", 10):
                     return _str_field(b, p + h.fields[i].value, h.fields[i].value_len, json)

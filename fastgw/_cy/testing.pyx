@@ -202,14 +202,15 @@ def bench_hash_lookup(HashPicker picker, Py_ssize_t n):
 
 
 def access_log_escape(bytes data, bint json):
-    """`data` as the access log writes a field of it: the inside of a JSON string, or text."""
+    """`data` as the access log writes a field of it: the inside of a JSON string, or text (by the
+    line's own writers: the plain-run copy, then the escaping from the first byte that needs it)."""
     cdef WBuf b
     wb_init(&b, 64)
     try:
         if json:
-            _json_body(&b, data, len(data))
-        else:
-            _text_body(&b, data, len(data))
+            _json_str(&b, data, len(data))
+            return b.data[1:b.len - 1]
+        _text_str(&b, data, len(data))
         return wb_bytes(&b)
     finally:
         wb_free(&b)

@@ -245,6 +245,13 @@ cdef class TraceSink:
         """A fresh nonzero 64-bit id (the exporter's tests and tools)."""
         return self.next_id()
 
+    def seed(self, uint64_t value):
+        """Restarts the ids and the sampling coin from `value` (nonzero): repeatable runs for
+        bench/instructions.py; never called by the gateway."""
+        if value == 0:
+            raise ValueError("the seed must be nonzero")
+        self.rng = value
+
 
 cdef char _HEXPAIRS[512]          # "000102...ff": a byte's two hex digits at 2 * byte
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import codecs
 import json
 import random
+import re
+from pathlib import Path
 
 import orjson
 import pytest
@@ -166,3 +168,68 @@ def test_sampling_half_logs_some_but_not_all(tmp_path):
     assert len(h.loop.connects) == 1
     n = len(h.lines())
     assert 0 < n < 200, n
+
+
+_GOLDEN_CONFIG = """
+listeners: [{{address: 127.0.0.1:8080}}]
+access_log: {al}
+upstreams:
+  a: {{targets: [{{address: 127.0.0.1:9001}}]}}
+routes:
+  - {{name: r.1-x_, match: {{path: {{prefix: /p}}}}, upstream: a}}
+"""
+_GOLDEN_REQUESTS = [
+    (b"GET /p/q?x=1&token=s HTTP/1.1\r\nHost: api.example:8080\r\nX-Request-Id: rid-1\r\nUser-Agent: probe/1\r\n"
+     b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n", True),
+    (b"GET /p/%22a?k=%zz&x HTTP/1.1\r\nHost: a\r\nX-Request-Id: r\"2\r\n"
+     b"User-Agent: \xff\xc3\xa9\"\\\t}{ \xed\xa0\x80\r\n\r\n", True),
+    (b"POST /nope?q HTTP/1.1\r\nHost: b\r\nX-Request-Id: r3\r\nContent-Length: 0\r\n\r\n", False),   # 404
+    (b"GET /p/\xc3\xa9\xff HTTP/1.1\r\nHost: a\r\n\r\n", False),                                      # refused
+]
+_GOLDEN_FORMATS = [
+    "{}", "{query: redact, redact_params: [token]}", "{format: text}",
+    "{format: text, template: '$time $uri $flags $outcome $route $upstream $target $attempts $status "
+    "$bytes_received $bytes_sent $protocol $authority $consumer $trace_id $query $user_agent $upstream_connect_ms'}",
+]
+
+
+def test_lines_are_byte_for_byte_the_format_of_record(tmp_path):
+    """The lines are a contract: the same exchanges give the bytes of access_log_golden.txt (written
+    by the line writer before its fast paths), with the clock's fields and generated request ids
+    masked."""
+    out = b""
+    for i, al in enumerate(_GOLDEN_FORMATS):
+        d = tmp_path / str(i)
+        d.mkdir()
+        h = Logged(d, _GOLDEN_CONFIG.format(al=al))
+        up = None
+        for raw, proxied in _GOLDEN_REQUESTS:
+            h.client.data_received(raw)
+            if proxied:
+                if up is None:
+                    up, _ = h.upstream(0)
+                up.data_received(ok_head(2) + b"ok")
+        out += b"".join(line + b"\n" for line in h.lines())
+    out = re.sub(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", b"TIME", out)
+    out = re.sub(rb"\b\d+\.\d{3}\b", b"MS", out)
+    out = re.sub(rb"\b[0-9a-f]{12}-\d+\b", b"RID", out)
+    assert out == (Path(__file__).parent / "access_log_golden.txt").read_bytes()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_text_escaping_of_random_bytes(seed):
+    rng = random.Random(seed)
+    for _ in range(500):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        want = b"".join(bytes((c,)) if 0x20 <= c < 0x7F and c not in b'"\\' else b"\\x%02x" % c for c in data)
+        assert access_log_escape(data, False) == want, data
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100])
+def test_names_of_every_length_are_copied_whole(tmp_path, n):
+    """Route names go through the line's short-copy paths (lengths 1-3, 4-7, 8-15, 16-32, more)."""
+    name = ("r" + "abcdefghij" * 10)[:n] if n else "r"
+    h = Logged(tmp_path, config(route_extra="").replace("name: all", f"name: {name}"))
+    h.proxied(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    (line,) = h.lines()
+    assert orjson.loads(line)["route"] == name
