@@ -16,7 +16,6 @@ import asyncio
 import functools
 import ipaddress
 import os
-import struct
 import sys
 import time
 
@@ -24,14 +23,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from . import __version__, _core
 from .config.tracing import Tracing, endpoint_parts
 
-__all__ = ["OtlpHttpClient", "TraceExport", "encode_spans", "encode_spans_messages"]
+__all__ = ["OtlpHttpClient", "TraceExport", "encode_spans"]
 
 REPORT_INTERVAL = 10.0
 # Span.flags (OTLP 1.1): the low byte is the W3C trace flags; these say whether the parent is remote
@@ -199,10 +197,9 @@ def _add_spans(out, rec: tuple, offset_ns: int) -> None:
             span.status.message = error
 
 
-def encode_spans_messages(records: list[tuple], clock_offset: float, service_name: str) -> bytes:
-    """encode_spans by building the whole ExportTraceServiceRequest with the opentelemetry-proto
-    classes: the reference that encode_spans's output is tested against, byte for byte
-    (tests/unit/test_tracecontext.py)."""
+def encode_spans(records: list[tuple], clock_offset: float, service_name: str) -> bytes:
+    """An ExportTraceServiceRequest for queued exchanges, serialized. `clock_offset` turns the
+    exchanges' monotonic timestamps into unix time (Worker.traces.clock_offset)."""
     offset_ns = int(clock_offset * 1e9)
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
@@ -214,168 +211,6 @@ def encode_spans_messages(records: list[tuple], clock_offset: float, service_nam
     for rec in records:
         _add_spans(ss.spans, rec, offset_ns)
     return req.SerializeToString()
-
-
-# ---- encode_spans: the same bytes, from serialized parts -------------------------------------------
-#
-# Building a Span message per span costs the protobuf runtime about 50,000 instructions (a message
-# made, a template merged in, attributes copied; upb's MergeFrom serializes and parses). The parts of a
-# span that repeat (its name and kind, every attribute, a Status, the resource and the scope) are
-# messages serialized once by the opentelemetry-proto classes and kept; what differs per span (the
-# ids, the trace state, the two timestamps, the flags) are scalar fields, packed with struct; a
-# message's serialization is its fields in number order, and repeated fields side by side
-# (https://protobuf.dev/programming-guides/encoding/), so the parts joined in field order are the
-# bytes encode_spans_messages makes, which the unit tests check.
-
-_ID_HEAD = struct.Struct(">HQQHQ")     # 1: trace_id (16 bytes), 2: span_id (8)
-_PARENT = struct.Struct(">HQ")         # 4: parent_span_id
-_TIMES = struct.Struct("<BQBQ")        # 7, 8: start and end (fixed64)
-_FLAGS = struct.Struct("<HI")          # 16: flags (fixed32; its tag is two bytes, 0x85 0x01)
-_FLAGS_TAG = 0x0185                    # the tag's bytes, read as a little-endian 16-bit number
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, data: bytes) -> bytes:
-    """A length-delimited field (bytes, string, message): its tag byte, the length, the data."""
-    n = len(data)
-    return bytes((tag, n)) + data if n < 0x80 else bytes((tag,)) + _varint(n) + data
-
-
-_KVB_CACHE: dict = {}
-
-
-def _kvb(key: str, value) -> bytes:
-    """An attribute as Span field 9, serialized (by the KeyValue message) once per value."""
-    kv = _KVB_CACHE.get((key, value))
-    if kv is None:
-        if len(_KVB_CACHE) >= _KV_CACHE_MAX:
-            _KVB_CACHE.clear()
-        kv = _KVB_CACHE[(key, value)] = _field(0x4A, _kv(key, value).SerializeToString())
-    return kv
-
-
-def _status(error: str) -> bytes:
-    st = _KVB_CACHE.get(("\0status", error))
-    if st is None:
-        st = _KVB_CACHE[("\0status", error)] = _field(
-            0x7A, Status(code=Status.STATUS_CODE_ERROR, message=error).SerializeToString())
-    return st
-
-
-_TEMPLATE_PARTS: dict = {}
-
-
-def _template_parts(key: tuple, build) -> tuple[bytes, bytes]:
-    """A template span (see _template) as two serialized parts: its name and kind (fields 5, 6),
-    which come before the timestamps, and its attributes (field 9), after them."""
-    parts = _TEMPLATE_PARTS.get(key)
-    if parts is None:
-        if len(_TEMPLATE_PARTS) >= _KV_CACHE_MAX:
-            _TEMPLATE_PARTS.clear()
-        span = build(*key[1:])
-        parts = _TEMPLATE_PARTS[key] = (Span(name=span.name, kind=span.kind).SerializeToString(),
-                                        Span(attributes=span.attributes).SerializeToString())
-    return parts
-
-
-def _span_field(parts: list) -> bytes:
-    """ScopeSpans field 2 (a span), from its parts: the tag, the length as a varint, the span."""
-    body = b"".join(parts)
-    n = len(body)
-    if n < 0x80:
-        return bytes((0x12, n)) + body
-    if n < 0x4000:
-        return bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + body
-    return b"\x12" + _varint(n) + body
-
-
-def _span_bytes(out: list, rec: tuple, offset_ns: int) -> None:
-    """The spans of one queued exchange, serialized, appended to `out` (as _add_spans builds them)."""
-    (_n, hi, lo, parent, server_span, flags, state, t_start, t_done, method, path, host, local_port,
-     client_ip, status, route, upstream, rflags, vminor, user_agent, route_pattern, up_head, attempts) = rec
-    kvb = _KVB_CACHE.get
-    state_b = _field(0x1A, state.encode()) if state else b""
-    key = ("S", method, host, local_port, vminor, route_pattern, user_agent, route, upstream)
-    head, attrs = _TEMPLATE_PARTS.get(key) or _template_parts(key, _server_template)
-    path = path.decode("latin-1") if path else "/"
-    parts = [_ID_HEAD.pack(0x0A10, hi, lo, 0x1208, server_span), state_b,
-             _PARENT.pack(0x2208, parent) if parent else b"", head,
-             _TIMES.pack(0x39, int(t_start * 1e9) + offset_ns, 0x41, int(t_done * 1e9) + offset_ns), attrs,
-             kvb(("url.path", path)) or _kvb("url.path", path),
-             kvb(("client.address", client_ip)) or _kvb("client.address", client_ip)]
-    if status:
-        parts.append(kvb(("http.response.status_code", status)) or _kvb("http.response.status_code", status))
-    if rflags:
-        parts.append(_kvb("fastgw.response_flags", ",".join(_core.flag_codes(rflags))))
-    error = None
-    if status >= 500:
-        error = str(status)
-    elif status == 0:
-        error = "no_response"
-    if error is not None:
-        parts.append(_kvb("error.type", error))
-        parts.append(_status(error))
-    parts.append(_FLAGS.pack(_FLAGS_TAG, flags | _FLAG_HAS_IS_REMOTE | (_FLAG_IS_REMOTE if parent else 0)))
-    out.append(_span_field(parts))
-    if not attempts:
-        return
-    target_path = _upstream_target(up_head)
-    parent_b = _PARENT.pack(0x2208, server_span)
-    flags_b = _FLAGS.pack(_FLAGS_TAG, flags | _FLAG_HAS_IS_REMOTE)
-    for span_id, t0, t1, target, fail_flags, up_status in attempts:
-        key = ("C", method, target, upstream)
-        head, attrs = _TEMPLATE_PARTS.get(key) or _template_parts(key, _client_template)
-        parts = [_ID_HEAD.pack(0x0A10, hi, lo, 0x1208, span_id), state_b, parent_b, head,
-                 _TIMES.pack(0x39, int(t0 * 1e9) + offset_ns, 0x41, int(t1 * 1e9) + offset_ns), attrs,
-                 _kvb("url.full", f"http://{target.address}{target_path}")]
-        if up_status:
-            parts.append(kvb(("http.response.status_code", up_status))
-                         or _kvb("http.response.status_code", up_status))
-        error = _attempt_error(fail_flags) if fail_flags else None
-        if error is None and up_status >= 400:
-            error = str(up_status)
-        if error is None and not up_status:
-            error = "no_response"
-        if error is not None:
-            parts.append(_kvb("error.type", error))
-            parts.append(_status(error))
-        parts.append(flags_b)
-        out.append(_span_field(parts))
-
-
-_RESOURCE_SCOPE: dict = {}
-
-
-def _resource_scope(service_name: str) -> tuple[bytes, bytes]:
-    """ResourceSpans field 1 (the resource) and ScopeSpans field 1 (the scope), serialized."""
-    key = (service_name, os.getpid())
-    parts = _RESOURCE_SCOPE.get(key)
-    if parts is None:
-        resource = Resource(attributes=[_kv("service.name", service_name), _kv("service.version", __version__),
-                                        _kv("process.pid", os.getpid())])
-        scope = InstrumentationScope(name="fastgw", version=__version__)
-        parts = _RESOURCE_SCOPE[key] = (_field(0x0A, resource.SerializeToString()),
-                                        _field(0x0A, scope.SerializeToString()))
-    return parts
-
-
-def encode_spans(records: list[tuple], clock_offset: float, service_name: str) -> bytes:
-    """An ExportTraceServiceRequest for queued exchanges, serialized. `clock_offset` turns the
-    exchanges' monotonic timestamps into unix time (Worker.traces.clock_offset)."""
-    offset_ns = int(clock_offset * 1e9)
-    resource, scope = _resource_scope(service_name)
-    spans = [scope]
-    for rec in records:
-        _span_bytes(spans, rec, offset_ns)
-    return _field(0x0A, resource + _field(0x12, b"".join(spans)))
 
 
 class ExportError(Exception):
