@@ -12,6 +12,13 @@ compile cancel out.
     .venv/bin/python bench/instructions.py            # one line: instructions/request: N
     .venv/bin/python bench/instructions.py --top 25   # and the functions that cost the most per request
     .venv/bin/python bench/instructions.py --wrk      # and a short real wrk run against fastgw
+    .venv/bin/python bench/instructions.py --scenario apikey    # bench/run.py's apikey scenario
+    .venv/bin/python bench/instructions.py --scenario gateway   # ... and its gateway scenario
+
+Scenarios (`--scenario`), each the config and requests of bench/run.py's scenario of that name:
+get26 (the default: one catch-all route, `GET /`); apikey (an `api_key` policy, 1,000 consumers, the
+key in X-API-Key); gateway (300 routes by host + path prefix + the X-Env header, a request header set,
+the harness's 64 request shapes in rotation).
 
 Run with PYTHONHASHSEED fixed (the script sets it for the children) the figure repeats to within a few
 instructions; differences between builds are what it is for (bench/README.md has the history).
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -46,13 +54,57 @@ routes:
 
 
 
+def _harness():
+    sys.path.insert(0, str(ROOT))
+    from bench.harness import peers, scenarios
+
+    return peers, scenarios
+
+
 def config_text() -> str:
-    """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N)."""
+    """CONFIG for FASTGW_IR_SCENARIO, with FASTGW_IR_POLICIES native no-op policies on the route(s)
+    (--policies N)."""
     n = int(os.environ.get("FASTGW_IR_POLICIES", "0"))
-    if not n:
-        return CONFIG
-    policies = ", ".join(["{type: noop}"] * n)
-    return CONFIG.replace("upstream: origin}", f"upstream: origin, policies: [{policies}]}}")
+    scenario = os.environ.get("FASTGW_IR_SCENARIO", "get26")
+    text = CONFIG
+    policies = ["{type: noop}"] * n
+    if scenario == "apikey":
+        peers, scenarios = _harness()
+        sc = scenarios.build(["apikey"])[0]
+        policies = [json.dumps(p) for p in sc.fastgw_policies] + policies
+        text += "".join(f"{k}: {json.dumps(v)}\n" for k, v in sc.fastgw_config.items())
+    elif scenario == "gateway":
+        peers, scenarios = _harness()
+        routes = scenarios.gateway_routes(300)
+        (mh, mv), (sh, sv) = peers.GATEWAY_MATCH_HEADER, peers.GATEWAY_SET_HEADER
+        lines = [
+            f"  - {{name: r{i}, match: {{hosts: ['{h}'], path: {{prefix: '{p}'}}, "
+            f"headers: [{{name: {mh.lower()}, value: {mv}}}]}}, upstream: origin, "
+            f"filters: {{request_headers: {{set: {{{sh.lower()}: {sv}}}}}}}}}"
+            for i, (h, p) in enumerate(zip(routes.hosts, routes.prefixes, strict=True))
+        ]
+        text = text[: text.index("routes:\n") + 8] + "\n".join(lines) + "\n"
+    elif scenario != "get26":
+        raise SystemExit(f"unknown scenario {scenario!r} (get26, apikey, gateway)")
+    if not policies:
+        return text
+    return text.replace("upstream: origin", f"upstream: origin, policies: [{', '.join(policies)}]")
+
+
+def requests_of(path: str) -> list[bytes]:
+    """The request heads of FASTGW_IR_SCENARIO, sent in rotation (as wrk formats them)."""
+    scenario = os.environ.get("FASTGW_IR_SCENARIO", "get26")
+    if scenario == "get26":
+        return [REQUEST.replace(b"GET / ", b"GET %s " % path.encode(), 1)]
+    peers, scenarios = _harness()
+    reqs = scenarios.gateway_requests(scenarios.gateway_routes(300)) if scenario == "gateway" else (
+        scenarios.build([scenario])[0].requests)
+    out = []
+    for r in reqs:
+        headers = {"Host": "127.0.0.1:8080", **r.headers}
+        out.append(f"{r.method} {r.path} HTTP/1.1\r\n".encode()
+                   + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n")
+    return out
 
 
 # What wrk sends for the get26 scenario, and what the harness's nginx upstream answers.
@@ -92,7 +144,8 @@ class CountingTransport:
 
 def run_cycles(n: int, path: str = "/") -> None:
     """The measured work: n keep-alive request/response cycles on one client connection."""
-    request = REQUEST.replace(b"GET / ", b"GET %s " % path.encode(), 1)
+    requests = requests_of(path)
+    request = requests[0]
     sys.path.insert(0, str(ROOT / "tests"))
     from support.fakeloop import FakeLoop
 
@@ -111,9 +164,15 @@ def run_cycles(n: int, path: str = "/") -> None:
     up.connection_made(ut)
     up.data_received(RESPONSE)
     client_data, up_data = client.data_received, up.data_received
-    for _ in range(n - 1):
-        client_data(request)
-        up_data(RESPONSE)
+    if len(requests) == 1:
+        for _ in range(n - 1):
+            client_data(request)
+            up_data(RESPONSE)
+    else:
+        for i in range(1, n):
+            request = requests[i % len(requests)]
+            client_data(request)
+            up_data(RESPONSE)
     if len(loop.connects) != 1:
         raise SystemExit(f"the upstream connection was not reused ({len(loop.connects)} connects)")
     if not ct.last.startswith(b"HTTP/1.1 200 OK\r\n") or not ct.last.endswith(b"xyz"):
@@ -176,9 +235,13 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
     ap.add_argument("--policies", type=int, default=0, metavar="N",
                     help="N native no-op policies on the route (the policies4 scenario: 4)")
+    ap.add_argument("--scenario", default="get26", choices=["get26", "apikey", "gateway"],
+                    help="the config and requests of that bench/run.py scenario (default get26)")
     args = ap.parse_args()
     if args.policies:
         os.environ["FASTGW_IR_POLICIES"] = str(args.policies)
+    if args.scenario != "get26":      # the callgrind children get it from the environment
+        os.environ["FASTGW_IR_SCENARIO"] = args.scenario
     if args.cycles:
         run_cycles(args.cycles, args.path)
         return
