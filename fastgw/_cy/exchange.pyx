@@ -291,12 +291,10 @@ cdef class Exchange:
 
     cdef int _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef PolicyChain chain = self.chain
-        cdef Policy policy
         cdef Py_ssize_t i
         cdef int r
         for i in range(first, chain.n_request):
-            policy = <Policy>chain.request[i]
-            r = policy.on_request(self)
+            r = (<Policy>chain.request_items[i]).on_request(self)
             if r == P_ANSWERED:
                 self._answer_before_upstream(data, off, n, OUT_POLICY_ANSWER)
                 return 0
@@ -847,12 +845,10 @@ cdef class Exchange:
 
     cdef int _response_policies(self, Py_ssize_t first) except -1:
         cdef PolicyChain chain = self.chain
-        cdef Policy policy
         cdef Py_ssize_t i
         cdef int r
         for i in range(first, chain.n_response):
-            policy = <Policy>chain.response[i]
-            r = policy.on_response(self)
+            r = (<Policy>chain.response_items[i]).on_response(self)
             if r == P_ANSWERED:
                 self._response_answered()
                 return RESP_ANSWERED
@@ -1029,8 +1025,7 @@ cdef class Exchange:
     cdef int finish(self) except -1:
         """The exchange is over, whichever way: the log phase runs, once."""
         cdef PolicyChain chain = self.chain
-        cdef Policy policy
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i = 0
         if self.finished:
             return 0
         self.finished = True
@@ -1056,12 +1051,14 @@ cdef class Exchange:
         if self.rt.tracing is not None:
             trace_end(self)
         if chain is not None:
-            for i in range(chain.n_log):
-                policy = <Policy>chain.log[i]
+            # one try around the walk, entered again after the policy that raised
+            while i < chain.n_log:
                 try:
-                    policy.on_log(self)
+                    while i < chain.n_log:
+                        i += 1
+                        (<Policy>chain.log_items[i - 1]).on_log(self)
                 except Exception as exc:      # a log policy must never take the connection down
-                    _report_policy_error(policy, "log", exc)
+                    _report_policy_error(<Policy>chain.log_items[i - 1], "log", exc)
         self.up = None
         self.mirror = None
         self.up_queue = None

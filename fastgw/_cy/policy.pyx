@@ -18,6 +18,8 @@ cdef enum:
     PH_RESPONSE = 2
     PH_LOG = 4
 
+from cpython.sequence cimport PySequence_Fast_ITEMS
+
 cdef tuple PHASE_NAMES = ("request", "upstream_peer", "upstream_request", "response", "log")
 
 
@@ -72,6 +74,11 @@ cdef class PolicyChain:
     cdef Py_ssize_t n_request
     cdef Py_ssize_t n_response
     cdef Py_ssize_t n_log
+    # the phase tuples' item arrays (borrowed: the tuples above own the references and live as long
+    # as the chain), so a walk calls each policy through its vtable with no refcounting or checks
+    cdef PyObject** request_items
+    cdef PyObject** response_items
+    cdef PyObject** log_items
     cdef readonly Policy access_log
 
     def __init__(self, policies=(), Policy access_log=None):
@@ -85,6 +92,9 @@ cdef class PolicyChain:
         self.n_request = len(self.request)
         self.n_response = len(self.response)
         self.n_log = len(self.log)
+        self.request_items = PySequence_Fast_ITEMS(self.request)
+        self.response_items = PySequence_Fast_ITEMS(self.response)
+        self.log_items = PySequence_Fast_ITEMS(self.log)
 
     def by_phase(self):
         return {"request": list(self.request), "response": list(self.response),
