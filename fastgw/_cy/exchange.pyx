@@ -18,6 +18,8 @@
 cimport cython
 from libc.string cimport memset
 from cpython.ref cimport PyObject, _Py_REFCNT
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM
 
 cdef tuple FLAG_CODES = (
     (RF_NO_ROUTE, "NR"), (RF_UPSTREAM_CONNECT_FAILURE, "UF"), (RF_UPSTREAM_TIMEOUT, "UT"),
@@ -1220,17 +1222,35 @@ cdef list _field_items(MessageHead* h, const char* p):
     return out
 
 
-cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n):
-    cdef bytes lname
-    for lname, _, drop in edits:
-        if drop and PyBytes_GET_SIZE(lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(lname), n):
+cdef extern from *:
+    PyObject* _Py_TRUE "Py_True"
+    PyObject* _Py_FALSE "Py_False"
+
+
+cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n) except -1:
+    """An edit drops the field of that name. Per field of the upstream head, so C-level: the edits
+    are (lowercase name bytes, line or None, drop) tuples, read without unpacking or refcounts."""
+    cdef Py_ssize_t i
+    cdef PyObject* e
+    cdef PyObject* lname
+    cdef PyObject* drop
+    for i in range(PyList_GET_SIZE(edits)):
+        e = PyList_GET_ITEM(edits, i)
+        drop = PyTuple_GET_ITEM(<tuple>e, 2)
+        if drop != _Py_TRUE and (drop == _Py_FALSE or not <object>drop):
+            continue
+        lname = PyTuple_GET_ITEM(<tuple>e, 0)
+        if PyBytes_GET_SIZE(<bytes>lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(<bytes>lname), n):
             return True
     return False
 
 
 cdef int _put_edit_lines(WBuf* out, list edits) except -1:
-    for _, line, _ in edits:
-        if line is not None:
+    cdef Py_ssize_t i
+    cdef PyObject* line
+    for i in range(PyList_GET_SIZE(edits)):
+        line = PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(edits, i), 1)
+        if line != <PyObject*>None:
             wb_put(out, PyBytes_AS_STRING(<bytes>line), PyBytes_GET_SIZE(<bytes>line))
     return 0
 
