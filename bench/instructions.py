@@ -12,6 +12,8 @@ compile cancel out.
     .venv/bin/python bench/instructions.py            # one line: instructions/request: N
     .venv/bin/python bench/instructions.py --top 25   # and the functions that cost the most per request
     .venv/bin/python bench/instructions.py --wrk      # and a short real wrk run against fastgw
+    .venv/bin/python bench/instructions.py --scenario apikey    # bench/run.py's apikey scenario
+    .venv/bin/python bench/instructions.py --scenario gateway   # ... and its gateway scenario
     .venv/bin/python bench/instructions.py --rate-limit local    # the `ratelimit` scenario's route
     .venv/bin/python bench/instructions.py --rate-limit cluster  # the same limit through Redis
     .venv/bin/python bench/instructions.py --access-log --metrics --tracing 0.01   # issue 9's `observed`
@@ -22,6 +24,11 @@ span export's encoding (fastgw.tracing.encode_spans over what the run queued), w
 the loop thread; here it runs on a thread of its own only so that it can be reported apart, and it is
 added to the request's sum. Sampling is random, so the trace RNG is seeded (FASTGW_IR_SEED) and the
 export is also given per sampled exchange and scaled by RATE ("normalized").
+
+Scenarios (`--scenario`), each the config and requests of bench/run.py's scenario of that name:
+get26 (the default: one catch-all route, `GET /`); apikey (an `api_key` policy, 1,000 consumers, the
+key in X-API-Key); gateway (300 routes by host + path prefix + the X-Env header, a request header set,
+the harness's 64 request shapes in rotation).
 
 Run with PYTHONHASHSEED fixed (the script sets it for the children) the figure repeats to within a few
 instructions; differences between builds are what it is for (bench/README.md has the history).
@@ -73,6 +80,55 @@ RESILIENCE = {
 RESILIENT_ROUTE = "upstream: origin, retry: {attempts: 2, retry_on: [5xx]}"
 
 
+def _harness():
+    sys.path.insert(0, str(ROOT))
+    from bench.harness import peers, scenarios
+
+    return peers, scenarios
+
+
+def scenario_text(text: str, policies: list[str]) -> tuple[str, list[str]]:
+    """The config of FASTGW_IR_SCENARIO (--scenario) over CONFIG, and the policies it adds."""
+    scenario = os.environ.get("FASTGW_IR_SCENARIO", "get26")
+    if scenario == "apikey":
+        peers, scenarios = _harness()
+        sc = scenarios.build(["apikey"])[0]
+        policies = [json.dumps(p) for p in sc.fastgw_policies] + policies
+        text += "".join(f"{k}: {json.dumps(v)}\n" for k, v in sc.fastgw_config.items())
+    elif scenario == "gateway":
+        peers, scenarios = _harness()
+        routes = scenarios.gateway_routes(300)
+        (mh, mv), (sh, sv) = peers.GATEWAY_MATCH_HEADER, peers.GATEWAY_SET_HEADER
+        lines = [
+            f"  - {{name: r{i}, match: {{hosts: ['{h}'], path: {{prefix: '{p}'}}, "
+            f"headers: [{{name: {mh.lower()}, value: {mv}}}]}}, upstream: origin, "
+            f"filters: {{request_headers: {{set: {{{sh.lower()}: {sv}}}}}}}}}"
+            for i, (h, p) in enumerate(zip(routes.hosts, routes.prefixes, strict=True))
+        ]
+        start = text.index("routes:\n") + 8
+        end = text.index("\n", text.index("  - {name: all", start)) + 1
+        text = text[:start] + "\n".join(lines) + "\n" + text[end:]
+    elif scenario != "get26":
+        raise SystemExit(f"unknown scenario {scenario!r} (get26, apikey, gateway)")
+    return text, policies
+
+
+def requests_of(path: str) -> list[bytes]:
+    """The request heads of FASTGW_IR_SCENARIO, sent in rotation (as wrk formats them)."""
+    scenario = os.environ.get("FASTGW_IR_SCENARIO", "get26")
+    if scenario == "get26":
+        return [REQUEST.replace(b"GET / ", b"GET %s " % path.encode(), 1)]
+    peers, scenarios = _harness()
+    reqs = scenarios.gateway_requests(scenarios.gateway_routes(300)) if scenario == "gateway" else (
+        scenarios.build([scenario])[0].requests)
+    out = []
+    for r in reqs:
+        headers = {"Host": "127.0.0.1:8080", **r.headers}
+        out.append(f"{r.method} {r.path} HTTP/1.1\r\n".encode()
+                   + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n")
+    return out
+
+
 def config_text() -> str:
     """CONFIG, with FASTGW_IR_POLICIES native no-op policies on the route (--policies N), the rate limit
     of FASTGW_IR_RATE_LIMIT (--rate-limit local|cluster), the FASTGW_IR_RESILIENCE variant
@@ -103,11 +159,12 @@ def config_text() -> str:
     n = int(os.environ.get("FASTGW_IR_POLICIES", "0"))
     rl = os.environ.get("FASTGW_IR_RATE_LIMIT", "")
     policies = ["{type: noop}"] * n
+    text, policies = scenario_text(text, policies)
     if rl:
         policies.append(RATE_LIMIT % (", scope: cluster" if rl == "cluster" else ""))
     if not policies:
         return text
-    text = text.replace("upstream: origin", f"upstream: origin, policies: [{', '.join(policies)}]", 1)
+    text = text.replace("upstream: origin", f"upstream: origin, policies: [{', '.join(policies)}]")
     return text + (REDIS if rl == "cluster" else "")
 
 
@@ -166,7 +223,8 @@ class CountingTransport:
 
 def run_cycles(n: int, path: str = "/") -> None:
     """The measured work: n keep-alive request/response cycles on one client connection."""
-    request = REQUEST.replace(b"GET / ", b"GET %s " % path.encode(), 1)
+    requests = requests_of(path)
+    request = requests[0]
     sys.path.insert(0, str(ROOT / "tests"))
     from support.fakeloop import FakeLoop
 
@@ -211,7 +269,13 @@ def run_cycles(n: int, path: str = "/") -> None:
         ups.append(up.data_received)
     ups[0](RESPONSE)                  # round robin: the next cycle is the first target's again
     k = len(ups)
-    if k == 1:
+    if k == 1 and len(requests) > 1:      # a scenario's request shapes in rotation
+        up_data = ups[0]
+        for i in range(2, n):
+            request = requests[i % len(requests)]
+            client_data(request)
+            up_data(RESPONSE)
+    elif k == 1:
         up_data = ups[0]
         for _ in range(n - 2):
             client_data(request)
@@ -318,6 +382,8 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
     ap.add_argument("--policies", type=int, default=0, metavar="N",
                     help="N native no-op policies on the route (the policies4 scenario: 4)")
+    ap.add_argument("--scenario", default="get26", choices=["get26", "apikey", "gateway"],
+                    help="the config and requests of that bench/run.py scenario (default get26)")
     ap.add_argument("--rate-limit", choices=("local", "cluster"),
                     help="the ratelimit scenario's client-IP limit on the route: local, or through Redis")
     ap.add_argument("--resilience", choices=("targets", "retry", "all", "timeouts"),
@@ -333,6 +399,8 @@ def main() -> None:
         os.environ["FASTGW_IR_RATE_LIMIT"] = args.rate_limit
     if args.policies:
         os.environ["FASTGW_IR_POLICIES"] = str(args.policies)
+    if args.scenario != "get26":      # the callgrind children get it from the environment
+        os.environ["FASTGW_IR_SCENARIO"] = args.scenario
     if args.resilience:
         os.environ["FASTGW_IR_RESILIENCE"] = args.resilience
     if args.metrics:

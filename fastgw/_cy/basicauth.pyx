@@ -24,7 +24,7 @@ cdef class UserHash:
 cdef class BasicAuth(AuthMethod):
     cdef dict users                    # username bytes -> UserHash
     cdef object verify                 # (hash bytes or None, password bytes) -> bool, thread-safe
-    cdef dict cache                    # credential digest[:8] -> [(digest, consumer)]
+    cdef dict cache                    # bucket_key(credential digest) -> [(digest, consumer)]
     cdef Py_ssize_t cache_size
     cdef Py_ssize_t cached
     cdef double timeout
@@ -52,7 +52,7 @@ cdef class BasicAuth(AuthMethod):
         if self.strip:
             drop_upstream_field(ex, _AUTHORIZATION)
         cred = value[6:].strip()
-        digest = _sha256(cred).digest()
+        digest = sha256_of(PyBytes_AS_STRING(cred), PyBytes_GET_SIZE(cred))
         c = self._cached(digest)
         if c is not None:
             ex.consumer = c
@@ -81,7 +81,7 @@ cdef class BasicAuth(AuthMethod):
             # on the hit path
             oldest = next(iter(self.cache))
             self.cached -= len(self.cache.pop(oldest))
-        self.cache.setdefault(digest[:8], []).append((digest, consumer))
+        self.cache.setdefault(bucket_key(digest), []).append((digest, consumer))
         self.cached += 1
 
     cdef void verified(self, Exchange ex, object consumer, bytes digest, fut) except *:
@@ -109,10 +109,10 @@ cdef class BasicAuth(AuthMethod):
         if _fingerprint(prev.users) != _fingerprint(self.users):
             return
         now = {(<Consumer>(<UserHash>e).consumer).name: (<UserHash>e).consumer for e in self.users.values()}
-        for bucket_key, bucket in prev.cache.items():
+        for key, bucket in prev.cache.items():
             entries = [(d, now[(<Consumer>c).name]) for d, c in bucket if (<Consumer>c).name in now]
             if entries and self.cached + len(entries) <= self.cache_size:
-                self.cache[bucket_key] = entries
+                self.cache[key] = entries
                 self.cached += len(entries)
 
     def describe(self):

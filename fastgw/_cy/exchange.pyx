@@ -18,6 +18,8 @@
 cimport cython
 from libc.string cimport memset
 from cpython.ref cimport PyObject, _Py_REFCNT
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM
 
 cdef tuple FLAG_CODES = (
     (RF_NO_ROUTE, "NR"), (RF_UPSTREAM_CONNECT_FAILURE, "UF"), (RF_UPSTREAM_TIMEOUT, "UT"),
@@ -320,12 +322,10 @@ cdef class Exchange:
 
     cdef int _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef PolicyChain chain = self.chain
-        cdef Policy policy
         cdef Py_ssize_t i
         cdef int r
         for i in range(first, chain.n_request):
-            policy = <Policy>chain.request[i]
-            r = policy.on_request(self)
+            r = (<Policy>chain.request_items[i]).on_request(self)
             if r == P_ANSWERED:
                 self._answer_before_upstream(data, off, n, OUT_POLICY_ANSWER)
                 return 0
@@ -904,12 +904,10 @@ cdef class Exchange:
 
     cdef int _response_policies(self, Py_ssize_t first) except -1:
         cdef PolicyChain chain = self.chain
-        cdef Policy policy
         cdef Py_ssize_t i
         cdef int r
         for i in range(first, chain.n_response):
-            policy = <Policy>chain.response[i]
-            r = policy.on_response(self)
+            r = (<Policy>chain.response_items[i]).on_response(self)
             if r == P_ANSWERED:
                 self._response_answered()
                 return RESP_ANSWERED
@@ -1096,8 +1094,7 @@ cdef class Exchange:
     cdef int finish(self) except -1:
         """The exchange is over, whichever way: the log phase runs, once."""
         cdef PolicyChain chain = self.chain
-        cdef Policy policy
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i = 0
         if self.finished:
             return 0
         self.finished = True
@@ -1125,12 +1122,14 @@ cdef class Exchange:
         if self.rt.tracing is not None:
             trace_end(self)
         if chain is not None:
-            for i in range(chain.n_log):
-                policy = <Policy>chain.log[i]
+            # one try around the walk, entered again after the policy that raised
+            while i < chain.n_log:
                 try:
-                    policy.on_log(self)
+                    while i < chain.n_log:
+                        i += 1
+                        (<Policy>chain.log_items[i - 1]).on_log(self)
                 except Exception as exc:      # a log policy must never take the connection down
-                    _report_policy_error(policy, "log", exc)
+                    _report_policy_error(<Policy>chain.log_items[i - 1], "log", exc)
         self.up = None
         self.mirror = None
         self.up_queue = None
@@ -1292,17 +1291,35 @@ cdef list _field_items(MessageHead* h, const char* p):
     return out
 
 
-cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n):
-    cdef bytes lname
-    for lname, _, drop in edits:
-        if drop and PyBytes_GET_SIZE(lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(lname), n):
+cdef extern from *:
+    PyObject* _Py_TRUE "Py_True"
+    PyObject* _Py_FALSE "Py_False"
+
+
+cdef bint _edits_drop(list edits, const char* name, Py_ssize_t n) except -1:
+    """An edit drops the field of that name. Per field of the upstream head, so C-level: the edits
+    are (lowercase name bytes, line or None, drop) tuples, read without unpacking or refcounts."""
+    cdef Py_ssize_t i
+    cdef PyObject* e
+    cdef PyObject* lname
+    cdef PyObject* drop
+    for i in range(PyList_GET_SIZE(edits)):
+        e = PyList_GET_ITEM(edits, i)
+        drop = PyTuple_GET_ITEM(<tuple>e, 2)
+        if drop != _Py_TRUE and (drop == _Py_FALSE or not <object>drop):
+            continue
+        lname = PyTuple_GET_ITEM(<tuple>e, 0)
+        if PyBytes_GET_SIZE(<bytes>lname) == n and _ci_eq(name, n, PyBytes_AS_STRING(<bytes>lname), n):
             return True
     return False
 
 
 cdef int _put_edit_lines(WBuf* out, list edits) except -1:
-    for _, line, _ in edits:
-        if line is not None:
+    cdef Py_ssize_t i
+    cdef PyObject* line
+    for i in range(PyList_GET_SIZE(edits)):
+        line = PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(edits, i), 1)
+        if line != <PyObject*>None:
             wb_put(out, PyBytes_AS_STRING(<bytes>line), PyBytes_GET_SIZE(<bytes>line))
     return 0
 

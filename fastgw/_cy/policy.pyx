@@ -19,6 +19,8 @@ cdef enum:
     PH_LOG = 4
     PH_ANSWER = 8       # adds header lines to answers the gateway or a policy makes (on_answer)
 
+from cpython.sequence cimport PySequence_Fast_ITEMS
+
 cdef tuple PHASE_NAMES = ("request", "upstream_peer", "upstream_request", "response", "log")
 
 
@@ -81,6 +83,11 @@ cdef class PolicyChain:
     cdef Py_ssize_t n_request
     cdef Py_ssize_t n_response
     cdef Py_ssize_t n_log
+    # the phase tuples' item arrays (borrowed: the tuples above own the references and live as long
+    # as the chain), so a walk calls each policy through its vtable with no refcounting or checks
+    cdef PyObject** request_items
+    cdef PyObject** response_items
+    cdef PyObject** log_items
     cdef readonly Policy access_log
 
     def __init__(self, policies=(), Policy access_log=None):
@@ -96,6 +103,9 @@ cdef class PolicyChain:
         self.n_log = len(self.log)
         self.answer = tuple(p for p in self.policies if p.phases & PH_ANSWER)
         self.n_answer = len(self.answer)
+        self.request_items = PySequence_Fast_ITEMS(self.request)
+        self.response_items = PySequence_Fast_ITEMS(self.response)
+        self.log_items = PySequence_Fast_ITEMS(self.log)
 
     def by_phase(self):
         return {"request": list(self.request), "response": list(self.response),

@@ -255,3 +255,39 @@ def bench_request_policy(Policy policy, bytes raw, bytes client_ip, Py_ssize_t n
         if policy.on_request(ex) == P_PAUSED:
             raise ValueError("the policy paused")
     return (monotonic() - t0) / n
+
+
+# ---- the log phase's walk (Exchange.finish) ------------------------------------------------------
+
+cdef class _RaisingLogPolicy(Policy):
+    def __init__(self, str name):
+        Policy.__init__(self, name, "test_raising_log", name)
+        self.phases = PH_LOG
+
+    cdef int on_log(self, Exchange ex) except -1:
+        raise RuntimeError("log policy failed")
+
+
+cdef class _CountingLogPolicy(Policy):
+    cdef public int logged
+
+    def __init__(self, str name):
+        Policy.__init__(self, name, "test_counting_log", name)
+        self.phases = PH_LOG
+
+    cdef int on_log(self, Exchange ex) except -1:
+        self.logged += 1
+        return 0
+
+
+def run_log_phase(str kinds, bytes raw=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"):
+    """finish() on an exchange whose chain has one log policy per letter of `kinds` ('r' raises,
+    'c' counts): what each counting one saw, in order."""
+    cdef Exchange ex = _policy_exchange(raw, b"127.0.0.1")
+    policies = [_RaisingLogPolicy(f"p{i}") if k == "r" else _CountingLogPolicy(f"p{i}")
+                for i, k in enumerate(kinds)]
+    ex.chain = PolicyChain(policies)
+    ex.resp_complete = True
+    ex.finish()
+    ex.finish()                     # once only
+    return [p.logged for p in policies if isinstance(p, _CountingLogPolicy)]

@@ -179,6 +179,17 @@ def test_the_compare_on_the_request_path_is_the_constant_time_one():
     assert keys.lookup(b"k3") is None and keys.lookup(b"") is None
 
 
+@pytest.mark.parametrize("portable", [False, True])
+def test_the_request_path_sha256_is_hashlib_s(portable):
+    """The api_key and basic_auth digests (apikey.pyx's SHA-256, on the CPU's SHA extensions where
+    it has them, else plain C rounds): the same as hashlib's, whatever the length and padding."""
+    import hashlib
+    rnd = random.Random(5)
+    for n in [*range(0, 200), 447, 448, 1000, 4096]:
+        data = rnd.randbytes(n)
+        assert _core.sha256_digest(data, portable) == hashlib.sha256(data).digest(), (n, portable)
+
+
 def test_ip_set_agrees_with_ipaddress():
     rnd = random.Random(7)
     cidrs = [f"{rnd.randrange(1, 224)}.{rnd.randrange(256)}.{rnd.randrange(256)}.0/{rnd.randrange(8, 33)}"

@@ -85,3 +85,14 @@ def test_api_key_strips_and_names_the_consumer():
 def test_groups_policy():
     p = _core.GroupsPolicy("g", "g", ["admin"], ["banned"])
     assert _core.run_request_policy(p, head(), b"127.0.0.1")[1] == 401        # no consumer at all
+
+
+def test_api_key_from_a_header_is_stripped_of_whitespace_and_found():
+    keys = _core.SecretDigests([(b"s3cr3t", _core.Consumer("alice"))])
+    p = _core.ApiKeyAuth("k", "k", ["X-API-Key"], [], keys, True)
+    for value in (b"s3cr3t", b"s3cr3t \t", b"\ts3cr3t"):
+        raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-API-Key: " + value + b"\r\n\r\n"
+        r = _core.run_request_policy(p, raw, b"127.0.0.1")
+        assert (r[0], r[2]) == (P_CONTINUE, b"alice"), value
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-API-Key: s3cr3t-\r\n\r\n"
+    assert _core.run_request_policy(p, raw, b"127.0.0.1")[1] == 401

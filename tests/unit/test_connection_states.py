@@ -95,3 +95,26 @@ def test_harness_control_backpressure_within_one_exchange():
     assert h.ct.protocol_paused and not ut.reading
     h.ct.drain()
     assert ut.reading
+
+
+HOSTS_CONFIG = """
+listeners: [{address: 127.0.0.1:8080}]
+upstreams:
+  a: {targets: [{address: 127.0.0.1:9001}]}
+routes:
+  - {name: long, match: {hosts: [tenant-0123.api.example.com], path: {prefix: /}}, upstream: a}
+  - {name: short, match: {hosts: [ab.io], path: {prefix: /}}, upstream: a}
+"""
+
+
+def test_the_host_is_routed_case_insensitively_whatever_its_length():
+    """route_table lowercases the Host a word at a time, then byte by byte: every case mix, lengths
+    on both sides of a word, and a trailing dot, find their route; another host finds none."""
+    for host, routed in [(b"tenant-0123.api.example.com", True), (b"TENANT-0123.API.EXAMPLE.COM", True),
+                         (b"Tenant-0123.Api.Example.Com.", True), (b"AB.IO", True), (b"ab.io.", True),
+                         (b"tenant-0123.api.example.co", False), (b"TENANT-0123.API.EXAMPLE.COX", False)]:
+        h = Harness(HOSTS_CONFIG)
+        h.client.data_received(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert bool(h.loop.connects) == routed, host
+        if not routed:
+            assert h.out.startswith(b"HTTP/1.1 404 "), host

@@ -345,3 +345,20 @@ def test_plugin_stats_count_calls_and_failures_per_hook():
     assert [c for _, c in buckets] == sorted(c for _, c in buckets), "cumulative"
     log = stats[("plugin-0", "log")]
     assert log.calls == 1 and log.errors == 0, "only the failed exchange has ended (a 500)"
+
+
+def _has_run_log_phase() -> bool:
+    from fastgw import _core
+    return hasattr(_core, "run_log_phase")
+
+
+@pytest.mark.skipif(not _has_run_log_phase(), reason="fastgw._core was built without FASTGW_TESTING=1")
+def test_a_log_policy_that_raises_does_not_stop_the_ones_after_it():
+    """The log phase's walk has one try around it, entered again after the policy that raised: each
+    policy after a raising one still runs, once, and a raising last one ends the walk cleanly."""
+    from fastgw import _core
+    assert _core.run_log_phase("c") == [1]
+    assert _core.run_log_phase("rc") == [1]
+    assert _core.run_log_phase("crcrr") == [1, 1]
+    assert _core.run_log_phase("rrcc") == [1, 1]
+    assert _core.run_log_phase("") == []
