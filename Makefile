@@ -23,11 +23,19 @@ $(VENV)/.installed: pyproject.toml setup.py
 # The in-place core always has the test and bench entry points (FASTGW_TESTING=1, see setup.py), so the
 # stamp never stands for a build without them; a build that turned them off rewrote fastgw/_cy/features.pxi,
 # one of CORE_SRC, which makes the stamp stale.
-fastgw/_core.stamp: $(VENV)/.installed setup.py $(CORE_SRC)
+fastgw/_core.stamp: $(VENV)/.installed setup.py $(CORE_SRC) | nghttp2-dev
 	FASTGW_TESTING=1 $(PY) setup.py -q build_ext --inplace
 	touch $@
 
 build: fastgw/_core.stamp
+
+# The core links libnghttp2 (HTTP/2, fastgw/_cy/h2server.pyx): installed when the build runs as root on a
+# Debian-like system, else a clear error.
+.PHONY: nghttp2-dev
+nghttp2-dev:
+	@pkg-config --exists libnghttp2 2>/dev/null || [ -f /usr/include/nghttp2/nghttp2.h ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -qq libnghttp2-dev; } || \
+	  { echo "libnghttp2 not found: apt-get install libnghttp2-dev" >&2; exit 1; }
 
 run: build
 	@bash scripts/quickstart.sh

@@ -198,11 +198,13 @@ cdef int _h2_on_data_chunk(nghttp2_session* s, uint8_t flags, int32_t stream_id,
 
 cdef int _h2_on_stream_close(nghttp2_session* s, int32_t stream_id, uint32_t error_code, void* ud) noexcept:
     cdef void* st = nghttp2_session_get_stream_user_data(s, stream_id)
+    cdef H2Stream stream
     if st == NULL:
         return 0
     try:
+        stream = <H2Stream>st            # a reference of its own: the connection lets go of it
         nghttp2_session_set_stream_user_data(s, stream_id, NULL)
-        (<H2Conn>ud).stream_closed(<H2Stream>st, error_code)
+        (<H2Conn>ud).stream_closed(stream, error_code)
     except BaseException:
         _h2_report("stream_close")
         return NGHTTP2_ERR_CALLBACK_FAILURE
