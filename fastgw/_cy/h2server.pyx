@@ -216,9 +216,10 @@ cdef int _h2_on_frame_send(nghttp2_session* s, const nghttp2_frame* frame, void*
     cdef uint8_t t = frame.hd.type
     if (t == NGHTTP2_DATA or t == NGHTTP2_HEADERS) and frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
         st = nghttp2_session_get_stream_user_data(s, frame.hd.stream_id)
-        if st != NULL and not (<H2Stream>st).remote_ended:
-            # the response is complete before the request: the rest of the request is not wanted
-            # (RFC 9113 8.1), and its window is not held up
+        if st != NULL and (<H2Stream>st).discard and not (<H2Stream>st).remote_ended:
+            # the response is complete before the request body: the rest of it is not wanted
+            # (RFC 9113 8.1). A request whose body is whole but whose END_STREAM is still on its
+            # way is left to end by itself (clients choke on a reset there)
             nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame.hd.stream_id, NGHTTP2_NO_ERROR)
     return 0
 
