@@ -59,6 +59,7 @@ class RawH2:
                  tls: ssl.SSLContext | None = None, server_hostname: str | None = None, auto_window: bool = True,
                  preface: bool = True):
         sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=server_hostname)
         self.sock = sock
