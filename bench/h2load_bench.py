@@ -5,7 +5,7 @@ keep-alive to the same upstream), and straight at the upstream's HTTP/1.1 with h
 reference. Each proxy runs one worker pinned to one CPU; the figure is CPU seconds of the proxy's process
 tree per request (utime+stime over the run), and requests/s as h2load reports them.
 
-    .venv/bin/python bench/h2load_bench.py [--duration 10] [--cpus 1] [--upstream-cpus 0] [--load-cpus 0]
+    .venv/bin/python bench/h2load_bench.py [--requests 100000] [--cpus 1] [--upstream-cpus 0] [--load-cpus 0]
 
 On a shared, loaded machine the figures are noise within a run or two: compare the ratio of one run.
 """
@@ -74,13 +74,17 @@ def wait_h2(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing answers HTTP/2 on port {port}")
 
 
-def h2load(port: int, duration: float, load_cpus: str | None, h1: bool = False) -> tuple[float, int, str]:
+def h2load(port: int, requests: int, load_cpus: str | None, h1: bool = False) -> tuple[float, int, str]:
     cmd = (["taskset", "-c", load_cpus] if load_cpus else []) + [
-        "h2load", "-c", "10", "-m", "20", "-D", str(duration), "--warm-up-time", "1", f"http://127.0.0.1:{port}/"]
+        "h2load", "-c", "10", "-m", "20", "-n", str(requests), f"http://127.0.0.1:{port}/"]
     if h1:
         cmd.insert(cmd.index("h2load") + 1, "--h1")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
-    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    m = re.search(r"finished in [^,]+, ([\d.]+) req/s", out)
+    if m is None:
+        raise RuntimeError(f"no h2load summary:\n{out}")
+    rps = float(m.group(1))
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     ok = re.search(r"(\d+) succeeded", out)
     if ok is None or int(ok.group(1)) != done:
@@ -90,7 +94,7 @@ def h2load(port: int, duration: float, load_cpus: str | None, h1: bool = False) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--cpus", default="1", help="CPU the proxy is pinned to")
     ap.add_argument("--upstream-cpus", default="0")
     ap.add_argument("--load-cpus", default="0")
@@ -113,17 +117,18 @@ def main() -> int:
                 else:
                     proc = nginx_h2(nginx, up.port, args.cpus, work)
                 try:
-                    wait_ready(proc)
+                    if name == "fastgw":
+                        wait_ready(proc)
                     wait_h2(proc.port)
                     with TreeSampler([proc.pid]) as s:
-                        rps, done, _ = h2load(proc.port, args.duration, args.load_cpus)
+                        rps, done, _ = h2load(proc.port, args.requests, args.load_cpus)
                     cpu = s.cpu_s[proc.pid]
                     rows.append((name, rps, done, cpu / done * 1e6 if done else float("nan")))
                 finally:
                     proc.stop()
         finally:
             up.stop()
-    print(f"h2load -c 10 -m 20, 26 B response, {args.duration:.0f}s (noisy on a shared machine)")
+    print(f"h2load -c 10 -m 20 -n {args.requests}, 26 B response (noisy on a shared machine)")
     print(f"{'peer':8} {'req/s':>10} {'requests':>10} {'proxy CPU us/req':>18}")
     for name, rps, done, us in rows:
         print(f"{name:8} {rps:10.0f} {done:10d} {us:18.1f}")
