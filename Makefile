@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CORE_SRC := fastgw/_core.pyx $(wildcard fastgw/_cy/*.pyx fastgw/_cy/*.pxi fastgw/_cy/*.pxd)
 
-.PHONY: run test lint annotate build clean bench bench-quick bench-ws
+.PHONY: run test lint annotate build clean bench bench-quick bench-ws bench-h2
 
 # .venv: the build requirements read from pyproject.toml, then fastgw installed editable with its runtime and
 # test dependencies but without the core (FASTGW_SKIP_CORE=1, see setup.py). The core is compiled by the
@@ -62,6 +62,10 @@ bench: build
 
 bench-quick: build
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+# HTTP/2 (docs/http2.md): h2load -c 10 -m 20 through fastgw (h2c) and nginx (listen ... http2), proxy CPU per request.
+bench-h2: build
+	$(PY) bench/h2load_bench.py $(BENCH_ARGS)
 
 # Tunnels (docs/tunnels.md): WebSocket echo of 1 KiB messages through fastgw and nginx (proxy CPU per
 # message), then 1,000 open WebSockets through 10 reloads (none may drop).

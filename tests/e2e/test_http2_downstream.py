@@ -101,6 +101,14 @@ def test_http11_still_served_on_the_same_port(gw):
         assert c.response("PRI").status in (400, 405, 501)
 
 
+def test_upgrade_h2c_is_served_as_http11(gw):
+    # curl --http2 on a cleartext URL asks for `Upgrade: h2c`, which fastgw does not do (docs/http2.md)
+    out = curl("--http2", "-i", gw.url + "/upgrade")
+    assert out.returncode == 0 and out.stdout.startswith(b"HTTP/1.1 200"), out.stdout[:200]
+    hdrs = {k.lower() for k, _ in echo_json(out.stdout)["headers"]}
+    assert "upgrade" not in hdrs and "http2-settings" not in hdrs
+
+
 def test_authority_routes(gw):
     out = curl("--http2-prior-knowledge", "-i", "--connect-to", f"other.example:80:127.0.0.1:{gw.port}",
                "http://other.example/x")
