@@ -144,6 +144,26 @@ def test_access_log_says_http2(gw):
     assert line["bytes_sent"] > 0
 
 
+def test_expect_100_continue_relayed_as_an_informational_head(gw):
+    with RawH2(gw.port) as c:
+        sid = c.request("POST", "/expect", headers=[("content-length", "5"), ("expect", "100-continue")],
+                        end_stream=False)
+        st = c.streams[sid]
+        c.until(lambda: st.informational, what="the 100 Continue")
+        assert st.informational[0][0] == (":status", "100") and not st.headers
+        c.send_data(sid, b"hello", end_stream=True)
+        st = c.response(sid)
+    assert st.status == 200 and echo_json(bytes(st.data))["body_len"] == 5
+
+
+def test_head_and_bodiless_statuses(gw):
+    with RawH2(gw.port) as c:
+        head = c.response(c.request("HEAD", "/h"))
+        nocontent = c.response(c.request("GET", "/n", headers=[("x-echo-status", "204")]))
+    assert head.status == 200 and head.data == b"" and int(head.header("content-length")) > 0
+    assert nocontent.status == 204 and nocontent.data == b"" and nocontent.header("content-length") is None
+
+
 def test_gateway_errors_on_a_stream(gw):
     out = curl("--http2-prior-knowledge", "-i", gw.url + "/%zz")
     assert out.stdout.startswith(b"HTTP/2 400"), out.stdout[:200]
@@ -343,3 +363,12 @@ def test_goaway_on_drain_lets_streams_finish(echo, gateway_factory):
         st = c.response(sid)
         assert st.status == 200
         c.wait_closed()
+
+
+def test_prior_knowledge_off(echo, gateway_factory):
+    gw = gateway_factory(simple_config(echo.address, limits={"http2": {"prior_knowledge": False}}), workers=1)
+    with RawConn(gw.port) as c:
+        c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        assert c.response("PRI").status in (400, 505)
+    out = curl("--http1.1", gw.url + "/still")
+    assert out.returncode == 0 and echo_json(out.stdout)["target"] == "/still"
