@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from support.h2raw import RawH2
 from support.logs import lines_for
 from support.upstreams import RawUpstream
 from support.wire import pattern_sha256
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
 
 
 def route(name: str, prefix: str, **extra) -> dict:
@@ -372,3 +375,26 @@ def test_prior_knowledge_off(echo, gateway_factory):
         assert c.response("PRI").status in (400, 505)
     out = curl("--http1.1", gw.url + "/still")
     assert out.returncode == 0 and echo_json(out.stdout)["target"] == "/still"
+
+
+def test_paused_policies_on_streams(echo, gateway_factory):
+    """A request policy that pauses (an async plugin hook): DATA that arrives meanwhile is held and
+    reaches the upstream whole; one that never finishes gets its 504 from the policy deadline."""
+    def plugin(cls: str) -> dict:
+        return {"type": "plugin", "module": f"support.phase_plugins:{cls}", "config": {}}
+    cfg = simple_config(echo.address)
+    cfg["routes"] = [
+        route("async", "/async", policies=[plugin("AsyncGo")]),
+        route("forever", "/forever", policies=[{**plugin("Forever"), "timeout": "300ms"}]),
+        route("all", "/"),
+    ]
+    gw = gateway_factory(cfg, workers=1, env={"PYTHONPATH": TESTS_DIR})
+    body = bytes(range(256)) * 230          # within the first window (RawH2 sends DATA without flow control)
+    with RawH2(gw.port) as c:
+        up = c.request("POST", "/async/up", body=body)
+        never = c.request("GET", "/forever/x")
+        st = c.response(up)
+        assert st.status == 200, (st.reset, c.frames[-5:], gw.stderr[-2000:])
+        j = echo_json(bytes(st.data))
+        assert j["body_len"] == len(body) and j["body_sha256"] == hashlib.sha256(body).hexdigest()
+        assert c.response(never).status == 504

@@ -147,6 +147,7 @@ class RawH2:
         return sid
 
     def send_data(self, sid: int, data: bytes, end_stream: bool = False, frame_size: int = 16384) -> None:
+        """DATA frames as they are: the caller keeps within the windows (or tests what happens if not)."""
         frames = []
         for i in range(0, max(len(data), 1), frame_size):
             f = DataFrame(sid)
