@@ -272,7 +272,8 @@ cdef class H2Conn(ClientConn):
     cdef bint in_recv
     cdef bint sending
     cdef bint goaway_sent
-    cdef double last_active
+    cdef double last_active          # the last bytes from the client (the ping clock)
+    cdef double idle_since           # when the last stream ended (the idle clock)
     cdef double ping_sent_at
     cdef WBuf hbuf                   # response header names and values, for one nghttp2_nv array
     cdef NvSpan* spans
@@ -325,7 +326,7 @@ cdef class H2Conn(ClientConn):
             nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0,
                                                   <int32_t>self.cfg.connection_window_size)
         self.state = CL_WAIT
-        self.last_active = monotonic()
+        self.last_active = self.idle_since = monotonic()
         self._arm()
         if self.worker.draining:
             self.drain()
@@ -420,7 +421,7 @@ cdef class H2Conn(ClientConn):
             st.pending_consume = 0
         st.closed(error_code)
         if not self.streams:
-            self.last_active = monotonic()
+            self.idle_since = monotonic()
             self._arm()
 
     cdef int submit(self, H2Stream st, int status, bint interim, bint has_body) except -1:
@@ -512,7 +513,7 @@ cdef class H2Conn(ClientConn):
         if self.streams:
             d = now + 0.5
         else:
-            d = self.last_active + self.cfg.idle_timeout
+            d = self.idle_since + self.cfg.idle_timeout
         if self.cfg.ping_interval > 0:
             if self.ping_sent_at > 0:
                 d = min(d, self.ping_sent_at + self.cfg.ping_timeout)
@@ -530,8 +531,9 @@ cdef class H2Conn(ClientConn):
             for st in list(self.streams.values()):
                 if st.deadline > 0 and now >= st.deadline:
                     st.on_deadline()
-        elif now >= self.last_active + self.cfg.idle_timeout:
+        elif now >= self.idle_since + self.cfg.idle_timeout:
             self.goaway(NGHTTP2_NO_ERROR)
+            self.send_pending()
             self._close_now(False)
             return 0
         if self.cfg.ping_interval > 0:

@@ -398,3 +398,25 @@ def test_paused_policies_on_streams(echo, gateway_factory):
         j = echo_json(bytes(st.data))
         assert j["body_len"] == len(body) and j["body_sha256"] == hashlib.sha256(body).hexdigest()
         assert c.response(never).status == 504
+
+
+def test_idle_timeout_goaway(echo, gateway_factory):
+    gw = gateway_factory(simple_config(echo.address, limits={"http2": {"idle_timeout": "1s"}}), workers=1)
+    with RawH2(gw.port) as c:
+        assert c.response(c.request("GET", "/p")).status == 200
+        c.wait_closed(10)
+        assert c.goaway is not None and c.goaway.error_code == 0 and c.goaway.last_stream_id == 1
+
+
+def test_ping_timeout(echo, gateway_factory):
+    gw = gateway_factory(simple_config(echo.address, limits={"http2": {
+        "ping_interval": "300ms", "ping_timeout": "600ms"}}), workers=1)
+    # a client that answers PINGs is kept (idle_timeout is the keep-alive's 60 s) ...
+    with RawH2(gw.port) as c:
+        c.until(lambda: c.pings >= 3, timeout=10, what="three PINGs")
+        assert not c.closed
+        assert c.response(c.request("GET", "/p")).status == 200
+    # ... one that never answers is closed once ping_timeout passes
+    with RawH2(gw.port, auto_ping=False) as c:
+        c.wait_closed(10)
+        assert c.pings >= 1

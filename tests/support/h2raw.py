@@ -57,7 +57,7 @@ class RawH2:
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, settings: dict | None = None,
                  tls: ssl.SSLContext | None = None, server_hostname: str | None = None, auto_window: bool = True,
-                 preface: bool = True):
+                 preface: bool = True, auto_ping: bool = True):
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
@@ -74,6 +74,8 @@ class RawH2:
         self.server_settings: dict = {}
         self.frames: list[Frame] = []
         self.auto_window = auto_window
+        self.auto_ping = auto_ping
+        self.pings = 0
         self.next_id = 1
         self._cont_sid: int | None = None
         self._cont_block = b""
@@ -194,7 +196,9 @@ class RawH2:
             self.server_settings.update(f.settings)
             self._reply(SettingsFrame(0, flags=["ACK"]))
         elif isinstance(f, PingFrame) and "ACK" not in f.flags:
-            self._reply(PingFrame(0, data=f.opaque_data, flags=["ACK"]))
+            self.pings += 1
+            if self.auto_ping:
+                self._reply(PingFrame(0, opaque_data=f.opaque_data, flags=["ACK"]))
         elif isinstance(f, GoAwayFrame):
             self.goaway = f
         elif isinstance(f, (HeadersFrame, ContinuationFrame)):
