@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CORE_SRC := fastgw/_core.pyx $(wildcard fastgw/_cy/*.pyx fastgw/_cy/*.pxi fastgw/_cy/*.pxd)
 
-.PHONY: run test lint annotate build clean bench bench-quick bench-ws
+.PHONY: run test lint annotate build clean bench bench-quick bench-ws bench-h2
 
 # .venv: the build requirements read from pyproject.toml, then fastgw installed editable with its runtime and
 # test dependencies but without the core (FASTGW_SKIP_CORE=1, see setup.py). The core is compiled by the
@@ -23,11 +23,19 @@ $(VENV)/.installed: pyproject.toml setup.py
 # The in-place core always has the test and bench entry points (FASTGW_TESTING=1, see setup.py), so the
 # stamp never stands for a build without them; a build that turned them off rewrote fastgw/_cy/features.pxi,
 # one of CORE_SRC, which makes the stamp stale.
-fastgw/_core.stamp: $(VENV)/.installed setup.py $(CORE_SRC)
+fastgw/_core.stamp: $(VENV)/.installed setup.py $(CORE_SRC) | nghttp2-dev
 	FASTGW_TESTING=1 $(PY) setup.py -q build_ext --inplace
 	touch $@
 
 build: fastgw/_core.stamp
+
+# The core links libnghttp2 (HTTP/2, fastgw/_cy/h2server.pyx): installed when the build runs as root on a
+# Debian-like system, else a clear error.
+.PHONY: nghttp2-dev
+nghttp2-dev:
+	@pkg-config --exists libnghttp2 2>/dev/null || [ -f /usr/include/nghttp2/nghttp2.h ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -qq libnghttp2-dev; } || \
+	  { echo "libnghttp2 not found: apt-get install libnghttp2-dev" >&2; exit 1; }
 
 run: build
 	@bash scripts/quickstart.sh
@@ -54,6 +62,10 @@ bench: build
 
 bench-quick: build
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+# HTTP/2 (docs/http2.md): h2load -c 10 -m 20 through fastgw (h2c) and nginx (listen ... http2), proxy CPU per request.
+bench-h2: build
+	$(PY) bench/h2load_bench.py $(BENCH_ARGS)
 
 # Tunnels (docs/tunnels.md): WebSocket echo of 1 KiB messages through fastgw and nginx (proxy CPU per
 # message), then 1,000 open WebSockets through 10 reloads (none may drop).

@@ -344,6 +344,13 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
     )
     runtime.metrics = compile_counters(cfg, routes, groups, previous)
     runtime.streams = compile_streams(cfg, routes)
+    h2 = limits.http2
+    runtime.http2 = _core.H2Settings(
+        prior_knowledge=h2.prior_knowledge, max_concurrent_streams=h2.max_concurrent_streams,
+        initial_window_size=h2.initial_window_size,
+        max_header_list_size=h2.max_header_list_size or limits.max_header_bytes,
+        idle_timeout=h2.idle_timeout or limits.keepalive_timeout,
+        ping_interval=h2.ping_interval, ping_timeout=h2.ping_timeout)
     return runtime
 
 

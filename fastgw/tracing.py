@@ -116,7 +116,7 @@ def _template(key: tuple, build) -> Span:
 def _server_template(method, host, local_port, vminor, route_pattern, user_agent, route, upstream) -> Span:
     name, attrs = _method_attrs(method)
     attrs = [*attrs, _kv("url.scheme", "http"), _kv("server.port", local_port),
-             _kv("network.protocol.version", "1.0" if vminor == 0 else "1.1")]
+             _kv("network.protocol.version", "2" if vminor < 0 else "1.0" if vminor == 0 else "1.1")]
     if host:
         attrs.append(_kv("server.address", host))
     if route_pattern:

@@ -631,6 +631,8 @@ cdef class AccessLogPolicy(Policy):
                 self._query(b, p + h.target + h.path_len + 1, h.target_len - h.path_len - 1, json)
             return wb_put(b, b'"', 1) if json else 0
         elif f == AF_PROTOCOL:
+            if ex.down.h2:
+                return _lit(b, b'"HTTP/2.0"', 10) if json else _lit(b, b"HTTP/2.0", 8)
             if json:
                 return _lit(b, b'"HTTP/1.0"' if h.version_minor == 0 else b'"HTTP/1.1"', 10)
             return _lit(b, b"HTTP/1.0" if h.version_minor == 0 else b"HTTP/1.1", 8)

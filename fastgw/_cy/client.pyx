@@ -36,6 +36,7 @@ cdef class ClientConn:
     # TLS termination (issue 13), set once from the handshake: None/False on plain listeners
     cdef object tls_endpoint        # fastgw.tls.TlsEndpoint of the listening address
     cdef readonly bint tls
+    cdef readonly bint h2           # an HTTP/2 connection or stream (h2server.pyx), for the log's protocol
     cdef bytes sni                  # the server name the client asked for (lowercase), or None
     cdef list cert_edits            # client certificate headers: upstream edits every request starts with
     cdef readonly object client_cert   # the verified client certificate (fastgw.tls.client_cert_info)
@@ -78,8 +79,13 @@ cdef class ClientConn:
             self.client_ip = b"unknown"
         if self.tls_endpoint is not None:
             self.tls = True
-            self.sni, self.cert_edits, self.client_cert = self.tls_endpoint.connection_info(
-                transport.get_extra_info("ssl_object"))
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.sni, self.cert_edits, self.client_cert = self.tls_endpoint.connection_info(ssl_object)
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.worker.clients.add(self)
+                self.worker.connections_total += 1
+                h2_take_over(self, None)              # ALPN h2 (h2server.pyx)
+                return
         self.worker.clients.add(self)
         self.worker.connections_total += 1
         self._set_deadline(DL_IDLE, self.rt.header_timeout)
@@ -227,6 +233,9 @@ cdef class ClientConn:
                         self._set_deadline(DL_HEADER, self.rt.header_timeout)
                 return 0
             if r == PARSE_ERROR:
+                if self.nrequests == 0 and h2_preface_start(p, n) and _h2_settings(self.rt).prior_knowledge:
+                    h2_take_over(self, self.buf)      # h2c with prior knowledge (h2server.pyx)
+                    return 0
                 self._refuse_head(self.head.error_status, self.head.error_reason, RF_BAD_REQUEST)
                 return 0
             self._start_request(r, n)

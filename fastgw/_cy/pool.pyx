@@ -4,6 +4,7 @@
 
 cdef class UpstreamConn
 cdef class ClientConn
+cdef class H2Settings
 cdef class Exchange
 cdef class PolicyChain
 cdef class RouteMetrics
@@ -350,6 +351,7 @@ cdef class Runtime:
     cdef public RuntimeMetrics metrics        # None: metrics are off (set by fastgw/counters.py)
     cdef readonly TraceSettings tracing       # None: tracing off, and the request path skips it
     cdef public dict streams                  # tcp and tls-passthrough addresses -> StreamListener (tcpproxy.pyx)
+    cdef public H2Settings http2              # limits.http2 (h2server.pyx); None: the defaults
 
     def __init__(self, dict listener_routers, dict groups, *, frozenset host_independent,
                  int max_request_line, int max_head_bytes,

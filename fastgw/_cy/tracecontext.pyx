@@ -421,7 +421,7 @@ cdef void trace_end(Exchange ex) except *:
         1 + len(attempts), tc.trace_hi, tc.trace_lo, tc.parent, tc.server_span, tc.flags, state,
         t_start, ex.t_done, ex.method, ex.path_bytes, ex.host, ex.down.local_port, ex.client_ip,
         ex.status, ex.route_name, ex.upstream_name, ex.flags,
-        ex.h.version_minor if ex.h != NULL else 1,
+        -1 if ex.down.h2 else ex.h.version_minor if ex.h != NULL else 1,     # -1: HTTP/2
         ex.header_value(b"user-agent") if ex.h != NULL else None,
         route_pattern, ex.up_head, attempts,
     ), 1 + len(attempts))

@@ -21,6 +21,7 @@ from .base import Base, Name
 from .breakers import CircuitBreakers
 from .dns import Dns
 from .health import Health
+from .http2 import Http2Limits
 from .logs import AccessLog, Logging, RouteAccessLog
 from .metrics import Metrics
 from .policies import Consumer, Policy
@@ -360,6 +361,8 @@ class Limits(Base, kw_only=True):
     keepalive_timeout: PositiveDuration = 60.0
     max_requests_per_connection: PositiveInt = 1000
     underscores_in_headers: Literal["reject", "drop"] = "reject"
+    http2: Http2Limits = msgspec.field(default_factory=Http2Limits)
+    """HTTP/2 from clients (docs/http2.md)."""
 
 
 class Server(Base, kw_only=True):

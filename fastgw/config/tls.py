@@ -87,8 +87,9 @@ class ListenerTls(Base, kw_only=True):
     min_version: Literal["1.2", "1.3"] = "1.2"
     ciphers: str | None = None
     """OpenSSL cipher string for TLS 1.2; default Mozilla intermediate."""
-    alpn: list[Annotated[str, Meta(min_length=1)]] = msgspec.field(default_factory=lambda: ["http/1.1"])
-    """Protocols offered by ALPN, in preference order (`h2` only once HTTP/2 exists)."""
+    alpn: list[Annotated[str, Meta(min_length=1)]] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
+    """Protocols offered by ALPN, in preference order: `h2` (HTTP/2, docs/http2.md) and `http/1.1`;
+    a client that offers only `http/1.1` (or no ALPN) speaks HTTP/1.1."""
     client_certificate: ClientCertificate | None = None
     handshake_timeout: PositiveDuration = 10.0
     """A connection that has not completed its handshake in this long is closed (takes effect on

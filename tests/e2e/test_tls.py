@@ -153,8 +153,11 @@ def test_tls12_and_tls13_accepted_older_refused(pki, sni_gw):
     assert out.returncode != 0 and b"Cipher is (NONE)" in out.stdout + out.stderr or b"alert" in out.stderr
 
 
-def test_alpn_http11(pki, sni_gw):
+def test_alpn_h2_then_http11(pki, sni_gw):
+    # the default ALPN list is [h2, http/1.1] (HTTP/2: tests/e2e/test_http2_downstream.py)
     with handshake(sni_gw.port, client_ctx(pki, alpn=["h2", "http/1.1"]), "ecdsa.example.com") as s:
+        assert s.selected_alpn_protocol() == "h2"
+    with handshake(sni_gw.port, client_ctx(pki, alpn=["http/1.1"]), "ecdsa.example.com") as s:
         assert s.selected_alpn_protocol() == "http/1.1"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 from support.client import RawConn, wait_until
@@ -335,3 +336,12 @@ def test_grpc_export(echo, gateway_factory):
     client = next(s for s in spans if s.kind == CLIENT)
     assert server.parent_id == PARENT and client.parent_id == server.span_id
     assert client.span_id == upstream_parent
+
+
+def test_http2_stream_span_says_protocol_2(gw0, receiver):
+    trace = "4bf92f3577b34da6a3ce929d0e0e4737"
+    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-H", f"traceparent: 00-{trace}-{PARENT}-01",
+                          f"http://127.0.0.1:{gw0.port}/h2"], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    [server] = [s for s in receiver.trace(trace, 2) if s.kind == SERVER]
+    assert server.attrs["network.protocol.version"] == "2"

@@ -990,6 +990,7 @@ def test_json_schema_shape():
         "keepalive_timeout",
         "max_requests_per_connection",
         "underscores_in_headers",
+        "http2",
     }
     assert set(defs["Server"]["properties"]) == {"drain_timeout", "path_normalization", "merge_slashes",
                                                 "encoded_slashes", "shutdown_delay", "watch_config",
