@@ -38,8 +38,9 @@ if os.environ.get("FASTGW_SKIP_CORE") != "1":
             Extension(
                 "fastgw._core",
                 ["fastgw/_core.pyx"],
-                depends=sorted(glob("fastgw/_cy/*.pyx") + glob("fastgw/_cy/*.pxi")),
+                depends=sorted(glob("fastgw/_cy/*.pyx") + glob("fastgw/_cy/*.pxi") + glob("fastgw/_cy/*.pxd")),
                 extra_compile_args=["-O2"],
+                libraries=["nghttp2"],   # HTTP/2 (fastgw/_cy/nghttp2.pxd): Debian libnghttp2-dev
             )
         ],
         annotate=os.environ.get("FASTGW_ANNOTATE") == "1",

@@ -133,6 +133,15 @@ class Keepalive(Base, kw_only=True):
     max_requests: PositiveInt = 1000
 
 
+class Http2(Base, kw_only=True):
+    """HTTP/2 to an upstream (`protocol: h2c` or `h2`): one connection per target carries many
+    exchanges at once (docs/upstreams.md)."""
+
+    max_concurrent_streams: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 100
+    """Streams one connection carries at once: the lower of this and the upstream's
+    SETTINGS_MAX_CONCURRENT_STREAMS. More exchanges open another connection."""
+
+
 class Upstream(Base, kw_only=True):
     """A set of targets that share load (by smooth weighted round robin unless `balancer` says
     otherwise). An empty list is valid (a service scaled to zero): its routes answer 503."""
@@ -155,6 +164,12 @@ class Upstream(Base, kw_only=True):
     """How targets given by name are resolved and refreshed (docs/health.md)."""
     circuit_breakers: CircuitBreakers | None = None
     """Limits on connections, pending, active requests and retries, per worker (docs/health.md)."""
+    protocol: Literal["http1", "h2c", "h2"] = "http1"
+    """How requests reach the targets: `http1` (HTTP/1.1, pooled keep-alive connections), `h2c`
+    (HTTP/2 over TCP with prior knowledge) or `h2` (HTTP/2 over `tls`, ALPN `h2`). gRPC needs
+    `h2c` or `h2` (docs/grpc.md)."""
+    http2: Http2 = msgspec.field(default_factory=Http2)
+    """HTTP/2 settings, for `protocol: h2c` or `h2`."""
 
 
 class PathMatch(Base, kw_only=True):
