@@ -3,6 +3,7 @@ a thread of its own: it counts the connections it accepted and the streams open 
 answers by path:
 
     /slow?ms=N     waits N ms, then 200 with the path as body
+    /hold          held (counted in `held`) until release(): so a test knows how many are in flight
     /trailers      200, a body, then trailers (grpc-status: 0, grpc-message: ok, x-trailer: yes)
     /status/N      status N, a short body
     /big?n=N       N bytes of body in DATA frames
@@ -24,14 +25,15 @@ import h2.settings
 
 
 class H2Upstream:
-    def __init__(self, max_concurrent_streams: int = 100, name: str = "h2"):
+    def __init__(self, max_concurrent_streams: int = 100, name: str = "h2", status_all: int | None = None):
         self.name = name
+        self.status_all = status_all       # answer every request with this status
         self.max_streams = max_concurrent_streams
         self.connections = 0
         self.open_connections = 0
         self.max_open_streams = 0          # on one connection, at once
         self.requests: list[dict] = []
-        self._open_streams: dict[int, int] = {}
+        self.held: list = []
         self._loop = asyncio.new_event_loop()
         self._server = None
         self._protocols: set = set()
@@ -59,6 +61,14 @@ class H2Upstream:
             self._thread.start()
             self._started.wait(10)
         return self
+
+    def release(self) -> None:
+        """Answers every held /hold request (200, body `held`)."""
+        def go():
+            held, self.held = self.held, []
+            for proto, sid in held:
+                proto._send(sid, 200, [], b"held", None)
+        self._loop.call_soon_threadsafe(go)
 
     def stop_listening(self, drop_connections: bool = True) -> None:
         """Close the listening socket (and every connection): as an upstream restarting."""
@@ -144,7 +154,11 @@ class _Proto(asyncio.Protocol):
         url = urlsplit(headers.get(":path", "/"))
         q = parse_qs(url.query)
         self.server.requests.append({"headers": st["headers"], "body": st["body"], "at": time.monotonic()})
-        if url.path == "/slow":
+        if self.server.status_all is not None:
+            self._send(sid, self.server.status_all, [], self.server.name.encode(), None)
+        elif url.path == "/hold":
+            self.server.held.append((self, sid))
+        elif url.path == "/slow":
             delay = int(q.get("ms", ["100"])[0]) / 1000
             asyncio.get_event_loop().call_later(delay, self._send, sid, 200, [], url.path.encode(), None)
         elif url.path == "/trailers":
