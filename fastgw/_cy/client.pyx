@@ -396,7 +396,8 @@ cdef class ClientConn:
         """Writes the response head into self.out; the caller appends the first body bytes and
         flushes, so a small response leaves in one write."""
         cdef WBuf* out = &self.out
-        if up_framing == FR_LENGTH or not has_body:
+        if up_framing == FR_LENGTH or up_framing == FR_NONE or not has_body:
+            # FR_NONE with a body allowed: Content-Length: 0, which no last chunk may follow
             self.resp_mode = RM_PASS
         elif ex.http10:
             self.resp_mode = RM_PASS

@@ -251,3 +251,23 @@ def test_grpc_timeout_is_the_upstream_response_deadline(gateway_factory):
         out = raw_exchange(gw, GRPC_HEAD.replace(b"/pkg.Svc/Call", b"/slow?ms=100")
                            + b"grpc-timeout: 10S\r\n\r\n\x00\x00\x00\x00\x00")
         assert out.startswith(b"HTTP/1.1 200") and b"Grpc-Status" not in out
+
+
+def test_an_empty_response_is_followed_by_nothing_on_a_kept_alive_connection(gateway_factory):
+    """Content-Length: 0 (an HTTP/1.1 upstream's, or the one a HEADERS frame with END_STREAM gets)
+    ends the response: a stray last chunk after it would be read as the next response's start."""
+    from support.upstreams import RawUpstream, respond_raw
+    with RawUpstream(respond_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", then_close=False)) as h1, \
+            H2Upstream() as h2:
+        cfg = simple_config(h1.address, routes=[
+            {"name": "h1", "match": {"path": {"prefix": "/h1"}}, "upstream": "h1"},
+            {"name": "h2", "match": {"path": {"prefix": "/"}}, "upstream": "h2"},
+        ])
+        cfg["upstreams"] = {"h1": {"targets": [{"address": h1.address}]},
+                            "h2": {"targets": [{"address": h2.address}], "protocol": "h2c"}}
+        gw = gateway_factory(cfg, workers=1)
+        out = raw_exchange(gw, b"GET /h1 HTTP/1.1\r\nHost: test.local\r\n\r\n"
+                               b"GET /status/204 HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        first, _, second = out.partition(b"\r\n\r\n")
+        assert b"Content-Length: 0" in first
+        assert second.startswith(b"HTTP/1.1 204 "), second

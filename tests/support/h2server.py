@@ -165,7 +165,8 @@ class _Proto(asyncio.Protocol):
             self._send(sid, 200, [("content-type", "application/grpc")], b"\x00\x00\x00\x00\x02hi",
                        [("grpc-status", "0"), ("grpc-message", "ok"), ("x-trailer", "yes")])
         elif url.path.startswith("/status/"):
-            self._send(sid, int(url.path.split("/")[2]), [], b"status body", None)
+            status = int(url.path.split("/")[2])
+            self._send(sid, status, [], b"" if status in (204, 304) else b"status body", None)
         elif url.path == "/big":
             self._send(sid, 200, [], b"x" * int(q.get("n", ["100000"])[0]), None)
         else:
@@ -181,6 +182,11 @@ class _Proto(asyncio.Protocol):
         if sid not in self.streams or self.transport is None or self.transport.is_closing():
             return
         try:
+            if status in (204, 304):
+                self.conn.send_headers(sid, [(":status", str(status)), *headers], end_stream=True)
+                self.streams.pop(sid, None)
+                self._flush()
+                return
             self.conn.send_headers(sid, [(":status", str(status)), *headers,
                                          ("content-length", str(len(body)))] if trailers is None
                                    else [(":status", str(status)), *headers])
