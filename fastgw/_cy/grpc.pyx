@@ -80,3 +80,8 @@ cdef bytes grpc_answer_lines(int http_status, bytes message, bytes extra_lines):
 def grpc_status_of_http(int http_status):
     """grpc_status_for, for tests and the HTTP/2 downstream's Python side."""
     return grpc_status_for(http_status)
+
+
+def grpc_timeout_of(bytes value):
+    """grpc_timeout_seconds (h2upstream.pyx): a `grpc-timeout` value in seconds, 0.0 if malformed."""
+    return grpc_timeout_seconds(value)
