@@ -210,6 +210,34 @@ def _default_path() -> PathMatch:
     return PathMatch(prefix="/")
 
 
+GrpcName = Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class GrpcMatch(Base, kw_only=True):
+    """A gRPC call's service and method (the request path is `/<service>/<method>`), as Gateway API's
+    GRPCMethodMatch: `Exact` (the default) or `RegularExpression` (Python `re`, whole name); one of the
+    two may be left out (any). Compiled into the path match (docs/grpc.md)."""
+
+    service: GrpcName | None = None
+    method: GrpcName | None = None
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+
+    def path(self) -> PathMatch:
+        import re
+
+        if self.service is None and self.method is None:
+            return PathMatch(prefix="/")
+        if self.type == "Exact":
+            if self.method is None:
+                return PathMatch(prefix=f"/{self.service}")
+            if self.service is not None:
+                return PathMatch(exact=f"/{self.service}/{self.method}")
+            return PathMatch(regex=f"/[^/]+/{re.escape(self.method)}")
+        svc = f"(?:{self.service})" if self.service is not None else "[^/]+"
+        meth = f"(?:{self.method})" if self.method is not None else "[^/]+"
+        return PathMatch(regex=f"/{svc}/{meth}")
+
+
 class Match(Base, kw_only=True):
     """What a request must look like to take a route."""
 
@@ -219,9 +247,19 @@ class Match(Base, kw_only=True):
     methods: Annotated[list[Annotated[str, Meta(pattern=r"^[A-Z_-]+$")]], Meta(min_length=1)] | None = None
     headers: list[HeaderMatch] | None = None
     query: list[QueryMatch] | None = None
+    grpc: GrpcMatch | None = None
+    """A gRPC service and method (GRPCRoute's method match): sets `path`, which must then be left out."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.grpc is not None:
+            if self.path != _default_path():
+                raise ValueError("'grpc' sets the path match: give 'grpc' or 'path', not both")
+            if self.grpc.type == "Exact":
+                for part in (self.grpc.service, self.grpc.method):
+                    if part is not None and "/" in part:
+                        raise ValueError(f"a gRPC service or method name has no '/': {part!r}")
+            msgspec.structs.force_setattr(self, "path", self.grpc.path())
         if self.hosts is not None:
             msgspec.structs.force_setattr(self, "hosts", [h.lower() for h in self.hosts])
 

@@ -25,7 +25,7 @@ STREAM_ROUTE_VERSIONS = {
     "TLSRoute": (f"{GROUP}/v1alpha2", f"{GROUP}/v1alpha3", f"{GROUP}/v1"),
 }
 #: the native listener protocol each route kind attaches to
-ROUTE_PROTOCOL = {"HTTPRoute": "http", "TCPRoute": "tcp", "TLSRoute": "tls-passthrough"}
+ROUTE_PROTOCOL = {"HTTPRoute": "http", "GRPCRoute": "http", "TCPRoute": "tcp", "TLSRoute": "tls-passthrough"}
 
 
 def passthrough(item: Any) -> bool:
