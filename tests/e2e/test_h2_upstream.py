@@ -271,3 +271,38 @@ def test_an_empty_response_is_followed_by_nothing_on_a_kept_alive_connection(gat
         first, _, second = out.partition(b"\r\n\r\n")
         assert b"Content-Length: 0" in first
         assert second.startswith(b"HTTP/1.1 204 "), second
+
+
+# ---- h2 over the upstream's TLS ------------------------------------------------------------------
+
+def _tls_server_context(tmp_path, alpn: list[str]):
+    import ssl
+
+    from support.certs import CA
+    ca = CA(tmp_path / "ca")
+    leaf = ca.issue("h2", ["h2.test"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(leaf.cert_path, leaf.key_path)
+    ctx.set_alpn_protocols(alpn)
+    return ca, ctx
+
+
+def test_h2_over_tls_negotiates_h2_and_multiplexes(gateway_factory, tmp_path):
+    ca, ctx = _tls_server_context(tmp_path, ["h2"])
+    with H2Upstream(ssl_context=ctx) as up:
+        cfg = h2c_config(up.address, protocol="h2", tls={"ca_file": str(ca.cert_path), "server_name": "h2.test"})
+        gw = gateway_factory(cfg, workers=1)
+        assert held_parallel(gw, up, 10) == [200] * 10
+        r = httpx.get(f"{gw.url}/x", headers=HOST, timeout=10)
+        assert r.json()["scheme"] == "https"
+        assert up.connections == 1 and up.alpn == ["h2"]
+
+
+def test_an_upstream_without_h2_in_alpn_is_a_502(gateway_factory, tmp_path):
+    ca, ctx = _tls_server_context(tmp_path, ["http/1.1"])
+    with H2Upstream(ssl_context=ctx) as up:
+        cfg = h2c_config(up.address, protocol="h2", tls={"ca_file": str(ca.cert_path), "server_name": "h2.test"},
+                         health={"passive": {"enabled": False}})
+        gw = gateway_factory(cfg, workers=1)
+        r = httpx.get(f"{gw.url}/x", headers=HOST, timeout=10)
+        assert r.status_code == 502 and "did not negotiate h2" in r.text

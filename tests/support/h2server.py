@@ -25,8 +25,11 @@ import h2.settings
 
 
 class H2Upstream:
-    def __init__(self, max_concurrent_streams: int = 100, name: str = "h2", status_all: int | None = None):
+    def __init__(self, max_concurrent_streams: int = 100, name: str = "h2", status_all: int | None = None,
+                 ssl_context=None):
         self.name = name
+        self.ssl_context = ssl_context     # TLS (ALPN as the context says) instead of h2c
+        self.alpn: list[str | None] = []   # what each TLS connection negotiated
         self.status_all = status_all       # answer every request with this status
         self.max_streams = max_concurrent_streams
         self.connections = 0
@@ -52,7 +55,8 @@ class H2Upstream:
         self._loop.run_forever()
 
     async def _start(self, port: int = 0):
-        self._server = await self._loop.create_server(lambda: _Proto(self), "127.0.0.1", port)
+        self._server = await self._loop.create_server(lambda: _Proto(self), "127.0.0.1", port,
+                                                      ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def start(self, port: int = 0) -> H2Upstream:
@@ -108,6 +112,9 @@ class _Proto(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        if self.server.ssl_context is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.server.alpn.append(ssl_object.selected_alpn_protocol() if ssl_object else None)
         self.server.connections += 1
         self.server.open_connections += 1
         self.server._protocols.add(self)
