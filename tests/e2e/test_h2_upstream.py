@@ -306,3 +306,34 @@ def test_an_upstream_without_h2_in_alpn_is_a_502(gateway_factory, tmp_path):
         gw = gateway_factory(cfg, workers=1)
         r = httpx.get(f"{gw.url}/x", headers=HOST, timeout=10)
         assert r.status_code == 502 and "did not negotiate h2" in r.text
+
+
+def test_a_client_that_stops_reading_stalls_its_stream_not_the_connection(gateway_factory):
+    """The stream's window is given back only as the client takes the bytes: an HTTP/1.1 client that
+    stops reading holds the upstream's sending to about its stream window plus socket buffers, while
+    other exchanges on the same connection go on."""
+    import threading
+    total = 32 << 20
+    with H2Upstream() as up:
+        gw = gateway_factory(h2c_config(up.address), workers=1)
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.connect((host, int(port)))
+            s.sendall(f"GET /big?n={total} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+            first = b""
+            while b"\r\n\r\n" not in first:
+                first += s.recv(4096)
+            assert first.startswith(b"HTTP/1.1 200") and b"Content-Length: %d" % total in first
+            got = len(first) - first.index(b"\r\n\r\n") - 4
+            threading.Event().wait(2.0)        # the client reads nothing more
+            assert up.data_sent < total // 2, up.data_sent
+            r = httpx.get(f"{gw.url}/other", headers=HOST, timeout=10)
+            assert r.status_code == 200 and r.json()["path"] == "/other"
+            assert up.connections == 1
+            s.settimeout(30)
+            while got < total:
+                piece = s.recv(1 << 20)
+                assert piece
+                got += len(piece)
+        assert got == total

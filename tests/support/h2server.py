@@ -37,6 +37,7 @@ class H2Upstream:
         self.max_open_streams = 0          # on one connection, at once
         self.requests: list[dict] = []
         self.held: list = []
+        self.data_sent = 0                 # response body bytes handed to the connection, all streams
         self._loop = asyncio.new_event_loop()
         self._server = None
         self._protocols: set = set()
@@ -203,12 +204,15 @@ class _Proto(asyncio.Protocol):
         self._flush()
 
     def _send_data(self, sid, body, trailers):
-        while body:
+        body = memoryview(body)
+        while len(body):
             window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
             if window <= 0:
                 asyncio.get_event_loop().call_later(0.01, self._resume, sid, body, trailers)
                 return
-            self.conn.send_data(sid, body[:window])
+            piece = body[:window]
+            self.conn.send_data(sid, piece.tobytes())
+            self.server.data_sent += len(piece)
             body = body[window:]
         if trailers:
             self.conn.send_headers(sid, trailers, end_stream=True)
