@@ -28,8 +28,25 @@ def write_features(testing: bool) -> None:
         FEATURES.write_text(text)
 
 
+def require_nghttp2() -> None:
+    """HTTP/2 is libnghttp2's (fastgw/_cy/nghttp2.pxd): without its header the build stops here, saying
+    so, rather than in the C compiler."""
+    dirs = ["/usr/include", "/usr/local/include", *os.environ.get("CPATH", "").split(os.pathsep)]
+    if any(d and os.path.isfile(os.path.join(d, "nghttp2", "nghttp2.h")) for d in dirs):
+        return
+    import subprocess
+    try:
+        if subprocess.run(["pkg-config", "--exists", "libnghttp2"], check=False).returncode == 0:
+            return
+    except OSError:
+        pass
+    raise SystemExit("fastgw's core needs libnghttp2 (nghttp2/nghttp2.h): install it, e.g. "
+                     "`apt-get install libnghttp2-dev` (Debian/Ubuntu) or `dnf install libnghttp2-devel`")
+
+
 ext_modules = []
 if os.environ.get("FASTGW_SKIP_CORE") != "1":
+    require_nghttp2()
     from Cython.Build import cythonize
 
     write_features(os.environ.get("FASTGW_TESTING") == "1")
