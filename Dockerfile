@@ -7,7 +7,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir 'build>=1.0'
 WORKDIR /src
@@ -17,7 +17,7 @@ RUN python -m build --outdir /dist .
 FROM ${PYTHON_IMAGE} AS runtime
 # tini as PID 1 forwards SIGTERM to the supervisor (which then drains) and reaps any orphan a plugin leaves.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini libnghttp2-14 \
  && rm -rf /var/lib/apt/lists/*
 # --only-binary: every dependency comes as a wheel, so nothing needs a compiler here.
 RUN --mount=type=bind,from=build,source=/dist,target=/dist \

@@ -41,5 +41,7 @@ include "_cy/linesink.pyx"
 include "_cy/accesslog.pyx"
 include "_cy/upstream_events.pyx"
 include "_cy/h2server.pyx"
+include "_cy/h2upstream.pyx"
+include "_cy/grpc.pyx"
 # The test and bench entry points (_cy/testing.pyx), or nothing: written by setup.py from FASTGW_TESTING.
 include "_cy/features.pxi"

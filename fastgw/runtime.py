@@ -256,8 +256,13 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
         targets = []
         weights = []
         tls_key = upstream_key(up.tls)
+        if up.protocol != "http1":
+            tls_key = (tls_key, up.protocol)      # HTTP/2 connections are pooled apart
         # one context per upstream; a target carried over keeps the one its pooled connections used
         ssl_context = upstream_context(up.tls) if up.tls is not None and up.targets else None
+        if ssl_context is not None and up.protocol == "h2" and up.tls.alpn is None:
+            ssl_context.set_alpn_protocols(["h2"])
+        h2_mode = {"http1": 0, "h2c": 1, "h2": 2}[up.protocol]
         peer_check = upstream_peer_check(up.tls) if up.tls is not None else None
         seen: set[str] = set()
         for t in up.targets:
@@ -270,8 +275,11 @@ def compile_runtime(cfg: GatewayConfig, previous: _core.Runtime | None = None) -
                 if target.address in seen:
                     continue      # two names with an address in common: one target
                 seen.add(target.address)
+                target.h2_mode = h2_mode
+                target.h2_max_streams = up.http2.max_concurrent_streams
                 kept = old_targets.get(target.pool_key)
                 if kept is not None:
+                    kept.h2_max_streams = target.h2_max_streams
                     kept.max_idle = target.max_idle
                     kept.idle_timeout = target.idle_timeout
                     kept.max_requests = target.max_requests

@@ -405,7 +405,8 @@ cdef class ClientConn:
         """Writes the response head into self.out; the caller appends the first body bytes and
         flushes, so a small response leaves in one write."""
         cdef WBuf* out = &self.out
-        if up_framing == FR_LENGTH or not has_body:
+        if up_framing == FR_LENGTH or up_framing == FR_NONE or not has_body:
+            # FR_NONE with a body allowed: Content-Length: 0, which no last chunk may follow
             self.resp_mode = RM_PASS
         elif ex.http10:
             self.resp_mode = RM_PASS
@@ -472,6 +473,21 @@ cdef class ClientConn:
             if self.state != CL_CLOSED:
                 self._write(wb_bytes(&self.out), self.out.len)
             self.out.len = 0
+
+    cdef int send_trailers(self, Exchange ex, bytes lines) except -1:
+        """Response trailers (Exchange.response_trailers): in the chunked trailer section when the
+        response is chunked and the client sent `TE: trailers` (RFC 9110 6.5); otherwise dropped,
+        as HTTP/1.1 cannot carry them."""
+        cdef object te
+        if self.resp_mode != RM_CHUNK or self.state == CL_CLOSED or not PyBytes_GET_SIZE(lines):
+            return 0
+        te = _field_value(ex.h, ex.p, b"te")
+        if te is None or b"trailers" not in (<bytes>te).lower():
+            return 0
+        wb_put(&self.out, b"0\r\n", 3)
+        wb_put(&self.out, PyBytes_AS_STRING(lines), PyBytes_GET_SIZE(lines))
+        wb_put(&self.out, b"\r\n", 2)
+        self.resp_mode = RM_PASS        # the last chunk is written: end_response adds nothing
 
     cdef int end_response(self, Exchange ex) except -1:
         if self.resp_mode == RM_CHUNK:

@@ -532,7 +532,7 @@ cdef class Exchange:
         self.retry_ok = self.req_framing == FR_NONE and _idempotent(self.p + self.h.method, self.h.method_len)
         if self.route.retry is not None:
             retry_begin(self)
-        if self.h.upgrade >= 0:
+        if self.h.upgrade >= 0 and not self.target.h2_mode:
             self.upgrade = upgrade_requested(self)
         self._build_upstream_head()
         self.up_head = wb_bytes(&down.uout)
@@ -689,6 +689,14 @@ cdef class Exchange:
                 self.flags |= RF_BODY_TOO_LARGE
                 self.fail_request(413, b"request body too large")
                 return 0
+            if self.target is not None and self.target.h2_mode:
+                # HTTP/2 frames the body itself (h2upstream.pyx): the decoded bytes as they are
+                for i in range(self.chunk.nspans):
+                    self._send_up(data[self.chunk.span_off[i]:self.chunk.span_off[i] + self.chunk.span_len[i]])
+                if self.chunk.state == CS_DONE:
+                    self._request_complete(data, pos, n)
+                    return 0
+                continue
             out = &self.down.uout
             out.len = 0
             for i in range(self.chunk.nspans):
@@ -716,8 +724,8 @@ cdef class Exchange:
         if self.mirror is not None:
             self.mirror.send(chunk)
         if self.up_queue is None:
-            if self.up is not None and self.up.transport is not None:
-                self.up.transport_write(chunk)
+            if self.up is not None:
+                self.up.send_request_bytes(chunk)
             return 0
         self.up_queue.append(chunk)
         self.up_queued += PyBytes_GET_SIZE(chunk)
@@ -745,7 +753,13 @@ cdef class Exchange:
     # ---- upstream connection -------------------------------------------------------------------
 
     cdef int _dispatch(self) except -1:
-        cdef UpstreamConn up = self.target.take_idle()
+        cdef UpstreamConn up
+        if self.target.h2_mode:
+            self.target.active += 1
+            self.active_target = self.target
+            self._dispatch_h2()
+            return 0
+        up = self.target.take_idle()
         self.target.active += 1
         self.active_target = self.target
         count_pool(self.group, up is not None)
@@ -768,8 +782,28 @@ cdef class Exchange:
         if self.replay is not None:
             retry_requeue_body(self)
 
+    cdef int _dispatch_h2(self) except -1:
+        """A stream on one of the target's HTTP/2 connections (h2upstream.pyx): at once when that
+        connection is ready, else once it is."""
+        cdef UpstreamConn up = h2_stream_for(self)
+        count_pool(self.group, up.connected)
+        if self.tc.sampled:
+            self.tc.t_attempt = monotonic()
+        up.attach(self, up.connected)
+        self.up = up
+        if up.connected:
+            self.t_connected = monotonic()
+            self._flush_queue()
+        elif self.br is not None and not self.br_pending:
+            self.br_pending = True
+            self.br.pending += 1
+
     cdef int _connect(self) except -1:
-        cdef UpstreamConn up = UpstreamConn(self.worker, self.target)
+        cdef UpstreamConn up
+        if self.target.h2_mode:
+            self._dispatch_h2()
+            return 0
+        up = UpstreamConn(self.worker, self.target)
         if self.br is not None and not self.br_pending:
             self.br_pending = True
             self.br.pending += 1
@@ -787,10 +821,7 @@ cdef class Exchange:
         cdef list q = self.up_queue
         self.up_queue = None
         self.up_queued = 0
-        if len(q) == 1:
-            self.up.transport_write(q[0])
-        else:
-            self.up.transport.writelines(q)
+        self.up.send_queue(q)
         self.down.resume_reading_for(self, PR_CONNECTING)
         if self.down.write_paused:
             self.up.pause_reading_for_client()
@@ -983,6 +1014,13 @@ cdef class Exchange:
     cdef int flush_response(self) except -1:
         self.down.flush()
 
+    cdef int response_trailers(self, bytes lines) except -1:
+        """The upstream's response trailers ("name: value\r\n" lines; an HTTP/2 upstream's, with
+        gRPC's grpc-status and grpc-message), before response_complete. The downstream carries them
+        if it can (`send_trailers`: HTTP/1.1 in the chunked trailer section when the client sent
+        `TE: trailers`; an HTTP/2 stream in a HEADERS frame)."""
+        self.down.send_trailers(self, lines)
+
     cdef int response_complete(self) except -1:
         self.resp_complete = True
         self.down.end_response(self)
@@ -1021,6 +1059,10 @@ cdef class Exchange:
             self.send_error(self.answer_status, self.refusal)
             return 0
         self.outcome = OC_POLICY
+        if self.answer_status >= 400 and grpc_request(self):
+            self._send_grpc_answer(self.answer_status, _REASONS.get(self.answer_status, b"refused"),
+                                   self.answer_headers)
+            return 0
         self.status = self.answer_status
         self.resp_complete = True
         self.down.send_answer(self, self.answer_status, self._answer_lines(self.answer_headers), self.answer_body)
@@ -1029,9 +1071,12 @@ cdef class Exchange:
         cdef bytes rid = self.request_id if self.request_id is not None else b""
         if reason == NULL:
             reason = b"gateway error"
-        cdef bytes body = b'{"error":"%s","request_id":"%s"}' % (<bytes>reason, rid)
         if self.outcome == OC_NONE:
             self.outcome = OC_ANSWERED
+        if grpc_request(self):
+            self._send_grpc_answer(status, <bytes>reason, None)
+            return 0
+        cdef bytes body = b'{"error":"%s","request_id":"%s"}' % (<bytes>reason, rid)
         self.status = status
         self.resp_complete = True
         self.down.send_answer(self, status, self._answer_lines(b"Content-Type: application/json\r\n"), body)
@@ -1045,6 +1090,12 @@ cdef class Exchange:
             for i in range(chain.n_answer):
                 lines = (<Policy>chain.answer[i]).on_answer(self, lines)
         return lines
+
+    cdef int _send_grpc_answer(self, int status, bytes message, bytes extra_lines) except -1:
+        """A gRPC call's gateway answer: trailers-only, the status mapped in one table (grpc.pyx)."""
+        self.status = 200
+        self.resp_complete = True
+        self.down.send_answer(self, 200, grpc_answer_lines(status, message, extra_lines), b"")
 
     cdef bytes redirect_location(self):
         """Gateway API RequestRedirect: unset parts keep the request's; the port is the given one,

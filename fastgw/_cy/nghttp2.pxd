@@ -214,3 +214,13 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_submit_ping(nghttp2_session* session, uint8_t flags, const uint8_t* opaque_data)
 
     const char* nghttp2_strerror(int lib_error_code)
+
+
+# client side (upstream HTTP/2, fastgw/_cy/h2upstream.pyx): what the server side does not declare
+cdef extern from "nghttp2/nghttp2.h":
+    int nghttp2_session_client_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
+                                    void *user_data, const nghttp2_option *option)
+    uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id)
+    int32_t nghttp2_submit_request(nghttp2_session *session, const nghttp2_priority_spec *pri_spec,
+                                   const nghttp2_nv *nva, size_t nvlen, const nghttp2_data_provider *data_prd,
+                                   void *stream_user_data)

@@ -42,6 +42,11 @@ cdef class Target:
     cdef readonly str server_hostname
     cdef readonly object pool_key
     cdef readonly object peer_check     # callable(ssl_object) -> bool, or None: the names to accept
+    # HTTP/2 to the target (h2upstream.pyx): H2_OFF (HTTP/1.1, the pool above), H2_CLEAR (h2c) or H2_TLS;
+    # its connections (each multiplexing up to h2_max_streams exchanges) instead of `idle`
+    cdef public int h2_mode
+    cdef public int h2_max_streams
+    cdef list h2conns
 
     def __init__(self, str host, int port, int max_idle, double idle_timeout, int max_requests,
                  ssl_context=None, str server_hostname=None, tls_key=None, peer_check=None):
@@ -58,6 +63,13 @@ cdef class Target:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
+        self.h2conns = []
+        self.h2_max_streams = 100
+
+    @property
+    def h2_connections(self):
+        """(connections, streams in use) of this target's HTTP/2 connections on this worker."""
+        return len(self.h2conns), sum(h2_conn_active(c) for c in self.h2conns)
 
     cdef UpstreamConn take_idle(self):
         cdef UpstreamConn conn
@@ -112,6 +124,8 @@ cdef class Target:
         for conn in idle[:n]:
             conn.pooled = False
             conn.close()
+        for conn in list(self.h2conns):
+            h2_conn_retire(conn)
 
 
 cdef class UpstreamGroup:

@@ -135,6 +135,18 @@ cdef class UpstreamConn:
             self.deadline = 0.0 if self.paused else now + self.header_timeout
         self._track()
 
+    cdef int send_queue(self, list q) except -1:
+        """The request so far (head, then body bytes) once connected: one write."""
+        if len(q) == 1:
+            self.transport_write(q[0])
+        else:
+            self.transport.writelines(q)
+
+    cdef int send_request_bytes(self, bytes chunk) except -1:
+        """More request body bytes (framed for HTTP/1.1 by the Exchange)."""
+        if self.transport is not None:
+            self.transport_write(chunk)
+
     cdef int idle_since_pool(self, double until) except -1:
         self.state = UP_IDLE
         self.ex = None

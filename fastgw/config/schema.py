@@ -136,6 +136,15 @@ class Keepalive(Base, kw_only=True):
     max_requests: PositiveInt = 1000
 
 
+class Http2(Base, kw_only=True):
+    """HTTP/2 to an upstream (`protocol: h2c` or `h2`): one connection per target carries many
+    exchanges at once (docs/upstreams.md)."""
+
+    max_concurrent_streams: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 100
+    """Streams one connection carries at once: the lower of this and the upstream's
+    SETTINGS_MAX_CONCURRENT_STREAMS. More exchanges open another connection."""
+
+
 class Upstream(Base, kw_only=True):
     """A set of targets that share load (by smooth weighted round robin unless `balancer` says
     otherwise). An empty list is valid (a service scaled to zero): its routes answer 503."""
@@ -163,6 +172,12 @@ class Upstream(Base, kw_only=True):
     defaults for an upstream a route with `retry` sends to."""
     slow_start: SlowStart | None = None
     """A returning or new target's weight ramps up over a window (docs/retries.md)."""
+    protocol: Literal["http1", "h2c", "h2"] = "http1"
+    """How requests reach the targets: `http1` (HTTP/1.1, pooled keep-alive connections), `h2c`
+    (HTTP/2 over TCP with prior knowledge) or `h2` (HTTP/2 over `tls`, ALPN `h2`). gRPC needs
+    `h2c` or `h2` (docs/grpc.md)."""
+    http2: Http2 = msgspec.field(default_factory=Http2)
+    """HTTP/2 settings, for `protocol: h2c` or `h2`."""
 
 
 class PathMatch(Base, kw_only=True):
@@ -203,6 +218,34 @@ def _default_path() -> PathMatch:
     return PathMatch(prefix="/")
 
 
+GrpcName = Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class GrpcMatch(Base, kw_only=True):
+    """A gRPC call's service and method (the request path is `/<service>/<method>`), as Gateway API's
+    GRPCMethodMatch: `Exact` (the default) or `RegularExpression` (Python `re`, whole name); one of the
+    two may be left out (any). Compiled into the path match (docs/grpc.md)."""
+
+    service: GrpcName | None = None
+    method: GrpcName | None = None
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+
+    def path(self) -> PathMatch:
+        import re
+
+        if self.service is None and self.method is None:
+            return PathMatch(prefix="/")
+        if self.type == "Exact":
+            if self.method is None:
+                return PathMatch(prefix=f"/{self.service}")
+            if self.service is not None:
+                return PathMatch(exact=f"/{self.service}/{self.method}")
+            return PathMatch(regex=f"/[^/]+/{re.escape(self.method)}")
+        svc = f"(?:{self.service})" if self.service is not None else "[^/]+"
+        meth = f"(?:{self.method})" if self.method is not None else "[^/]+"
+        return PathMatch(regex=f"/{svc}/{meth}")
+
+
 class Match(Base, kw_only=True):
     """What a request must look like to take a route."""
 
@@ -212,9 +255,19 @@ class Match(Base, kw_only=True):
     methods: Annotated[list[Annotated[str, Meta(pattern=r"^[A-Z_-]+$")]], Meta(min_length=1)] | None = None
     headers: list[HeaderMatch] | None = None
     query: list[QueryMatch] | None = None
+    grpc: GrpcMatch | None = None
+    """A gRPC service and method (GRPCRoute's method match): sets `path`, which must then be left out."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.grpc is not None:
+            if self.path != _default_path():
+                raise ValueError("'grpc' sets the path match: give 'grpc' or 'path', not both")
+            if self.grpc.type == "Exact":
+                for part in (self.grpc.service, self.grpc.method):
+                    if part is not None and "/" in part:
+                        raise ValueError(f"a gRPC service or method name has no '/': {part!r}")
+            msgspec.structs.force_setattr(self, "path", self.grpc.path())
         if self.hosts is not None:
             msgspec.structs.force_setattr(self, "hosts", [h.lower() for h in self.hosts])
 

@@ -73,6 +73,14 @@ def _check_upstreams(cfg: GatewayConfig, out: list[Problem]) -> None:
         check_balancer(upstream.balancer, upstream.sticky, ["upstreams", name], out)
         check_health(upstream.health, ["upstreams", name], out)
         check_slow_start(upstream, ["upstreams", name], out)
+        if upstream.protocol == "h2" and upstream.tls is None:
+            out.append((["upstreams", name, "protocol"], "protocol 'h2' is HTTP/2 over TLS and needs 'tls' "
+                        "(use 'h2c' for cleartext HTTP/2)"))
+        elif upstream.protocol == "h2c" and upstream.tls is not None:
+            out.append((["upstreams", name, "protocol"], "protocol 'h2c' is cleartext HTTP/2; with 'tls' "
+                        "use protocol 'h2'"))
+        elif upstream.protocol == "h2" and upstream.tls.alpn is not None and "h2" not in upstream.tls.alpn:
+            out.append((["upstreams", name, "tls", "alpn"], "protocol 'h2' needs 'h2' among the ALPN protocols"))
 
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\.\.\.)?\}")

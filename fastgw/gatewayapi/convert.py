@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from ..config.schema import Backend, GatewayConfig
+from ..config.schema import Backend, GatewayConfig, Match
 
 __all__ = ["config_to_dict", "config_to_yaml"]
 
@@ -24,6 +24,8 @@ def _plain(value: Any) -> Any:
             else:
                 out[f.encode_name] = _plain(v)
                 continue
+            if isinstance(value, Match) and f.name == "path" and value.grpc is not None:
+                continue          # `grpc` sets the path
             if v != default or (isinstance(value, Backend) and f.name == "upstream"):
                 out[f.encode_name] = _plain(v)
         tagged = value.__struct_config__

@@ -247,6 +247,7 @@ class _Builder:
                 self.err(obj, [], "a Kubernetes object needs string 'apiVersion' and 'kind' fields")
                 continue
             expected = {"Gateway": _GATEWAY_VERSIONS, "HTTPRoute": _GATEWAY_VERSIONS,
+                        "GRPCRoute": (f"{GATEWAY_GROUP}/v1",),
                         "GatewayClass": _GATEWAY_VERSIONS, "Service": ("v1",),
                         "EndpointSlice": ("discovery.k8s.io/v1",), "Secret": ("v1",), "ConfigMap": ("v1",),
                         "BackendTLSPolicy": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha3"),
@@ -255,7 +256,7 @@ class _Builder:
                         **STREAM_ROUTE_VERSIONS}.get(kind)
             if expected is None:
                 self.err(obj, ["kind"], f"unsupported kind {kind!r} ({api}); supported: Gateway, HTTPRoute "
-                         f"({GATEWAY_GROUP}/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
+                         f"({GATEWAY_GROUP}/v1 or v1beta1), GRPCRoute ({GATEWAY_GROUP}/v1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
                          f"(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
                          f"({GATEWAY_GROUP}/v1), BackendTrafficPolicy ({_BTP_VERSION}, its rateLimit), "
                          f"BackendLBPolicy ({GATEWAY_GROUP}/v1alpha2)")
@@ -279,7 +280,7 @@ class _Builder:
             seen[(kind, obj.key)] = obj
             if kind == "Gateway":
                 self.gateways[obj.key] = obj
-            elif kind == "HTTPRoute":
+            elif kind in ("HTTPRoute", "GRPCRoute"):
                 self.routes.append(obj)
             elif kind in STREAM_ROUTE_VERSIONS:
                 self.stream_routes.append(obj)
@@ -540,7 +541,7 @@ class _Builder:
                 h = self.typed(route, ["spec", "hostnames", i], h, str, "a hostname")
                 if h is not None:
                     hostnames.append(h.lower())
-            listeners = self._attach(route, spec, hostnames)
+            listeners = self._attach(route, spec, hostnames, route.body.get("kind", "HTTPRoute"))
             rules = self.items(route, ["spec"], spec, "rules") if "rules" in spec else [{}]
             for i, rule in enumerate(rules):
                 built = self._rule(route, ["spec", "rules", i] if "rules" in spec else ["spec"], rule, hostnames)
@@ -565,11 +566,15 @@ class _Builder:
         origins: dict[tuple[Token, ...], Origin] = {(): (route, at)}
         out: dict[str, Any] = {}
         matches = []
+        grpc = route.body.get("kind") == "GRPCRoute"
         raw = self.items(route, at, r, "matches") if r.get("matches") else [{}]
         for j, m in enumerate(raw):
             mat = [*at, "matches", j] if r.get("matches") else at
             origins[("matches", j)] = (route, mat)
-            matches.append(self._match(route, mat, m, hostnames, origins, ("matches", j)))
+            if grpc:
+                matches.append(self._grpc_match(route, mat, m, hostnames, origins, ("matches", j)))
+            else:
+                matches.append(self._match(route, mat, m, hostnames, origins, ("matches", j)))
         out["matches"] = matches
         filters, forigins = self._filters(route, at, r.get("filters"), rule_level=True)
         for kind in _POLICY_FILTERS:
@@ -597,7 +602,7 @@ class _Builder:
             origins[("backends", j)] = (route, bat)
             b = self.fields(route, bat, ref, {"group": None, "kind": None, "name": None, "namespace": None,
                                               "port": None, "weight": None, "filters": None})
-            backend: dict[str, Any] = {"upstream": self._resolve(route, bat, b)}
+            backend: dict[str, Any] = {"upstream": self._resolve(route, bat, b, h2c=grpc)}
             weight = self.integer(route, bat, b, "weight")
             if weight is not None:
                 backend["weight"] = weight
@@ -712,6 +717,31 @@ class _Builder:
             for key in sticky:
                 self.origins[("upstreams", sticky_name, "sticky", key)] = (obj, at)
         return sticky_name
+
+    def _grpc_match(self, route: Obj, at: list[Token], node: Any, hostnames: list[str],
+                    origins: dict[tuple[Token, ...], Origin], prefix: tuple[Token, ...]) -> dict[str, Any]:
+        """A GRPCRouteMatch: `method` (service and method, Exact or RegularExpression) becomes the native
+        `grpc` match; `headers` as HTTPRoute's."""
+        m = self.fields(route, at, node, {"method": None, "headers": None})
+        out = self._match(route, at, {"headers": m["headers"]} if "headers" in m else {}, hostnames, origins,
+                          prefix)
+        if "method" in m:
+            mat = [*at, "method"]
+            mm = self.fields(route, mat, m["method"], {"type": None, "service": None, "method": None})
+            mtype = mm.get("type", "Exact")
+            if mtype not in ("Exact", "RegularExpression"):
+                self.err(route, [*mat, "type"], f"expected Exact or RegularExpression, got {mtype!r}")
+                mtype = "Exact"
+            grpc: dict[str, Any] = {"type": mtype}
+            for key in ("service", "method"):
+                value = self.string(route, mat, mm, key)
+                if value is not None:
+                    grpc[key] = value
+            del out["path"]
+            origins.pop((*prefix, "path"), None)
+            out["grpc"] = grpc
+            origins[(*prefix, "grpc")] = (route, mat)
+        return out
 
     def _match(self, route: Obj, at: list[Token], node: Any, hostnames: list[str],
                origins: dict[tuple[Token, ...], Origin], prefix: tuple[Token, ...]) -> dict[str, Any]:
@@ -1037,7 +1067,7 @@ class _Builder:
 
     # -- backends ----------------------------------------------------------------------------------
 
-    def _resolve(self, route: Obj, at: list[Token], ref: dict[str, Any]) -> str | None:
+    def _resolve(self, route: Obj, at: list[Token], ref: dict[str, Any], h2c: bool = False) -> str | None:
         """The native upstream of a backendRef, or None where it cannot be resolved (the route answers
         500 for it, as Gateway API asks)."""
         name = self.string(route, at, ref, "name", required=True)
@@ -1057,22 +1087,32 @@ class _Builder:
         spec = svc.body.get("spec") if isinstance(svc.body.get("spec"), dict) else {}
         for i, sp in enumerate(spec.get("ports") or []):
             if isinstance(sp, dict) and sp.get("port") == port:
-                return self._upstream(svc, spec, i, sp)
+                return self._upstream(svc, spec, i, sp, h2c)
         return None
 
-    def _upstream(self, svc: Obj, spec: dict[str, Any], index: int, sp: dict[str, Any]) -> str | None:
+    def _upstream(self, svc: Obj, spec: dict[str, Any], index: int, sp: dict[str, Any],
+                  h2c: bool = False) -> str | None:
+        """The native upstream of a Service port. HTTP/2 cleartext (h2c) when the port's appProtocol
+        is kubernetes.io/h2c, or for a GRPCRoute's backend (`h2c`; a port other routes reach over
+        HTTP/1.1 is then another upstream, named with `.grpc`)."""
+        app = sp.get("appProtocol")
+        h2c = h2c or app == "kubernetes.io/h2c"
         name = f"{svc.namespace}.{svc.name}.{sp['port']}"
+        if h2c and app != "kubernetes.io/h2c":
+            name += ".grpc"
         if name in self.native["upstreams"]:
             return name
         at: list[Token] = ["spec", "ports", index]
-        app = sp.get("appProtocol")
+        if app == "kubernetes.io/h2c":
+            app = None
         tls = self._backend_tls(svc, sp)
         if tls == "invalid":
             return None    # Gateway API: a backend whose BackendTLSPolicy cannot be honoured answers 500
         if tls is not None and app in ("https", "HTTPS", "kubernetes.io/https"):
             app = None
         if app not in (None, "http", "HTTP", "kubernetes.io/http"):
-            self.err(svc, [*at, "appProtocol"], f"not supported: appProtocol {app!r} (upstreams speak HTTP/1.1)")
+            self.err(svc, [*at, "appProtocol"], f"not supported: appProtocol {app!r} (supported: http, "
+                     "kubernetes.io/h2c, and https with a BackendTLSPolicy)")
         if sp.get("protocol", "TCP") != "TCP":
             self.err(svc, [*at, "protocol"], f"not supported: protocol {sp.get('protocol')!r} (TCP only)")
         targets: list[dict[str, Any]] = []
@@ -1113,6 +1153,8 @@ class _Builder:
         lb = self._backend_lb(svc)
         if lb is not None:
             self.native["upstreams"][name]["sticky"], origins[("upstreams", name, "sticky")] = lb
+        if h2c:
+            self.native["upstreams"][name]["protocol"] = "h2" if tls is not None else "h2c"
         self.origins.update(origins)
         return name
 

@@ -27,7 +27,8 @@ STREAM_ROUTE_VERSIONS = {
     "TLSRoute": (f"{GROUP}/v1alpha2", f"{GROUP}/v1alpha3", f"{GROUP}/v1"),
 }
 #: the native listener protocols each route kind attaches to
-ROUTE_PROTOCOL = {"HTTPRoute": ("http",), "TCPRoute": ("tcp",), "TLSRoute": ("tls-passthrough", "tls")}
+ROUTE_PROTOCOL = {"HTTPRoute": ("http",), "GRPCRoute": ("http",), "TCPRoute": ("tcp",),
+                  "TLSRoute": ("tls-passthrough", "tls")}
 
 
 def passthrough(item: Any) -> bool:

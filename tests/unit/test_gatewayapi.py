@@ -476,7 +476,8 @@ def test_unsupported_fields_are_reported_with_path_and_line() -> None:
         ("$[1].spec.rules[0].backendRefs[0].colour",
          "unknown field (expected one of: group, kind, name, namespace, port, weight, filters)", line_of("colour")),
         ("$[2].kind", "unsupported kind 'Pod' (v1); supported: Gateway, HTTPRoute "
-         "(gateway.networking.k8s.io/v1 or v1beta1), TCPRoute, TLSRoute, Service (v1), EndpointSlice "
+         "(gateway.networking.k8s.io/v1 or v1beta1), GRPCRoute (gateway.networking.k8s.io/v1), TCPRoute, "
+         "TLSRoute, Service (v1), EndpointSlice "
          "(discovery.k8s.io/v1), Secret (v1, kubernetes.io/tls), ConfigMap (v1), BackendTLSPolicy "
          "(gateway.networking.k8s.io/v1), BackendTrafficPolicy (gateway.envoyproxy.io/v1alpha1, its rateLimit), "
          "BackendLBPolicy (gateway.networking.k8s.io/v1alpha2)", line_of("kind: Pod")),
