@@ -1,10 +1,10 @@
 # HTTP/2 to upstreams (`protocol: h2c` or `h2`, docs/upstreams.md): libnghttp2's client session over one
 # connection per target that multiplexes many exchanges.
 #
-#   H2Conn    the connection (an asyncio protocol, in worker.upstreams for its deadlines): the session,
+#   H2UpstreamConn    the connection (an asyncio protocol, in worker.upstreams for its deadlines): the session,
 #             its streams by id, the exchanges waiting for it to connect, the streams limit (the
 #             peer's SETTINGS_MAX_CONCURRENT_STREAMS, capped by `http2.max_concurrent_streams`)
-#   H2Stream  one exchange's stream: what the Exchange sees as its UpstreamConn (the same methods,
+#   H2UpstreamStream  one exchange's stream: what the Exchange sees as its UpstreamConn (the same methods,
 #             overridden), so every phase and policy works as over HTTP/1.1
 #
 # The Exchange builds an HTTP/1.1 request head (Exchange._build_upstream_head); it becomes HEADERS here
@@ -27,29 +27,29 @@ cdef enum:
     H2_STREAM_WINDOW = 262144          # bytes a stream may have unread by its client (QUEUE_HIGH_WATER)
     H2_CONN_WINDOW = 16777216
 
-cdef nghttp2_session_callbacks* _h2_callbacks = NULL
-cdef nghttp2_option* _h2_option = NULL
+cdef nghttp2_session_callbacks* _h2u_callbacks = NULL
+cdef nghttp2_option* _h2u_option = NULL
 
 
-cdef int _h2_setup() except -1:
-    global _h2_callbacks, _h2_option
-    if _h2_callbacks != NULL:
+cdef int _h2u_setup() except -1:
+    global _h2u_callbacks, _h2u_option
+    if _h2u_callbacks != NULL:
         return 0
-    if nghttp2_session_callbacks_new(&_h2_callbacks) != 0:
+    if nghttp2_session_callbacks_new(&_h2u_callbacks) != 0:
         raise MemoryError()
-    nghttp2_session_callbacks_set_on_frame_recv_callback(_h2_callbacks, _h2_on_frame_recv)
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_h2_callbacks, _h2_on_data_chunk)
-    nghttp2_session_callbacks_set_on_stream_close_callback(_h2_callbacks, _h2_on_stream_close)
-    nghttp2_session_callbacks_set_on_header_callback(_h2_callbacks, _h2_on_header)
-    if nghttp2_option_new(&_h2_option) != 0:
+    nghttp2_session_callbacks_set_on_frame_recv_callback(_h2u_callbacks, _h2u_on_frame_recv)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_h2u_callbacks, _h2u_on_data_chunk)
+    nghttp2_session_callbacks_set_on_stream_close_callback(_h2u_callbacks, _h2u_on_stream_close)
+    nghttp2_session_callbacks_set_on_header_callback(_h2u_callbacks, _h2u_on_header)
+    if nghttp2_option_new(&_h2u_option) != 0:
         raise MemoryError()
-    nghttp2_option_set_no_auto_window_update(_h2_option, 1)
+    nghttp2_option_set_no_auto_window_update(_h2u_option, 1)
     return 0
 
 
-cdef class H2Conn(UpstreamConn):
+cdef class H2UpstreamConn(UpstreamConn):
     cdef nghttp2_session* session
-    cdef dict streams               # stream id -> H2Stream, until nghttp2 closes the stream
+    cdef dict streams               # stream id -> H2UpstreamStream, until nghttp2 closes the stream
     cdef list waiting               # H2Streams whose exchange waits for the connection
     cdef list touched               # streams given response bytes during one read: flushed after it
     cdef int nactive                # streams assigned and not yet released
@@ -99,7 +99,7 @@ cdef class H2Conn(UpstreamConn):
         self.close()
 
     cdef int _fail_waiting(self, int kind, int status, const char* reason, int flag) except -1:
-        cdef H2Stream s
+        cdef H2UpstreamStream s
         cdef Exchange ex
         waiting, self.waiting = self.waiting, []
         for s in waiting:
@@ -111,7 +111,7 @@ cdef class H2Conn(UpstreamConn):
 
     def connection_made(self, transport):
         cdef nghttp2_settings_entry iv[2]
-        cdef H2Stream s
+        cdef H2UpstreamStream s
         self.transport = transport
         self.transport_write = transport.write
         self.transport_is_closing = transport.is_closing
@@ -129,8 +129,8 @@ cdef class H2Conn(UpstreamConn):
                                    RF_UPSTREAM_PROTOCOL_ERROR)
                 self.close()
                 return
-        _h2_setup()
-        if nghttp2_session_client_new2(&self.session, _h2_callbacks, <void*>self, _h2_option) != 0:
+        _h2u_setup()
+        if nghttp2_session_client_new2(&self.session, _h2u_callbacks, <void*>self, _h2u_option) != 0:
             raise MemoryError()
         iv[0].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
         iv[0].value = 0
@@ -154,7 +154,7 @@ cdef class H2Conn(UpstreamConn):
 
     def data_received(self, bytes data):
         cdef ssize_t r
-        cdef H2Stream s
+        cdef H2UpstreamStream s
         if self.session == NULL:
             return
         self.got_bytes = True
@@ -228,7 +228,7 @@ cdef class H2Conn(UpstreamConn):
             self.deadline = d
             self.deadline_kind = UDL_NONE
 
-    cdef int stream_released(self, H2Stream s) except -1:
+    cdef int stream_released(self, H2UpstreamStream s) except -1:
         if s.counted_active:
             s.counted_active = False
             self.nactive -= 1
@@ -249,7 +249,7 @@ cdef class H2Conn(UpstreamConn):
     cdef int on_deadline(self) except -1:
         cdef double now = monotonic()
         cdef double nxt = 0.0
-        cdef H2Stream s
+        cdef H2UpstreamStream s
         kind = self.deadline_kind
         self.deadline = 0.0
         if kind == UDL_CONNECT:
@@ -294,7 +294,7 @@ cdef class H2Conn(UpstreamConn):
 
     cdef int _lost_all(self, exc, bint protocol_error) except -1:
         """The connection is gone: every exchange on it learns so, as over HTTP/1.1."""
-        cdef H2Stream s
+        cdef H2UpstreamStream s
         cdef Exchange ex
         cdef list all_streams = list(self.streams.values())
         self.streams = {}
@@ -340,8 +340,8 @@ cdef class H2Conn(UpstreamConn):
             self._lost_all(None, False)
 
 
-cdef class H2Stream(UpstreamConn):
-    cdef H2Conn conn
+cdef class H2UpstreamStream(UpstreamConn):
+    cdef H2UpstreamConn conn
     cdef int32_t stream_id
     cdef list body                  # request bytes nghttp2 has not taken yet
     cdef Py_ssize_t body_off        # into body[0]
@@ -365,7 +365,7 @@ cdef class H2Stream(UpstreamConn):
     def __dealloc__(self):
         wb_free(&self.rbuf)
 
-    def __init__(self, Worker worker, Target target, H2Conn conn):
+    def __init__(self, Worker worker, Target target, H2UpstreamConn conn):
         UpstreamConn.__init__(self, worker, target)
         self.conn = conn
 
@@ -394,7 +394,7 @@ cdef class H2Stream(UpstreamConn):
             ex.upstream_connected()
 
     cdef int start_connect(self, double timeout) except -1:
-        return 0        # the connection's own (H2Conn.start_connect) covers it
+        return 0        # the connection's own (H2UpstreamConn.start_connect) covers it
 
     # ---- the request ---------------------------------------------------------------------------
 
@@ -476,7 +476,7 @@ cdef class H2Stream(UpstreamConn):
                 ve = eol
                 while ve > vs and (p[ve - 1] == b' ' or p[ve - 1] == b'\t'):
                     ve -= 1
-                if _h2_dropped(p + pos, colon - pos):
+                if _h2u_dropped(p + pos, colon - pos):
                     pass
                 elif colon - pos == 4 and memcmp(p + pos, b"host", 4) == 0:
                     if authority is None:
@@ -493,7 +493,7 @@ cdef class H2Stream(UpstreamConn):
             k += 1
             with_body = not (self.ex.req_done and self.body_pending == 0)
             prd.source.ptr = <void*>self
-            prd.read_callback = _h2_read_body
+            prd.read_callback = _h2u_read_body
             sid = nghttp2_submit_request(self.conn.session, NULL, nva, k, &prd if with_body else NULL, NULL)
         finally:
             free(nva)
@@ -814,17 +814,17 @@ cdef UpstreamConn h2_stream_for(Exchange ex):
     """A stream for the exchange on one of its target's HTTP/2 connections with room, or on a new
     one (connecting). `connected` says whether the connection is ready."""
     cdef Target t = ex.target
-    cdef H2Conn c, conn = None
-    cdef H2Stream s
+    cdef H2UpstreamConn c, conn = None
+    cdef H2UpstreamStream s
     for c in t.h2conns:
         if c.accepting():
             conn = c
             break
     if conn is None:
-        conn = H2Conn(ex.worker, t)
+        conn = H2UpstreamConn(ex.worker, t)
         t.h2conns.append(conn)
         conn.start_connect(ex.group.connect_timeout)
-    s = H2Stream(ex.worker, t, conn)
+    s = H2UpstreamStream(ex.worker, t, conn)
     s.counted_active = True
     conn.nactive += 1
     conn.nrequests += 1
@@ -841,11 +841,11 @@ cdef UpstreamConn h2_stream_for(Exchange ex):
 
 
 cdef int h2_conn_active(object c) except -1:
-    return (<H2Conn>c).nactive
+    return (<H2UpstreamConn>c).nactive
 
 
 cdef int h2_conn_retire(object c) except -1:
-    cdef H2Conn conn = <H2Conn>c
+    cdef H2UpstreamConn conn = <H2UpstreamConn>c
     conn.goaway = True
     if conn.nactive == 0:
         conn.close()
@@ -888,7 +888,7 @@ cdef inline void _nv(nghttp2_nv* nv, const char* name, Py_ssize_t namelen, const
     nv.flags = NGHTTP2_NV_FLAG_NONE
 
 
-cdef bint _h2_dropped(const char* name, Py_ssize_t n) noexcept:
+cdef bint _h2u_dropped(const char* name, Py_ssize_t n) noexcept:
     """Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2), and `te`, which is sent as
     `te: trailers` once."""
     if n == 2:
@@ -906,21 +906,21 @@ cdef bint _h2_dropped(const char* name, Py_ssize_t n) noexcept:
     return False
 
 
-# ---- nghttp2 callbacks (user_data: the H2Conn) -------------------------------------------------
+# ---- nghttp2 callbacks (user_data: the H2UpstreamConn) -------------------------------------------------
 
-cdef inline H2Stream _h2_stream(H2Conn c, int32_t sid):
-    return <H2Stream>c.streams.get(sid)
+cdef inline H2UpstreamStream _h2u_stream(H2UpstreamConn c, int32_t sid):
+    return <H2UpstreamStream>c.streams.get(sid)
 
 
-cdef int _h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
+cdef int _h2u_on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
                        size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
                        void* user_data) noexcept:
-    cdef H2Conn c = <H2Conn>user_data
-    cdef H2Stream s
+    cdef H2UpstreamConn c = <H2UpstreamConn>user_data
+    cdef H2UpstreamStream s
     try:
         if frame.hd.type != NGHTTP2_HEADERS:
             return 0
-        s = _h2_stream(c, frame.hd.stream_id)
+        s = _h2u_stream(c, frame.hd.stream_id)
         if s is not None and s.ex is not None:
             s.on_field(name, namelen, value, valuelen)
     except BaseException as exc:
@@ -929,9 +929,9 @@ cdef int _h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, con
     return 0
 
 
-cdef int _h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) noexcept:
-    cdef H2Conn c = <H2Conn>user_data
-    cdef H2Stream s
+cdef int _h2u_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) noexcept:
+    cdef H2UpstreamConn c = <H2UpstreamConn>user_data
+    cdef H2UpstreamStream s
     cdef uint8_t t = frame.hd.type
     try:
         if t == NGHTTP2_SETTINGS:
@@ -942,7 +942,7 @@ cdef int _h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
             return 0
         if frame.hd.stream_id == 0:
             return 0
-        s = _h2_stream(c, frame.hd.stream_id)
+        s = _h2u_stream(c, frame.hd.stream_id)
         if s is None or s.ex is None:
             return 0
         if t == NGHTTP2_HEADERS:
@@ -955,12 +955,12 @@ cdef int _h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
     return 0
 
 
-cdef int _h2_on_data_chunk(nghttp2_session* session, uint8_t flags, int32_t stream_id, const uint8_t* data,
+cdef int _h2u_on_data_chunk(nghttp2_session* session, uint8_t flags, int32_t stream_id, const uint8_t* data,
                            size_t n, void* user_data) noexcept:
-    cdef H2Conn c = <H2Conn>user_data
-    cdef H2Stream s
+    cdef H2UpstreamConn c = <H2UpstreamConn>user_data
+    cdef H2UpstreamStream s
     try:
-        s = _h2_stream(c, stream_id)
+        s = _h2u_stream(c, stream_id)
         if s is None:
             nghttp2_session_consume(session, stream_id, n)
         else:
@@ -971,12 +971,12 @@ cdef int _h2_on_data_chunk(nghttp2_session* session, uint8_t flags, int32_t stre
     return 0
 
 
-cdef int _h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+cdef int _h2u_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
                              void* user_data) noexcept:
-    cdef H2Conn c = <H2Conn>user_data
-    cdef H2Stream s
+    cdef H2UpstreamConn c = <H2UpstreamConn>user_data
+    cdef H2UpstreamStream s
     try:
-        s = <H2Stream>c.streams.pop(stream_id, None)
+        s = <H2UpstreamStream>c.streams.pop(stream_id, None)
         if s is not None:
             s.on_closed(error_code)
     except BaseException as exc:
@@ -985,10 +985,10 @@ cdef int _h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32
     return 0
 
 
-cdef ssize_t _h2_read_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+cdef ssize_t _h2u_read_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
                            uint32_t* data_flags, nghttp2_data_source* source, void* user_data) noexcept:
-    cdef H2Conn c = <H2Conn>user_data
-    cdef H2Stream s = _h2_stream(c, stream_id)
+    cdef H2UpstreamConn c = <H2UpstreamConn>user_data
+    cdef H2UpstreamStream s = _h2u_stream(c, stream_id)
     try:
         if s is None:
             data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
