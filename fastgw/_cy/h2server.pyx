@@ -816,13 +816,6 @@ cdef class H2Stream(ClientConn):
         self._consume()
         return rest
 
-    cdef int request_dispatched(self, Exchange ex) except -1:
-        if ex.req_done:
-            self.state = CL_WAIT
-        else:
-            self.state = CL_BODY
-            self._set_deadline(DL_BODY, self.rt.body_timeout)
-
     cdef int keep_pipelined(self, bytes data, Py_ssize_t off) except -1:
         return 0                          # nothing follows a request on its stream
 
