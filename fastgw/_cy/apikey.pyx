@@ -1,16 +1,18 @@
 # api_key (docs/auth.md): a key from a header or a query parameter, looked up by its SHA-256
-# digest. Keys are kept only as digests; the digest a request's key hashes to is compared with the
-# stored one by hmac.compare_digest, so the comparison takes the same time wherever the two differ
-# (the dict that finds the candidate is keyed by the digest's first 8 bytes, which say nothing of
-# the key). The credential is taken out of the upstream request unless `strip: false`.
+# digest. Keys are kept only as digests, in a C table addressed by the digest's first 8 bytes (which
+# say nothing of the key); every digest met on the probe is compared with the request's in constant
+# time, so how much of a wrong key matched never shows in the time taken. No Python object is made
+# per request: the digest is computed onto the stack from the key where it lies in the head. The
+# credential is taken out of the upstream request unless `strip: false`.
 
 import hashlib as _hashlib
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 import hmac as _hmac
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from urllib.parse import unquote_to_bytes as _unquote_to_bytes
 
-# The one comparison of secrets on the request path (tests check it is the constant-time one).
+# The comparison of secrets held in Python objects (basic auth's cache of verified credentials).
 _secret_equal = _hmac.compare_digest
 cdef object _sha256 = _hashlib.sha256
 
@@ -247,6 +249,21 @@ cdef void drop_upstream_field(Exchange ex, bytes lower_name) except *:
     ex.upstream_edits.append((lower_name, None, True))
 
 
+cdef void drop_request_fields(Exchange ex, bytes lower_name) noexcept:
+    """Takes every field of that (lowercase) name out of the request, in place: the upstream head,
+    a mirror's and a retry's are built without it, and later policies no longer see it (the cheap
+    form of drop_upstream_field, for names the head builder copies as plain fields)."""
+    cdef MessageHead* h = ex.h
+    cdef const char* p = ex.p
+    cdef HeaderField* f
+    cdef int i
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(lower_name)
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        if f.kind == HK_OTHER and f.name_len == n and _ci_eq(p + f.name, n, PyBytes_AS_STRING(lower_name), n):
+            f.kind = HK_DROP
+
+
 cdef object bucket_key(bytes digest):
     """What buckets of digests are keyed by: the digest's first 8 bytes, as an int (no slice to
     make and hash per lookup)."""
@@ -268,33 +285,88 @@ cdef object digest_lookup(dict buckets, bytes digest):
     return found
 
 
+cdef inline bint digest_equal(const unsigned char* a, const unsigned char* b) noexcept nogil:
+    """Whether two SHA-256 digests are equal, in the same time wherever they differ."""
+    cdef unsigned char acc = 0
+    cdef int i
+    for i in range(32):
+        acc |= a[i] ^ b[i]
+    return acc == 0
+
+
+cdef struct DigestSlot:
+    unsigned char digest[32]
+    PyObject* value                    # borrowed: SecretDigests.values owns it; NULL: an empty slot
+
+
 cdef class SecretDigests:
-    """Secrets kept as SHA-256 digests, each with what it stands for (a Consumer)."""
-    cdef dict buckets                  # bucket_key(digest) -> [(digest, value), ...]
+    """Secrets kept as SHA-256 digests, each with what it stands for (a Consumer): an
+    open-addressing table at most half full, so a probe ends at an empty slot within a few steps."""
+    cdef DigestSlot* slots
+    cdef uint64_t mask
+    cdef list values                   # owns what the slots point to
     cdef readonly Py_ssize_t count
 
     def __init__(self, pairs=()):
         """pairs: (secret bytes, value)."""
-        self.buckets = {}
-        for secret, value in pairs:
-            d = _sha256(secret).digest()
-            self.buckets.setdefault(bucket_key(d), []).append((d, value))
+        cdef list entries = [(_sha256(secret).digest(), value) for secret, value in pairs]
+        cdef uint64_t size = 8
+        cdef uint64_t i
+        cdef bytes d
+        while size < 2 * <uint64_t>len(entries):
+            size *= 2
+        self.slots = <DigestSlot*>PyMem_Calloc(size, sizeof(DigestSlot))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.mask = size - 1
+        self.values = []
+        for d, value in entries:
+            self.values.append(value)
+            i = _digest_home(PyBytes_AS_STRING(d)) & self.mask
+            while self.slots[i].value != NULL:
+                i = (i + 1) & self.mask
+            memcpy(self.slots[i].digest, PyBytes_AS_STRING(d), 32)
+            self.slots[i].value = <PyObject*>value
             self.count += 1
 
+    def __dealloc__(self):
+        PyMem_Free(self.slots)
+
+    cdef object _lookup(self, const unsigned char* digest):
+        """The value stored under `digest`, or None. Every digest on the probe is compared, the
+        match or not, each in constant time."""
+        cdef uint64_t i = _digest_home(<const char*>digest) & self.mask
+        cdef PyObject* found = NULL
+        while self.slots[i].value != NULL:
+            if digest_equal(self.slots[i].digest, digest):
+                found = self.slots[i].value
+            i = (i + 1) & self.mask
+        if found == NULL:
+            return None
+        return <object>found
+
     cdef object find(self, bytes secret):
-        return digest_lookup(self.buckets, sha256_of(PyBytes_AS_STRING(secret), PyBytes_GET_SIZE(secret)))
+        return self.find_at(PyBytes_AS_STRING(secret), PyBytes_GET_SIZE(secret))
 
     cdef object find_at(self, const char* p, Py_ssize_t n):
         """find(p[:n].strip()), without the copies."""
+        cdef unsigned char digest[32]
         while n > 0 and _is_ascii_space(p[0]):
             p += 1
             n -= 1
         while n > 0 and _is_ascii_space(p[n - 1]):
             n -= 1
-        return digest_lookup(self.buckets, sha256_of(p, n))
+        fgw_sha256(<const unsigned char*>p, n, digest)
+        return self._lookup(digest)
 
     def lookup(self, secret):
         return self.find(secret)
+
+
+cdef inline uint64_t _digest_home(const char* digest) noexcept nogil:
+    cdef uint64_t k
+    memcpy(&k, digest, 8)
+    return k
 
 
 cdef class ApiKeyAuth(AuthMethod):
@@ -317,11 +389,14 @@ cdef class ApiKeyAuth(AuthMethod):
         for name in self.headers:
             f = request_field_at(ex, name)
             if f != NULL:
-                if self.strip:
-                    drop_upstream_field(ex, name)
                 break
         if f != NULL:                   # hashed where it lies in the head, no copy
             c = self.keys.find_at(ex.p + f.value, f.value_len)
+            if self.strip:
+                if f.kind == HK_OTHER:
+                    drop_request_fields(ex, name)
+                else:
+                    drop_upstream_field(ex, name)
         else:
             if self.params:
                 value = self._from_query(ex)

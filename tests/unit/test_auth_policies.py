@@ -75,7 +75,7 @@ def test_api_key_strips_and_names_the_consumer():
     p.set_access(None, None, "X-Consumer-Name", "X-Consumer-Groups")
     r = _core.run_request_policy(p, head("X-Other: s3cr3t", "X-Consumer-Name: mallory"), b"127.0.0.1")
     assert (r[0], r[2]) == (P_CONTINUE, b"alice")
-    assert (b"x-other", None, True) in r[5] and (b"x-consumer-name", None, True) in r[5]
+    assert b"x-other" not in r[7] and (b"x-consumer-name", None, True) in r[5]
     r = _core.run_request_policy(p, head(target="/p?a=1&key=s3cr3t"), b"127.0.0.1")
     assert (r[0], r[6]) == (P_CONTINUE, b"?a=1")
     r = _core.run_request_policy(p, head(target="/p?key=s3cr3"), b"127.0.0.1")
