@@ -74,3 +74,32 @@ def test_trusted_proxies_per_request():
     assert r[3] == b"203.0.113.9"
     _figure("trusted_proxies, 2-entry X-Forwarded-For through 2 trusted hops",
             min(_core.bench_request_policy(p, HEAD, b"127.0.0.1", N) for _ in range(3)))
+
+
+@needs_entry_points
+def test_cached_jwt_per_request():
+    """A cached RS256 token (issue 10: under 2 µs): after the first request it is the cache of
+    verified tokens that answers (token lookup, expiry and audience kept from the first check)."""
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    from fastgw.config.jwt import JwtIssuer, JwtKey, JwtPolicy
+    from fastgw.jwt_auth import build_jwt_policy
+
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = k.public_key().public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    now = int(time.time())
+    token = jwt.encode({"alg": "RS256", "kid": "bench"},
+                       {"iss": "https://idp.bench", "sub": "bench-user", "aud": "api", "iat": now,
+                        "exp": now + 86400}, RSAKey.import_key(k), algorithms=["RS256"])
+    p = build_jwt_policy(JwtPolicy(issuers=[JwtIssuer(issuer="https://idp.bench", algorithms=["RS256"],
+                                                      keys=[JwtKey(pem=pem)], audiences=["api"])]), "j", "j")
+    head = HEAD.replace(b"X-API-Key: " + KEY, b"Authorization: Bearer " + token.encode())
+    assert _core.run_request_policy(p, head, b"127.0.0.1")[0] == 0      # verified once, then cached
+    _figure("jwt, RS256 token from the cache of verified tokens",
+            min(_core.bench_request_policy(p, head, b"127.0.0.1", N) for _ in range(3)))
