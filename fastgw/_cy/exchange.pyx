@@ -322,10 +322,13 @@ cdef class Exchange:
 
     cdef int _request_policies(self, Py_ssize_t first, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
         cdef PolicyChain chain = self.chain
+        cdef PyObject** items = chain.request_items
         cdef Py_ssize_t i
         cdef int r
         for i in range(first, chain.n_request):
-            r = (<Policy>chain.request_items[i]).on_request(self)
+            r = (<Policy>items[i]).on_request(self)
+            if r == P_CONTINUE:
+                continue
             if r == P_ANSWERED:
                 self._answer_before_upstream(data, off, n, OUT_POLICY_ANSWER)
                 return 0
@@ -935,10 +938,13 @@ cdef class Exchange:
 
     cdef int _response_policies(self, Py_ssize_t first) except -1:
         cdef PolicyChain chain = self.chain
+        cdef PyObject** items = chain.response_items
         cdef Py_ssize_t i
         cdef int r
         for i in range(first, chain.n_response):
-            r = (<Policy>chain.response_items[i]).on_response(self)
+            r = (<Policy>items[i]).on_response(self)
+            if r == P_CONTINUE:
+                continue
             if r == P_ANSWERED:
                 self._response_answered()
                 return RESP_ANSWERED
@@ -1145,7 +1151,8 @@ cdef class Exchange:
     cdef int finish(self) except -1:
         """The exchange is over, whichever way: the log phase runs, once."""
         cdef PolicyChain chain = self.chain
-        cdef Py_ssize_t i = 0
+        cdef PyObject** items
+        cdef Py_ssize_t i = 0, n
         if self.finished:
             return 0
         self.finished = True
@@ -1172,15 +1179,17 @@ cdef class Exchange:
         record_exchange(self)
         if self.rt.tracing is not None:
             trace_end(self)
-        if chain is not None:
+        if chain is not None and chain.n_log:
             # one try around the walk, entered again after the policy that raised
-            while i < chain.n_log:
+            items = chain.log_items
+            n = chain.n_log
+            while i < n:
                 try:
-                    while i < chain.n_log:
+                    while i < n:
                         i += 1
-                        (<Policy>chain.log_items[i - 1]).on_log(self)
+                        (<Policy>items[i - 1]).on_log(self)
                 except Exception as exc:      # a log policy must never take the connection down
-                    _report_policy_error(<Policy>chain.log_items[i - 1], "log", exc)
+                    _report_policy_error(<Policy>items[i - 1], "log", exc)
         self.up = None
         self.mirror = None
         self.up_queue = None
