@@ -1,19 +1,22 @@
 """Issue 12's remaining resilience gaps over real sockets: each attempt's outcome in the access line
 (`attempt_targets`, `attempt_results`, `attempt_ms`), route timeouts that bound the response body
-(an upstream that sends the head and stalls), and a retry budget that counts each retry attempt.
-Upstreams are scripted per request; faults are made by the tests (docs/retries.md)."""
+(an upstream that sends the head and stalls), a retry budget that counts each retry attempt, and
+slow start on the hash balancers. Upstreams are scripted per request; faults are made by the tests
+(docs/retries.md)."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import threading
+import time
 
 import httpx
+import pytest
 from support.admin import admin_client, with_admin
 from support.client import wait_until
 from support.gateway import simple_config
-from support.logs import access_lines
+from support.logs import access_lines, wait_event
 from support.upstreams import ClosedPort, EchoServer, RawUpstream, response_head, wants_close
 
 
@@ -270,3 +273,37 @@ def test_every_retry_of_an_exchange_is_counted_and_given_back(gateway_factory):
     # min_retries 1: each retry fits alone, because the one before it gave its place back at its answer
     assert line["attempt_results"] == ["503", "503", "503", "200"], line
     assert (budget["retried"], budget["retry_attempts"], budget["active_retries"], budget["overflows"]) == (1, 3, 0, 0)
+
+
+# ---- 4. slow start on the hash balancers ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["ring_hash", "maglev"])
+def test_slow_start_gives_a_returning_hash_target_a_small_deterministic_share_of_its_keys(gateway_factory, kind):
+    flap = Script("reset", 200, name="flap")
+    with EchoServer("a") as a, flap.server as f:
+        cfg = simple_config(a.address)
+        cfg["upstreams"]["echo"] = {
+            "targets": [{"address": a.address}, {"address": f.address}],
+            "balancer": {"type": kind, "hash_on": {"source": "header", "name": "X-User"}},
+            "health": {"passive": {"base_ejection": "0.3s"}},
+            "slow_start": {"window": "1h", "min_weight_percent": 10},
+        }
+        gw = gateway_factory(cfg, workers=1)         # health and ramps are per worker
+        with client(gw) as c:
+            k = 0
+            while flap.count == 0:                   # keys until one hashes to flap: reset, ejected, failed over
+                assert c.get("/w", headers={"X-User": f"warm-{k}"}).status_code == 200
+                k += 1
+                assert k < 200
+            wait_event(gw, "target_ejected", target=f.address)
+            time.sleep(0.4)                  # its ejection is over: the next pick brings it back
+            users = [f"user-{i}" for i in range(400)]
+            got = []
+            for _ in range(2):
+                before = flap.count
+                assert [c.get("/r", headers={"X-User": u}).status_code for u in users] == [200] * 400
+                got.append(flap.count - before)
+    # about half of the 400 keys hash to flap; ramping at 10% (the first 6 minutes of 1 h) it keeps
+    # about a tenth of them: 20, where without slow start it would get 200
+    assert 5 <= got[0] <= 50, got
+    assert got[0] == got[1], got             # the same keys: the share is deterministic, not drawn
