@@ -30,7 +30,7 @@ ACCESS_LOG_FIELDS = (
     "time", "request_id", "trace_id", "client_ip", "method", "authority", "path", "query", "uri",
     "protocol", "status", "bytes_received", "bytes_sent", "duration_ms", "upstream_connect_ms",
     "upstream_first_byte_ms", "route", "upstream", "target", "attempts", "flags", "outcome",
-    "user_agent", "consumer",
+    "user_agent", "consumer", "attempt_targets", "attempt_results", "attempt_ms",
 )
 # The JSON line: every field but `uri` (path and query are there apart).
 ACCESS_LOG_JSON_FIELDS = tuple(f for f in ACCESS_LOG_FIELDS if f != "uri")
@@ -60,6 +60,9 @@ cdef enum:
     AF_OUTCOME
     AF_USER_AGENT
     AF_CONSUMER
+    AF_ATTEMPT_TARGETS        # attempts.pyx: each attempt's target, result, duration
+    AF_ATTEMPT_RESULTS
+    AF_ATTEMPT_MS
 
     AL_MAX_OPS = 64
     AL_TARGET_SLOTS = 4       # a power of two
@@ -593,7 +596,34 @@ cdef class AccessLogPolicy(Policy):
             if ex.consumer_name is None:
                 return _null(b, json)
             return _str_field(b, PyBytes_AS_STRING(ex.consumer_name), PyBytes_GET_SIZE(ex.consumer_name), json)
+        elif f == AF_ATTEMPT_TARGETS or f == AF_ATTEMPT_RESULTS or f == AF_ATTEMPT_MS:
+            return self._attempts(b, f, ex)
         return self._request_field(b, f, ex, has_request)
+
+    cdef int _attempts(self, WBuf* b, int f, Exchange ex) except -1:
+        """A list over the exchange's attempts (attempts.pyx): JSON ["a","b"] / [1.5,2.0], text
+        a,b (- for none)."""
+        cdef bint json = self.json
+        cdef int k
+        cdef Target t
+        if ex.n_att == 0:
+            return _lit(b, b"[]", 2) if json else _lit(b, b"-", 1)
+        if json:
+            _lit(b, b"[", 1)
+        for k in range(ex.n_att):
+            if k:
+                _lit(b, b",", 1)
+            if f == AF_ATTEMPT_TARGETS:
+                t = attempt_target(ex, k)
+                if t is None:
+                    _null(b, json)
+                else:
+                    self._target(b, t)
+            elif f == AF_ATTEMPT_RESULTS:
+                attempt_result_field(b, ex.att[k].result, json)
+            else:
+                _ms(b, attempt_seconds(ex, k))
+        return _lit(b, b"]", 1) if json else 0
 
     cdef int _request_field(self, WBuf* b, int f, Exchange ex, bint has_request) except -1:
         """The fields that are the request's own bytes: none for a head the parser refused."""

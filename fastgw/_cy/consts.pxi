@@ -73,3 +73,21 @@ cdef enum Outcome:
     OC_POLICY         # a policy answered
     OC_REFUSED        # the parser refused the request (400, 408, 431 ...)
     OC_ABORTED        # no complete response: client gone, or the upstream cut it
+
+# Each upstream attempt of an exchange, for the log phase (attempts.pyx): the first ATT_MAX - 1 and
+# the last. `result`: the status answered (> 0), how the attempt failed (AR_*, < 0), or AR_NONE.
+cdef enum:
+    ATT_MAX = 8
+    AR_NONE = 0               # no result: the exchange ended first (the client left, a bad body)
+    AR_REFUSED = -1           # connection refused
+    AR_CONNECT_FAILURE = -2   # another connect failure (unresolved name, TLS handshake)
+    AR_CONNECT_TIMEOUT = -3
+    AR_RESET = -4             # closed or reset before a response head
+    AR_TIMEOUT = -5           # no response head in time, or a route timeout cut it
+    AR_PROTOCOL_ERROR = -6    # a malformed response head
+
+cdef struct Attempt:
+    int target                # index in the exchange's group's targets
+    int result
+    double start              # monotonic
+    double end                # 0.0: until the exchange ended (t_done)

@@ -170,6 +170,10 @@ cdef class Exchange:
     cdef int64_t replay_bytes
     cdef RetryBudget rb
     cdef bint rb_retry
+    # attempts (attempts.pyx): each upstream attempt's target, result and times, in a C array
+    # (valid up to n_att; reset() clears the count)
+    cdef int n_att
+    cdef Attempt att[ATT_MAX]
 
     cdef int reset(self) except -1:
         """Every field back to what a new Exchange has (None, 0, NULL), so a connection can reuse its
@@ -228,6 +232,7 @@ cdef class Exchange:
         self.replay_bytes = 0
         if self.rb is not None: self.rb = None
         self.rb_retry = False
+        self.n_att = 0
         self.refusal = NULL
         self.req_framing = 0
         self.req_remaining = 0
@@ -757,6 +762,8 @@ cdef class Exchange:
 
     cdef int _dispatch(self) except -1:
         cdef UpstreamConn up
+        cdef double now = monotonic()
+        attempt_begin(self, now)
         if self.target.h2_mode:
             self.target.active += 1
             self.active_target = self.target
@@ -767,13 +774,13 @@ cdef class Exchange:
         self.active_target = self.target
         count_pool(self.group, up is not None)
         if self.tc.sampled:
-            self.tc.t_attempt = monotonic()
+            self.tc.t_attempt = now
         if self.route.retry is not None:
             retry_arm(self)
         if up is not None:
             up.attach(self, True)
             self.up = up
-            self.t_connected = monotonic()
+            self.t_connected = now
             self._flush_queue()
         else:
             self._connect()
@@ -836,6 +843,9 @@ cdef class Exchange:
         if up is not self.up:
             return 0
         self.up = None
+        attempt_failed(self, status, reason, flag)
+        if self.rb_retry or self.br_retry:
+            retry_attempt_done(self)
         if self.br_pending:
             self._br_connected()
         if may_retry and up.reused and self.retry_ok and not self.retried and not self.finished:
@@ -846,6 +856,7 @@ cdef class Exchange:
             if self.tc.trace_hi | self.tc.trace_lo:
                 self.up_head = trace_retry(self, flag, self.up_head)
             self._requeue()
+            attempt_begin(self, monotonic())
             self._connect()
             return 0
         if flag == RF_UPSTREAM_CONNECT_FAILURE or flag == RF_UPSTREAM_TIMEOUT or (
@@ -895,13 +906,7 @@ cdef class Exchange:
         self.resends += 1
         if self.group.stats is not None:
             self.group.stats.retries += 1
-        if self.br is not None and not self.br_retry:
-            self.br_retry = True
-            self.br.retries += 1
-        if self.rb is not None and not self.rb_retry:
-            self.rb_retry = True
-            self.rb.retries += 1
-            self.rb.retried += 1
+        retry_attempt_counted(self)
         if self.tc.trace_hi | self.tc.trace_lo:
             self.up_head = trace_retry(self, flag, self.up_head)
         self.target = other
@@ -926,6 +931,10 @@ cdef class Exchange:
         resume_response)."""
         self.t_first_byte = monotonic()
         self.status = h.status
+        if self.n_att:
+            self.att[self.n_att - 1].result = h.status
+        if self.rb_retry or self.br_retry:
+            retry_attempt_done(self)
         if self.group.outlier is not None:
             self.group.attempt_answered(self.target_index, h.status)
         if self.route.retry is not None and retry_after_status(self, h.status):
@@ -1164,6 +1173,7 @@ cdef class Exchange:
             if self.outcome != OC_REFUSED:
                 self.outcome = OC_ABORTED
             if not (self.flags & (RF_UPSTREAM_RESET | RF_UPSTREAM_BODY_TIMEOUT | RF_UPSTREAM_PROTOCOL_ERROR
+                                  | RF_UPSTREAM_TIMEOUT
                                   | RF_BAD_REQUEST | RF_BODY_TOO_LARGE | RF_REQUEST_TIMEOUT
                                   | RF_POLICY_ERROR | RF_POLICY_TIMEOUT)):
                 self.flags |= RF_DOWNSTREAM_DISCONNECT

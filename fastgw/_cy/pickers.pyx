@@ -6,6 +6,13 @@
 # Availability (health, ejection) is a flag per target, as in SmoothWeightedRR: least request and
 # the ring skip unavailable targets; Maglev rebuilds its table without them, which is what keeps its
 # disruption minimal (only the keys of the target that left move).
+#
+# Slow start on the hash pickers (slowstart.pyx, set_share): a weight change would move keys, not
+# load, so a ramping target with share f (1..99%) keeps a deterministic f-share of the keys that hash
+# to it, chosen by a second hash of the key salted with the target's id; the rest go where they
+# went while the target was out (the ring: the next target on it; Maglev: a second table built
+# without the ramping targets). As f grows, the keys it keeps stay kept and others join them, so a
+# key moves at most once, to its own target. Keyless requests draw by the ramped weights.
 
 from libc.stdint cimport uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, calloc, free
@@ -284,6 +291,10 @@ cdef class TargetPicker:
         if self.rr is not None:
             self.rr.set_weight(index, weight)
 
+    cdef void set_share(self, Py_ssize_t index, int percent) except *:
+        """Slow start on a hash picker: the share of its keys a ramping target keeps (HashPicker)."""
+        pass
+
     def pick_for_test(self, Exchange ex=None):
         """Python entry for tests: the index choose() returns for `ex` (None: a keyless pick)."""
         return self.pick(ex) if ex is None else self.choose(ex)
@@ -328,26 +339,78 @@ cdef class HashPicker(TargetPicker):
     without one (as Envoy does)."""
     cdef int source
     cdef bytes key_name
+    cdef unsigned char* share         # slow start: percent of its keys each target keeps (NULL: all)
+    cdef Py_ssize_t n_partial         # targets keeping less than all
+
+    def __cinit__(self):
+        self.share = NULL
+        self.n_partial = 0
+
+    def __dealloc__(self):
+        free(self.share)
 
     cdef Py_ssize_t pick(self, Exchange ex) except -2:
         cdef uint64_t h
         if ex is None or not request_key(ex, self.source, self.key_name, &h):
             return self._random_available()
-        return self.lookup(h)
+        return self.lookup_ramped(h)
 
     cdef Py_ssize_t lookup(self, uint64_t h) noexcept:
         return -1
 
+    cdef Py_ssize_t lookup_without_partial(self, uint64_t h) noexcept:
+        """Where key h goes when the targets that do not keep it are left out."""
+        return -1
+
+    cdef inline bint keeps(self, Py_ssize_t i, uint64_t h) noexcept:
+        return self.share[i] >= 100 or _mix64(h ^ self.target_ids[i]) % 100 < self.share[i]
+
+    cdef inline Py_ssize_t lookup_ramped(self, uint64_t h) noexcept:
+        cdef Py_ssize_t i = self.lookup(h), j
+        if self.n_partial == 0 or i < 0 or self.keeps(i, h):
+            return i
+        j = self.lookup_without_partial(h)
+        return j if j >= 0 else i
+
+    cdef void set_share(self, Py_ssize_t index, int percent) except *:
+        cdef Py_ssize_t k
+        cdef bint was
+        if index < 0 or index >= self.n:
+            return
+        if percent > 100:
+            percent = 100
+        if percent < 0:
+            percent = 0
+        if self.share == NULL:
+            if percent >= 100:
+                return
+            self.share = <unsigned char*>malloc(self.n + 1)
+            if self.share == NULL:
+                raise MemoryError()
+            for k in range(self.n + 1):
+                self.share[k] = 100
+        was = self.share[index] < 100
+        self.share[index] = <unsigned char>percent
+        if was != (percent < 100):
+            self.n_partial += -1 if was else 1
+            self.partial_changed()
+
+    cdef void partial_changed(self) except *:
+        pass
+
     cdef Py_ssize_t pick_for_client(self, bytes client_ip) except -2:
         if self.source != KS_CLIENT_IP or client_ip is None:
             return self._random_available()
-        return self.lookup(hash_bytes(PyBytes_AS_STRING(client_ip), PyBytes_GET_SIZE(client_ip)))
+        return self.lookup_ramped(hash_bytes(PyBytes_AS_STRING(client_ip), PyBytes_GET_SIZE(client_ip)))
 
     def pick_for_client_for_test(self, bytes client_ip):
         return self.pick_for_client(client_ip)
 
     def lookup_for_test(self, uint64_t h):
-        return self.lookup(h)
+        return self.lookup_ramped(h)
+
+    def set_share_for_test(self, Py_ssize_t index, int percent):
+        self.set_share(index, percent)
 
 
 cdef class RingHashPicker(HashPicker):
@@ -390,6 +453,13 @@ cdef class RingHashPicker(HashPicker):
             self.ring_target[k] = i
 
     cdef Py_ssize_t lookup(self, uint64_t h) noexcept:
+        return self._walk(h, False)
+
+    cdef Py_ssize_t lookup_without_partial(self, uint64_t h) noexcept:
+        return self._walk(h, True)
+
+    cdef Py_ssize_t _walk(self, uint64_t h, bint ramped) noexcept:
+        """The first available target at or after h on the ring (ramped: that also keeps h)."""
         cdef Py_ssize_t lo = 0, hi = self.npoints, mid, k, idx
         if self.npoints == 0:
             return -1
@@ -401,7 +471,7 @@ cdef class RingHashPicker(HashPicker):
                 hi = mid
         for k in range(self.npoints):
             idx = self.ring_target[(lo + k) % self.npoints]
-            if self.up[idx]:
+            if self.up[idx] and (not ramped or self.keeps(idx, h)):
                 return idx
         return -1
 
@@ -411,19 +481,25 @@ cdef class MaglevPicker(HashPicker):
     prime) entries filled by each available target's permutation in turn, a target taking turns in
     proportion to its weight; a key goes to table[hash % size]."""
     cdef int32_t* table
+    cdef int32_t* alt                 # slow start: the table without the targets that ramp (or NULL)
     cdef Py_ssize_t size
     cdef uint64_t* offset
     cdef uint64_t* skip
+    cdef uint32_t* table_weight       # the configured weights (slow start does not move keys by weight)
 
     def __cinit__(self):
         self.table = NULL
+        self.alt = NULL
         self.offset = NULL
         self.skip = NULL
+        self.table_weight = NULL
 
     def __dealloc__(self):
         free(self.table)
+        free(self.alt)
         free(self.offset)
         free(self.skip)
+        free(self.table_weight)
 
     def __init__(self, list targets, list weights, str source, bytes key_name=None, int table_size=65537,
                  **sticky):
@@ -436,9 +512,11 @@ cdef class MaglevPicker(HashPicker):
         self.table = <int32_t*>malloc(table_size * sizeof(int32_t))
         self.offset = <uint64_t*>malloc((self.n + 1) * sizeof(uint64_t))
         self.skip = <uint64_t*>malloc((self.n + 1) * sizeof(uint64_t))
-        if self.table == NULL or self.offset == NULL or self.skip == NULL:
+        self.table_weight = <uint32_t*>malloc((self.n + 1) * sizeof(uint32_t))
+        if self.table == NULL or self.offset == NULL or self.skip == NULL or self.table_weight == NULL:
             raise MemoryError()
         for i in range(self.n):
+            self.table_weight[i] = self.weight[i]
             address = (<Target>targets[i]).address_bytes
             salted = address + b"#skip"
             self.offset[i] = hash_bytes(PyBytes_AS_STRING(address), PyBytes_GET_SIZE(address)) % table_size
@@ -448,33 +526,54 @@ cdef class MaglevPicker(HashPicker):
     cdef void availability_changed(self):
         self._build()
 
+    cdef void partial_changed(self) except *:
+        if self.n_partial and self.alt == NULL:
+            self.alt = <int32_t*>malloc(self.size * sizeof(int32_t))
+            if self.alt == NULL:
+                raise MemoryError()
+        if self.n_partial:
+            self._fill(self.alt, True)
+
+    cdef Py_ssize_t lookup_without_partial(self, uint64_t h) noexcept:
+        if self.alt == NULL or self.size == 0:
+            return -1
+        return self.alt[h % <uint64_t>self.size]
+
     cdef void _build(self) noexcept:
+        self._fill(self.table, False)
+        if self.n_partial and self.alt != NULL:
+            self._fill(self.alt, True)
+
+    cdef inline bint _in_table(self, Py_ssize_t i, bint without_partial) noexcept:
+        return self.up[i] and not (without_partial and self.share != NULL and self.share[i] < 100)
+
+    cdef void _fill(self, int32_t* table, bint without_partial) noexcept:
         cdef Py_ssize_t i, filled = 0, c
         cdef uint32_t max_weight = 0
         cdef uint64_t* nxt = <uint64_t*>calloc(self.n + 1, sizeof(uint64_t))
         cdef double* credit = <double*>calloc(self.n + 1, sizeof(double))
         cdef bint any_up = False
         for c in range(self.size):
-            self.table[c] = -1
+            table[c] = -1
         for i in range(self.n):
-            if self.up[i]:
+            if self._in_table(i, without_partial):
                 any_up = True
-                if self.weight[i] > max_weight:
-                    max_weight = self.weight[i]
+                if self.table_weight[i] > max_weight:
+                    max_weight = self.table_weight[i]
         if any_up and nxt != NULL and credit != NULL:
             while filled < self.size:
                 for i in range(self.n):
-                    if not self.up[i]:
+                    if not self._in_table(i, without_partial):
                         continue
-                    credit[i] += <double>self.weight[i] / max_weight
+                    credit[i] += <double>self.table_weight[i] / max_weight
                     if credit[i] < 1.0:
                         continue
                     credit[i] -= 1.0
                     c = <Py_ssize_t>((self.offset[i] + nxt[i] * self.skip[i]) % self.size)
-                    while self.table[c] >= 0:
+                    while table[c] >= 0:
                         nxt[i] += 1
                         c = <Py_ssize_t>((self.offset[i] + nxt[i] * self.skip[i]) % self.size)
-                    self.table[c] = <int32_t>i
+                    table[c] = <int32_t>i
                     nxt[i] += 1
                     filled += 1
                     if filled == self.size:

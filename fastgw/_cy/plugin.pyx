@@ -261,6 +261,10 @@ cdef class LogEntry:
     cdef readonly dict timings
     cdef readonly str client_ip
     cdef readonly str trace_id           # 32 hex digits with tracing on, else None
+    cdef readonly int attempts           # upstream attempts made (the access log's `attempts`)
+    cdef readonly list attempt_targets   # per attempt: the target's address
+    cdef readonly list attempt_results   # ... "200", "refused", "reset", "timeout" ... (attempts.pyx)
+    cdef readonly list attempt_ms        # ... its duration in milliseconds
 
     def __repr__(self):
         return (f"LogEntry({self.request_id} {self.method} {self.path} -> {self.status} "
@@ -285,6 +289,10 @@ cdef LogEntry _log_entry(Exchange ex):
     e.timings = ex.timings()
     e.client_ip = ex.client_addr.decode()
     e.trace_id = ex.trace_id_hex
+    e.attempts = (1 + ex.resends) if ex.up_head is not None else 0
+    e.attempt_targets = attempt_targets_list(ex)
+    e.attempt_results = attempt_results_list(ex)
+    e.attempt_ms = attempt_ms_list(ex)
     return e
 
 

@@ -11,7 +11,10 @@
 #   _send_up          retry_keep: body bytes kept (up to buffer_body_bytes) for a replay
 #   upstream_failed   retry_after_failure: connect failure / reset before a response / timeout
 #   begin_response    retry_after_status: a retriable status drops the attempt's connection; any
-#                     other head ends the deadlines (retry_head)
+#                     other head goes to the client and the deadlines go on bounding its body
+#                     (Gateway API: `request` to the end of the response, `backendRequest` each
+#                     attempt to its full response, GEP-1742): one passing mid-body aborts the
+#                     client's response (_body_timed_out); a 101's tunnel leaves them (retry_head)
 #   finish            retry_end: the timer cancelled, the budget given back
 # A retry waits its backoff on the same timer, then re-enters upstream_peer's target pick,
 # preferring a target other than the last one (retry_go).
@@ -104,14 +107,16 @@ cdef class RetryPolicy:
 
 cdef class RetryBudget:
     """Envoy's retry budget, per upstream and worker: retries in flight may be at most `percent` of
-    the upstream's active requests, or `min_retries`, whichever is more. An exchange on its retries
-    counts once, from its first retry until it ends. One object serves an upstream across reloads
-    (set_limits), as CircuitBreakers does."""
+    the upstream's active requests, or `min_retries`, whichever is more. Each retry counts, as
+    Envoy's, from when it is decided (its backoff included) until its own outcome (a response head,
+    or its failure) or the exchange's end; every retry is checked, not only an exchange's first.
+    One object serves an upstream across reloads (set_limits), as CircuitBreakers does."""
     cdef readonly int active
     cdef readonly int retries
     cdef readonly double percent
     cdef readonly int min_retries
     cdef readonly int64_t retried        # exchanges that were retried (since start)
+    cdef readonly int64_t retry_attempts # retries made (since start)
     cdef readonly int64_t overflows      # retries the budget refused
 
     def __init__(self, double percent=20.0, int min_retries=3):
@@ -132,7 +137,8 @@ cdef class RetryBudget:
 
     def describe(self):
         return {"percent": self.percent, "min_retries": self.min_retries, "active_requests": self.active,
-                "active_retries": self.retries, "retried": self.retried, "overflows": self.overflows}
+                "active_retries": self.retries, "retried": self.retried, "retry_attempts": self.retry_attempts,
+                "overflows": self.overflows}
 
 
 # ---- hooks ---------------------------------------------------------------------------------------
@@ -294,9 +300,32 @@ cdef int retry_end(Exchange ex) except -1:
         ex.rb_retry = False
 
 
+cdef int retry_attempt_counted(Exchange ex) except -1:
+    """A retry is decided: it counts as active on the breakers' max_retries and the budget until
+    its outcome (retry_attempt_done) or the exchange's end (retry_end, CircuitBreakers.release)."""
+    if ex.br is not None and not ex.br_retry:
+        ex.br_retry = True
+        ex.br.retries += 1
+    if ex.rb is not None and not ex.rb_retry:
+        ex.rb_retry = True
+        ex.rb.retries += 1
+        ex.rb.retry_attempts += 1
+        if ex.tries <= 1:
+            ex.rb.retried += 1          # the exchange's first retry (a fail-over's: tries stays 0)
+
+
+cdef int retry_attempt_done(Exchange ex) except -1:
+    """A retry's outcome came (a response head, or a failure): it is no longer an active retry."""
+    if ex.rb_retry:
+        ex.rb_retry = False
+        ex.rb.retries -= 1
+    if ex.br_retry:
+        ex.br_retry = False
+        ex.br.retries -= 1
+
+
 cdef int retry_head(Exchange ex) except -1:
-    """A response head came and goes on to the client: the deadlines end (the body is timed by the
-    upstream's body_idle)."""
+    """The deadlines end: the exchange became a tunnel (an upgrade's 101)."""
     if ex.dl_list is not None:
         (<DeadlineList>ex.dl_list).remove(ex)
 
@@ -314,8 +343,8 @@ cdef bint _may_retry(Exchange ex, RetryPolicy p) except -1:
         return False
     if ex.deadline_at != 0.0 and monotonic() >= ex.deadline_at:
         return False
-    if (ex.br is not None and not ex.br_retry and not ex.br.may_retry()) or (
-            ex.rb is not None and not ex.rb_retry and not ex.rb.may_retry()):
+    # each retry is checked; the failed attempt's own retry count was given back at its outcome
+    if (ex.br is not None and not ex.br.may_retry()) or (ex.rb is not None and not ex.rb.may_retry()):
         ex.flags |= RF_OVERFLOW_RETRIES
         if ex.group.stats is not None:
             ex.group.stats.retry_overflows += 1
@@ -344,9 +373,9 @@ cdef bint retry_after_status(Exchange ex, int status) except -1:
     closes unread)."""
     cdef RetryPolicy p = ex.route.retry
     if not p.retries_status(status) or not _may_retry(ex, p):
-        if ex.dl_list is not None:
-            retry_head(ex)
-        return False
+        return False                 # the deadlines stay: they bound the response body too
+    if ex.n_att:
+        ex.att[ex.n_att - 1].end = ex.t_first_byte
     _upstream_failure_event(ex, status, b"upstream answered a retriable status", 0)
     ex.drop_upstream()
     ex.status = 0
@@ -359,13 +388,7 @@ cdef int _schedule(Exchange ex, int flag) except -1:
     cdef double delay, now
     ex.tries += 1
     ex.up = None
-    if ex.br is not None and not ex.br_retry:
-        ex.br_retry = True
-        ex.br.retries += 1
-    if ex.rb is not None and not ex.rb_retry:
-        ex.rb_retry = True
-        ex.rb.retries += 1
-        ex.rb.retried += 1
+    retry_attempt_counted(ex)
     if ex.active_target is not None:
         ex.active_target.active -= 1
         ex.active_target = None
@@ -425,10 +448,15 @@ cdef int _retry_timer_fired(Exchange ex) except -1:
     ex.timer = None
     if ex.finished:
         return 0
+    if ex.resp_started:
+        if not ex.resp_complete:     # a whole response stands, whatever the request body does
+            _body_timed_out(ex)
+        return 0
     if ex.deadline_at != 0.0 and monotonic() >= ex.deadline_at - 0.0005:
         # the whole request's deadline: whatever attempt or backoff is under way ends
         ex.backing_off = False
         ex.next_target = None
+        attempt_cut(ex, AR_TIMEOUT)
         ex.drop_upstream()
         ex.flags |= RF_UPSTREAM_TIMEOUT
         _upstream_failure_event(ex, 504, b"request timeout", RF_UPSTREAM_TIMEOUT)
@@ -445,3 +473,14 @@ cdef int _retry_timer_fired(Exchange ex) except -1:
     up.detach_and_close()
     count_failure(ex, FK_RESPONSE_TIMEOUT)
     ex.upstream_failed(up, 504, b"upstream request timeout", False, RF_UPSTREAM_TIMEOUT)
+
+
+cdef int _body_timed_out(Exchange ex) except -1:
+    """A route timeout (the request's, or the attempt's backend_request) passed after the response
+    head went to the client: the response cannot end in time, so the client must not see a clean
+    end (HTTP/1.1: the connection reset; HTTP/2: RST_STREAM), flagged UT."""
+    ex.flags |= RF_UPSTREAM_TIMEOUT
+    _upstream_failure_event(ex, 0, b"route timeout passed mid-response", RF_UPSTREAM_TIMEOUT)
+    ex.drop_upstream()
+    ex.up_queue = None
+    ex.down.truncate()

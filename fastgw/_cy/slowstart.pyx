@@ -5,8 +5,10 @@
 #
 # The balancer's weights are the configured ones x 100 (fastgw/runtime.py) so a ramping target's
 # share moves in 1% steps with integer weights; a step changes one weight of the smooth weighted
-# round robin or the least-request picker (its cumulative weights recomputed). UpstreamGroup.pick
-# calls apply() only while a target is ramping.
+# round robin or the least-request picker (its cumulative weights recomputed); a hash picker (ring
+# hash, Maglev) gets the percentage as the share of its keys the target keeps (pickers.pyx
+# set_share), since a weight there would move keys, not load. UpstreamGroup.pick calls apply() only
+# while a target is ramping.
 
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
@@ -103,6 +105,7 @@ cdef class SlowStart:
                 g.balancer.set_weight(i, w)
                 if g.picker is not None:
                     g.picker.set_weight(i, w)
+                    g.picker.set_share(i, pct)       # a hash picker: the share of its keys it keeps
         return 0
 
     def adopt(self, SlowStart old, list old_index, UpstreamGroup g):

@@ -187,6 +187,10 @@ cdef void switch_protocols(Exchange ex, UpstreamConn up, bytes data, Py_ssize_t 
         return
     ex.t_first_byte = monotonic()
     ex.status = 101
+    if ex.n_att:
+        ex.att[ex.n_att - 1].result = 101
+    if ex.dl_list is not None:
+        retry_head(ex)                 # route timeouts bound a request, not the tunnel it became
     ex.outcome = OC_PROXIED
     ex.resp_started = True
     ex.resp_complete = True

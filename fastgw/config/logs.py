@@ -28,7 +28,7 @@ ACCESS_LOG_FIELDS = (
     "time", "request_id", "trace_id", "client_ip", "method", "authority", "path", "query", "uri",
     "protocol", "status", "bytes_received", "bytes_sent", "duration_ms", "upstream_connect_ms",
     "upstream_first_byte_ms", "route", "upstream", "target", "attempts", "flags", "outcome",
-    "user_agent", "consumer",
+    "user_agent", "consumer", "attempt_targets", "attempt_results", "attempt_ms",
 )
 DEFAULT_TEMPLATE = ('$time $client_ip "$method $uri $protocol" $status $bytes_sent $duration_ms '
                     '$request_id $route $flags "$user_agent"')

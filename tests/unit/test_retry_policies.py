@@ -55,10 +55,10 @@ def test_config_errors_name_the_path() -> None:
     assert path == "$.routes[0].retry.retry_on[0]"
     (path, message), = problems(config(retry={"statuses": [200]}))
     assert path == "$.routes[0].retry.statuses[0]"
+    # every balancer takes slow start now (the hash ones by key share: tests/unit/test_slow_start_hash.py)
     text = config().replace("targets:", "balancer: {type: maglev, hash_on: {source: path}}\n    slow_start: "
                             "{window: 10s}\n    targets:")
-    assert problems(text) == [("$.upstreams.u.slow_start", "slow start needs the round_robin or least_request "
-                                                           "balancer, not maglev")]
+    assert loads_config(text, "yaml", file="c.yaml").upstreams["u"].slow_start.window == 10.0
 
 
 def test_runtime_gets_a_policy_only_where_configured() -> None:
