@@ -140,12 +140,15 @@ cdef int _h2_on_begin_headers(nghttp2_session* s, const nghttp2_frame* frame, vo
 cdef int _h2_on_header(nghttp2_session* s, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
                        const uint8_t* value, size_t valuelen, uint8_t flags, void* ud) noexcept:
     cdef void* st
-    if frame.hd.type != NGHTTP2_HEADERS or frame.headers.cat != NGHTTP2_HCAT_REQUEST:
-        return 0                      # trailers: not forwarded to HTTP/1.1 upstreams
+    if frame.hd.type != NGHTTP2_HEADERS:
+        return 0
     st = nghttp2_session_get_stream_user_data(s, frame.hd.stream_id)
     if st == NULL:
         return 0
     try:
+        if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+            (<H2Stream>st).add_trailer(<const char*>name, namelen, <const char*>value, valuelen)
+            return 0
         (<H2Stream>st).add_field(<const char*>name, namelen, <const char*>value, valuelen)
     except BaseException:
         _h2_report("header")
@@ -666,6 +669,7 @@ cdef class H2Stream(ClientConn):
     cdef bint deferred
     cdef bint up_paused
     cdef bint provider               # the response head was submitted with a data provider
+    cdef list req_trailers           # the request's trailer lines, handed to the Exchange at its end
     cdef bytes trailers              # response trailer lines, sent after the body's end
 
     def __cinit__(self):
@@ -799,8 +803,24 @@ cdef class H2Stream(ClientConn):
         else:
             self._take(data, n, n)
 
+    cdef int add_trailer(self, const char* name, size_t namelen, const char* value, size_t valuelen) except -1:
+        """A request trailer field (nghttp2 checked it: no pseudo-headers, RFC 9113 8.1). Fields that
+        cannot be trailers (framing, Host, connection-specific) are left out; the size counts
+        against max_header_list_size with the head's."""
+        self.field_bytes += namelen + valuelen + 32
+        if self.field_bytes > self.conn.cfg.max_header_list_size or _h2_conn_specific(name, namelen) \
+                or (namelen == 4 and memcmp(name, b"host", 4) == 0):
+            return 0
+        if self.req_trailers is None:
+            self.req_trailers = []
+        self.req_trailers.append(name[:namelen] + b": " + value[:valuelen] + b"\r\n")
+
     cdef int remote_end(self) except -1:
         self.remote_ended = True
+        if self.req_trailers is not None:
+            if self.ex is not None and not self.discard:
+                self.ex.request_trailers = b"".join(self.req_trailers)
+            self.req_trailers = None
         if self.chunked and not self.discard and self.ex is not None:
             self._take(b"0\r\n\r\n", 5, 0)
 
