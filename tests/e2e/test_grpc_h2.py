@@ -18,6 +18,7 @@ from hyperframe.frame import DataFrame, HeadersFrame
 from support.certs import CA
 from support.gateway import simple_config
 from support.h2raw import RawH2
+from support.upstreams import RawUpstream
 
 grpc = pytest.importorskip("grpc")
 
@@ -372,3 +373,22 @@ def test_client_rst_stream_reaches_the_upstream(gw, upstream):
         assert upstream.cancelled.wait(10)
         sid2 = h2.request("POST", f"/{SERVICE}/Say", headers=grpc_fields(), body=frame(b"y"))
         assert h2.response(sid2).header("grpc-status") == "0"
+
+
+def test_trailers_only_answer_of_an_http11_upstream_is_one_headers_frame(gateway_factory):
+    """An HTTP/1.1 upstream's trailers-only gRPC answer (the status in the head, content-length 0)
+    reaches an HTTP/2 client as one HEADERS frame with END_STREAM too."""
+    def handler(conn):
+        while conn.read_request() is not None:
+            conn.respond(200, b"", headers=[("Content-Type", "application/grpc"), ("Grpc-Status", "7"),
+                                            ("Grpc-Message", "denied")])
+
+    with RawUpstream(handler, "h1-grpc") as up:
+        gw = gateway_factory(simple_config(up.address), workers=1)
+        with RawH2(gw.port) as h2:
+            path = f"/{SERVICE}/Say"
+            sid = h2.request("POST", path, headers=grpc_fields(), body=frame(b"x"))
+            st = h2.response(sid)
+            frames = stream_frames(h2, sid)
+            assert len(frames) == 1 and "END_STREAM" in frames[0].flags, frames
+            assert (st.header("grpc-status"), st.header("grpc-message")) == ("7", "denied")
