@@ -75,15 +75,16 @@ class Upstream:
         return b"late"
 
     def stall(self, request: bytes, context):
-        """One message, then nothing until the call ends."""
+        """One message, then nothing (for 30 s) until the call ends. The end is seen by a callback:
+        grpcio stops iterating a generator whose call was cancelled, so code after a `yield` may
+        never run."""
         self.deadlines.append(context.time_remaining())
+        context.add_callback(self.cancelled.set)     # the call ended: here, only by a cancel or deadline
         yield b"first"
         self.stalled.set()
         deadline = time.monotonic() + 30
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not context.is_active():
-            self.cancelled.set()
 
     def handler(self):
         return grpc.method_handlers_generic_handler(SERVICE, {
