@@ -9,6 +9,7 @@ balancers by upstream name when the targets and weights are unchanged.
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 
@@ -40,6 +41,9 @@ class RouteSpec:
     query: list[tuple[str, str, str | None]]
     order: int
     payload: object = field(compare=False)
+    path_score: int | None = None
+    """Ranks a regex path among the others (higher first) instead of its pattern's length: gRPC
+    matches (Gateway API GRPCRoute precedence, _grpc_path)."""
 
 
 def _host_matches(pattern: str, host: str) -> bool:
@@ -213,24 +217,52 @@ def attached_matches(listener: Listener, cfg: GatewayConfig):
                 yield route, m, hosts, order
 
 
+_GRPC_RANK = 4096       # > the longest gRPC name (GrpcName): service characters outrank method characters
+
+
+def _grpc_regex(g) -> bool:
+    return g is not None and (g.type == "RegularExpression" or (g.service is None and g.method is not None))
+
+
+def _grpc_path(m: Match, regex_mode: bool) -> tuple[str | None, str | None, str | None, int | None]:
+    """(exact, prefix, regex, score) of a match's path for the router. A gRPC match is ranked as
+    Gateway API ranks GRPCRoute matches (after the hostname): the characters of its service, then of
+    its method (a regular expression's: its pattern's), then header matches (the router's next
+    criterion). Service and method Exact stay an exact path (the router's first choice); the others
+    are regexes scored that way, and a service-only Exact match is one too (`/svc/[^/]+`) when the
+    listener has regex gRPC matches, which would otherwise beat its prefix whatever their length."""
+    p, g = m.path, m.grpc
+    if g is None or p.exact is not None or (p.prefix is not None and (not regex_mode or g.service is None)):
+        return p.exact, p.prefix, p.regex, None
+    svc = len(g.service) if g.service is not None else 0
+    meth = len(g.method) if g.method is not None else 0
+    if p.prefix is not None:
+        return None, None, f"/{re.escape(g.service)}/[^/]+", svc * _GRPC_RANK
+    return None, None, p.regex, svc * _GRPC_RANK + meth
+
+
 def _listener_specs(listener: Listener, cfg: GatewayConfig, routes: dict) -> list[RouteSpec]:
-    return [
-        RouteSpec(
+    attached = list(attached_matches(listener, cfg))
+    regex_mode = any(_grpc_regex(m.grpc) for _, m, _, _ in attached)
+    specs = []
+    for route, m, hosts, order in attached:
+        exact, prefix, regex, score = _grpc_path(m, regex_mode)
+        specs.append(RouteSpec(
             name=route.name,
             hosts=hosts,
-            path_exact=m.path.exact,
-            path_prefix=m.path.prefix,
+            path_exact=exact,
+            path_prefix=prefix,
             path_template=m.path.template,
-            path_regex=m.path.regex,
+            path_regex=regex,
             methods=[x.encode() for x in m.methods] if m.methods else None,
             headers=_conditions(m.headers, str.lower),
             query=_conditions(m.query),
             order=order,
             payload=_core.RouteMatch(routes[route.name], _matched_prefix(m), tuple(template_captures(m.path.template)),
                                      _route_pattern(m)),
-        )
-        for route, m, hosts, order in attached_matches(listener, cfg)
-    ]
+            path_score=score,
+        ))
+    return specs
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,7 @@ cdef class Exchange:
     cdef bint answer_error           # fail(): the gateway's JSON error for a failed policy
     cdef bytes answer_headers
     cdef bytes answer_body
+    cdef bytes request_trailers      # an HTTP/2 client's request trailer lines (H2Stream.remote_end)
     # policies
     cdef Py_ssize_t next_policy      # where a paused request phase resumes
     cdef object pending              # the paused policy's work (cancelled if the exchange ends)
@@ -188,6 +189,7 @@ cdef class Exchange:
         self.p = NULL
         self.head_len = 0
         if self.request_id is not None: self.request_id = None
+        if self.request_trailers is not None: self.request_trailers = None
         if self.client_addr is not None: self.client_addr = None
         if self.consumer is not None: self.consumer = None
         if self.consumer_name is not None: self.consumer_name = None
@@ -713,7 +715,13 @@ cdef class Exchange:
                 wb_put(out, p + self.chunk.span_off[i], self.chunk.span_len[i])
                 wb_put(out, b"\r\n", 2)
             if self.chunk.state == CS_DONE:
-                wb_put(out, b"0\r\n\r\n", 5)
+                if self.request_trailers is not None:
+                    # an HTTP/2 client's trailers, in the chunked trailer section (docs/http2.md)
+                    wb_put(out, b"0\r\n", 3)
+                    wb_put(out, PyBytes_AS_STRING(self.request_trailers), PyBytes_GET_SIZE(self.request_trailers))
+                    wb_put(out, b"\r\n", 2)
+                else:
+                    wb_put(out, b"0\r\n\r\n", 5)
             if out.len:
                 self._send_up(wb_bytes(out))
             if self.chunk.state == CS_DONE:

@@ -140,12 +140,15 @@ cdef int _h2_on_begin_headers(nghttp2_session* s, const nghttp2_frame* frame, vo
 cdef int _h2_on_header(nghttp2_session* s, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
                        const uint8_t* value, size_t valuelen, uint8_t flags, void* ud) noexcept:
     cdef void* st
-    if frame.hd.type != NGHTTP2_HEADERS or frame.headers.cat != NGHTTP2_HCAT_REQUEST:
-        return 0                      # trailers: not forwarded to HTTP/1.1 upstreams
+    if frame.hd.type != NGHTTP2_HEADERS:
+        return 0
     st = nghttp2_session_get_stream_user_data(s, frame.hd.stream_id)
     if st == NULL:
         return 0
     try:
+        if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+            (<H2Stream>st).add_trailer(<const char*>name, namelen, <const char*>value, valuelen)
+            return 0
         (<H2Stream>st).add_field(<const char*>name, namelen, <const char*>value, valuelen)
     except BaseException:
         _h2_report("header")
@@ -231,7 +234,7 @@ cdef ssize_t _h2_read_body(nghttp2_session* s, int32_t stream_id, uint8_t* buf, 
     cdef Py_ssize_t n
     if avail == 0:
         if st.resp_eof:
-            data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+            _h2_body_eof(st, data_flags)
             return 0
         st.deferred = True
         return NGHTTP2_ERR_DEFERRED
@@ -242,7 +245,7 @@ cdef ssize_t _h2_read_body(nghttp2_session* s, int32_t stream_id, uint8_t* buf, 
         st.roff = 0
         st.rbuf.len = 0
         if st.resp_eof:
-            data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+            _h2_body_eof(st, data_flags)
     elif st.roff >= H2_BODY_HIGH:
         memmove(st.rbuf.data, st.rbuf.data + st.roff, st.rbuf.len - st.roff)
         st.rbuf.len -= st.roff
@@ -253,6 +256,21 @@ cdef ssize_t _h2_read_body(nghttp2_session* s, int32_t stream_id, uint8_t* buf, 
         except BaseException:
             _h2_report("data_read")
     return n
+
+
+cdef void _h2_body_eof(H2Stream st, uint32_t* data_flags) noexcept:
+    """The response body's end: END_STREAM on its last DATA frame, or, when the upstream gave
+    trailers (gRPC's grpc-status), no END_STREAM there and a trailing HEADERS frame that ends the
+    stream (nghttp2_submit_trailer may be called from the read callback)."""
+    data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+    if st.trailers is None:
+        return
+    try:
+        if st.conn.submit_trailers(st):
+            data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
+    except BaseException:
+        _h2_report("data_read")
+    st.trailers = None
 
 
 # ---- the connection ----------------------------------------------------------------------------
@@ -446,6 +464,26 @@ cdef class H2Conn(ClientConn):
         else:
             nghttp2_submit_response(self.session, st.stream_id, self.nva, n, NULL)
 
+    cdef bint submit_trailers(self, H2Stream st) except -1:
+        """The stream's trailer lines as a HEADERS frame with END_STREAM (after its last DATA).
+        False when none is left to send (all were connection-specific)."""
+        cdef int i, n
+        cdef char* base
+        self.hbuf.len = 0
+        self.nspans = 0
+        self.add_lines(st.trailers)
+        n = self.nspans
+        if n == 0:
+            return False
+        base = self.hbuf.data
+        for i in range(n):
+            self.nva[i].name = <uint8_t*>(base + self.spans[i].name)
+            self.nva[i].namelen = self.spans[i].namelen
+            self.nva[i].value = <uint8_t*>(base + self.spans[i].value)
+            self.nva[i].valuelen = self.spans[i].valuelen
+            self.nva[i].flags = NGHTTP2_NV_FLAG_NONE
+        return nghttp2_submit_trailer(self.session, st.stream_id, self.nva, n) == 0
+
     cdef int begin_fields(self, int status) except -1:
         self.hbuf.len = 0
         self.nspans = 0
@@ -630,6 +668,9 @@ cdef class H2Stream(ClientConn):
     cdef bint resp_eof
     cdef bint deferred
     cdef bint up_paused
+    cdef bint provider               # the response head was submitted with a data provider
+    cdef list req_trailers           # the request's trailer lines, handed to the Exchange at its end
+    cdef bytes trailers              # response trailer lines, sent after the body's end
 
     def __cinit__(self):
         wb_init(&self.rbuf, 256)
@@ -762,8 +803,24 @@ cdef class H2Stream(ClientConn):
         else:
             self._take(data, n, n)
 
+    cdef int add_trailer(self, const char* name, size_t namelen, const char* value, size_t valuelen) except -1:
+        """A request trailer field (nghttp2 checked it: no pseudo-headers, RFC 9113 8.1). Fields that
+        cannot be trailers (framing, Host, connection-specific) are left out; the size counts
+        against max_header_list_size with the head's."""
+        self.field_bytes += namelen + valuelen + 32
+        if self.field_bytes > self.conn.cfg.max_header_list_size or _h2_conn_specific(name, namelen) \
+                or (namelen == 4 and memcmp(name, b"host", 4) == 0):
+            return 0
+        if self.req_trailers is None:
+            self.req_trailers = []
+        self.req_trailers.append(name[:namelen] + b": " + value[:valuelen] + b"\r\n")
+
     cdef int remote_end(self) except -1:
         self.remote_ended = True
+        if self.req_trailers is not None:
+            if self.ex is not None and not self.discard:
+                self.ex.request_trailers = b"".join(self.req_trailers)
+            self.req_trailers = None
         if self.chunked and not self.discard and self.ex is not None:
             self._take(b"0\r\n\r\n", 5, 0)
 
@@ -878,6 +935,12 @@ cdef class H2Stream(ClientConn):
         self.rbuf.len = 0
         self.roff = 0
         self.resp_eof = False
+        self.trailers = None
+        if h.content_length == 0:
+            # nothing follows the head (a gRPC trailers-only answer among them): one HEADERS
+            # frame with END_STREAM, not HEADERS and an empty DATA
+            has_body = False
+        self.provider = has_body
         c.submit(self, h.status, False, has_body)
 
     cdef int send_body(self, bytes data, Py_ssize_t off, Py_ssize_t n) except -1:
@@ -903,6 +966,14 @@ cdef class H2Stream(ClientConn):
 
     cdef int flush(self) except -1:
         self.conn.send_pending()
+
+    cdef int send_trailers(self, Exchange ex, bytes lines) except -1:
+        """Response trailers (Exchange.response_trailers): kept until the body's data provider
+        reaches its end, then a HEADERS frame with END_STREAM (_h2_body_eof). A response whose head
+        ended the stream (no body) cannot carry them: dropped."""
+        if self.stream_done or not self.provider or self.resp_eof or not PyBytes_GET_SIZE(lines):
+            return 0
+        self.trailers = lines if self.trailers is None else self.trailers + lines
 
     cdef int end_response(self, Exchange ex) except -1:
         cdef UpstreamConn up = ex.up
@@ -950,6 +1021,8 @@ cdef class H2Stream(ClientConn):
             wb_put(&self.rbuf, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
             self.bytes_written += PyBytes_GET_SIZE(body)
         self.resp_eof = True
+        self.trailers = None
+        self.provider = has_body
         c.submit(self, status, False, has_body)
         ex.resp_started = True
         if not ex.req_done:

@@ -263,13 +263,17 @@ cdef class H2UpstreamConn(UpstreamConn):
         self.busy = True
         try:
             for s in list(self.streams.values()):
-                if s.deadline > 0 and now >= s.deadline:
+                if (s.deadline > 0 and now >= s.deadline) or (0 < s.call_deadline <= now and s.ex is not None):
                     s.on_deadline()
         finally:
             self.busy = False
         for s in self.streams.values():
-            if s.deadline > 0 and s.ex is not None and (nxt == 0.0 or s.deadline < nxt):
+            if s.ex is None:
+                continue
+            if s.deadline > 0 and (nxt == 0.0 or s.deadline < nxt):
                 nxt = s.deadline
+            if s.call_deadline > 0 and (nxt == 0.0 or s.call_deadline < nxt):
+                nxt = s.call_deadline
         self.deadline_kind = UDL_NONE
         self.deadline = nxt
         self.flush()
@@ -356,6 +360,7 @@ cdef class H2UpstreamStream(UpstreamConn):
     cdef bint body_paused_client    # client reading paused for this stream's request body
     cdef bint has_cl
     cdef int resp_status
+    cdef double call_deadline       # a gRPC call's `grpc-timeout` passes then: the whole call, body too
     cdef int64_t unconsumed         # response bytes received and not yet given back to the window
     cdef WBuf rbuf                  # response field lines (then trailer lines) as HEADERS decode
 
@@ -377,6 +382,8 @@ cdef class H2UpstreamStream(UpstreamConn):
             v = _field_value(ex.h, ex.p, b"grpc-timeout")
             if v is not None:
                 t = grpc_timeout_seconds(<bytes>v)
+                if t > 0:
+                    self.call_deadline = monotonic() + t
                 if t > 0 and (self.header_timeout <= 0 or t < self.header_timeout):
                     self.header_timeout = t
 
@@ -526,10 +533,46 @@ cdef class H2UpstreamStream(UpstreamConn):
         if not self.body and self.request_finished():
             data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
             self.eof_sent = True
+            if self.ex is not None and self.ex.request_trailers is not None \
+                    and self._submit_trailers(self.ex.request_trailers):
+                data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM     # the trailers end the stream
             return copied
         if copied == 0:
             return NGHTTP2_ERR_DEFERRED
         return copied
+
+    cdef bint _submit_trailers(self, bytes lines) except -1:
+        """The client's request trailers ("name: value\\r\\n" lines, lowercase names from an HTTP/2
+        client) as a HEADERS frame with END_STREAM after the body (nghttp2 copies the fields)."""
+        cdef const char* p = PyBytes_AS_STRING(lines)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(lines), pos = 0, eol, colon, vs
+        cdef int k = 0, cap = lines.count(b"\n")
+        cdef nghttp2_nv* nva
+        cdef int rv
+        if cap == 0:
+            return False
+        nva = <nghttp2_nv*>malloc(cap * sizeof(nghttp2_nv))
+        if nva == NULL:
+            raise MemoryError()
+        try:
+            while pos < n and k < cap:
+                eol = pos
+                while eol < n and p[eol] != b'\r':
+                    eol += 1
+                colon = pos
+                while colon < eol and p[colon] != b':':
+                    colon += 1
+                if colon < eol and colon > pos:
+                    vs = colon + 1
+                    while vs < eol and p[vs] == b' ':
+                        vs += 1
+                    _nv(&nva[k], p + pos, colon - pos, p + vs, eol - vs)
+                    k += 1
+                pos = eol + 2
+            rv = nghttp2_submit_trailer(self.conn.session, self.stream_id, nva, k) if k else -1
+        finally:
+            free(nva)
+        return rv == 0
 
     cdef int expect_response(self, bint request_sent, double now) except -1:
         if request_sent and self.state == UP_HEAD:
@@ -537,6 +580,7 @@ cdef class H2UpstreamStream(UpstreamConn):
             self.deadline_kind = UDL_HEADER
             self.deadline = 0.0 if self.paused else now + self.header_timeout
             self.conn.arm(self.deadline)
+            self.conn.arm(self.call_deadline)
         if request_sent and self.submitted and not self.eof_sent and self.stream_id > 0 \
                 and self.conn.session != NULL:
             nghttp2_session_resume_data(self.conn.session, self.stream_id)
@@ -797,6 +841,9 @@ cdef class H2UpstreamStream(UpstreamConn):
         self.deadline = 0.0
         if ex is None:
             return 0
+        if 0 < self.call_deadline <= monotonic() and self.state != UP_HELD:
+            self._call_deadline_passed(ex)
+            return 0
         self._reset_stream(NGHTTP2_CANCEL)
         self.detach()
         count_failure(ex, deadline_failure_kind(kind))
@@ -806,6 +853,26 @@ cdef class H2UpstreamStream(UpstreamConn):
             ex.response_policy_timed_out()
         else:
             ex.upstream_failed(self, 504, b"upstream response timeout", False, RF_UPSTREAM_TIMEOUT)
+
+
+    cdef int _call_deadline_passed(self, Exchange ex) except -1:
+        """`grpc-timeout` passed (docs/grpc.md, Deadlines): the upstream's stream is cancelled
+        (RST_STREAM CANCEL, which a gRPC server sees as the call's cancellation). Before the response
+        head: the gateway's DEADLINE_EXCEEDED answer. After it: trailers with grpc-status 4 end the
+        client's stream, as Envoy does (a non-gRPC request is cut short instead). The client's own
+        deadline is not the upstream's failure: no passive-health count."""
+        self.call_deadline = 0.0
+        self._reset_stream(NGHTTP2_CANCEL)
+        self.detach()
+        if not ex.resp_started:
+            ex.upstream_failed(self, 504, b"grpc-timeout passed", False, RF_UPSTREAM_TIMEOUT)
+        elif grpc_request(ex):
+            ex.flags |= RF_UPSTREAM_TIMEOUT
+            ex.up = None
+            ex.response_trailers(b"grpc-status: 4\r\ngrpc-message: Deadline Exceeded\r\n")
+            ex.response_complete()
+        else:
+            ex.response_truncated(RF_UPSTREAM_TIMEOUT)
 
 
 # ---- the Exchange's entry ---------------------------------------------------------------------

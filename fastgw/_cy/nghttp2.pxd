@@ -208,6 +208,8 @@ cdef extern from "nghttp2/nghttp2.h":
                                    void* stream_user_data)
     int nghttp2_submit_rst_stream(nghttp2_session* session, uint8_t flags, int32_t stream_id,
                                   uint32_t error_code)
+    int nghttp2_submit_trailer(nghttp2_session* session, int32_t stream_id, const nghttp2_nv* nva,
+                               size_t nvlen)
     int nghttp2_submit_goaway(nghttp2_session* session, uint8_t flags, int32_t last_stream_id,
                               uint32_t error_code, const uint8_t* opaque_data, size_t opaque_data_len)
     int nghttp2_submit_shutdown_notice(nghttp2_session* session)

@@ -9,7 +9,8 @@
 #          RegularExpression precedence to implementations; templates are our extension):
 #            templates ('/users/{id}/repos/{name}', '/files/{path...}'), more literal characters first
 #            (the characters outside '{...}', '/' included);
-#            regular expressions (Python `re`, fullmatch on the path), longer pattern first;
+#            regular expressions (Python `re`, fullmatch on the path), longer pattern first (or the
+#            spec's `path_score`, higher first: gRPC matches, ranked by service then method characters);
 #          then PathPrefix, the longest first: prefixes match on '/' segment boundaries; one
 #          trailing '/' of a prefix is ignored; prefix '/' (stored as the empty key) matches every path.
 #          So: exact > template > regex > prefix.
@@ -464,7 +465,8 @@ def _rt_path(ri, r):
         return _RT_PATH_TEMPLATE, tpl, tpl[2]
     if px is not None:
         pat = _rt_as_bytes(px, "path_regex")
-        return _RT_PATH_REGEX, _rt_regex(ri, px, "path"), len(pat)
+        score = getattr(r, "path_score", None)     # gRPC matches: GRPCRoute precedence (runtime._grpc_path)
+        return _RT_PATH_REGEX, _rt_regex(ri, px, "path"), len(pat) if score is None else score
     key = b"/" if pp is None else _rt_as_bytes(pp, "path_prefix")
     if not key.startswith(b"/"):
         raise ValueError(f"route {ri}: path_prefix must start with '/': {pp!r}")

@@ -142,8 +142,6 @@ def serves_h2c(gw) -> bool:
     return len(first) == 9 and first[3] == 0x04
 
 
-@pytest.mark.skip(reason="the HTTP/2 downstream does not send response trailers yet (H2Stream has no "
-                  "send_trailers): grpcio sees DATA with END_STREAM and no grpc-status")
 def test_a_grpcio_client_end_to_end(gateway_factory, grpc_server):
     gw = grpc_gateway(gateway_factory, grpc_server)
     if not serves_h2c(gw):

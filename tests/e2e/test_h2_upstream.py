@@ -14,6 +14,7 @@ import httpx
 import pytest
 from support.client import wait_until
 from support.gateway import simple_config
+from support.h2raw import RawH2
 from support.h2server import H2Upstream
 from support.logs import wait_event
 from support.upstreams import ClosedPort
@@ -337,3 +338,19 @@ def test_a_client_that_stops_reading_stalls_its_stream_not_the_connection(gatewa
                 assert piece
                 got += len(piece)
         assert got == total
+
+
+def test_request_trailers_from_an_http2_client_reach_the_upstream(gateway_factory):
+    """A trailing HEADERS frame from an HTTP/2 client (a body without content-length) goes on as a
+    trailing HEADERS frame to the HTTP/2 upstream."""
+    with H2Upstream() as up:
+        gw = gateway_factory(h2c_config(up.address), workers=1)
+        with RawH2(gw.port) as h2:
+            sid = h2.request("POST", "/trailers-in", authority="test.local", end_stream=False)
+            h2.send_data(sid, b"hello")
+            h2.send(*h2.header_frames(sid, [("x-checksum", "abc"), ("x-count", "5")], end_stream=True))
+            st = h2.response(sid)
+            assert st.status == 200 and st.reset is None
+        req = up.requests[-1]
+        assert req["body"] == b"hello"
+        assert [(bytes(k), bytes(v)) for k, v in req["trailers"]] == [(b"x-checksum", b"abc"), (b"x-count", b"5")]

@@ -420,3 +420,20 @@ def test_ping_timeout(echo, gateway_factory):
     with RawH2(gw.port, auto_ping=False) as c:
         c.wait_closed(10)
         assert c.pings >= 1
+
+
+def test_request_trailers_reach_an_http11_upstream_when_the_body_is_chunked(gw):
+    """A trailing HEADERS frame: in the chunked trailer section of the HTTP/1.1 request (no
+    content-length); with content-length the request is not chunked and they are dropped."""
+    with RawH2(gw.port) as h2:
+        sid = h2.request("POST", "/trailers-in", end_stream=False)
+        h2.send_data(sid, b"hello")
+        h2.send(*h2.header_frames(sid, [("x-checksum", "abc"), ("x-count", "5")], end_stream=True))
+        seen = echo_json(bytes(h2.response(sid).data))
+        assert [[k.lower(), v] for k, v in seen["trailers"]] == [["x-checksum", "abc"], ["x-count", "5"]]
+        assert seen["body_len"] == 5
+        sid = h2.request("POST", "/trailers-in", headers=[("content-length", "5")], end_stream=False)
+        h2.send_data(sid, b"hello")
+        h2.send(*h2.header_frames(sid, [("x-checksum", "abc")], end_stream=True))
+        seen = echo_json(bytes(h2.response(sid).data))
+        assert seen["trailers"] == [] and seen["body_len"] == 5

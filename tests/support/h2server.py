@@ -143,6 +143,9 @@ class _Proto(asyncio.Protocol):
                 if ev.stream_id in self.streams:
                     self.streams[ev.stream_id]["body"] += ev.data
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                if ev.stream_id in self.streams:
+                    self.streams[ev.stream_id]["trailers"] = ev.headers
             elif isinstance(ev, h2.events.StreamEnded):
                 self._respond(ev.stream_id)
             elif isinstance(ev, h2.events.StreamReset):
@@ -161,7 +164,8 @@ class _Proto(asyncio.Protocol):
         headers = {k.decode(): v.decode() for k, v in st["headers"]}
         url = urlsplit(headers.get(":path", "/"))
         q = parse_qs(url.query)
-        self.server.requests.append({"headers": st["headers"], "body": st["body"], "at": time.monotonic()})
+        self.server.requests.append({"headers": st["headers"], "body": st["body"], "at": time.monotonic(),
+                                     "trailers": st.get("trailers", [])})
         if self.server.status_all is not None:
             self._send(sid, self.server.status_all, [], self.server.name.encode(), None)
         elif url.path == "/hold":

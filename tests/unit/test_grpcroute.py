@@ -129,3 +129,110 @@ def test_native_grpc_match_errors(tmp_path, match, needle):
         load_config(write(tmp_path, f"  - {{name: r, match: {match}, upstream: u}}\n"))
     [issue] = info.value.errors
     assert issue.path.startswith("$.routes[0].match") and needle in issue.message, issue
+
+
+# ---- precedence (Gateway API GRPCRoute: hostname, then service characters, then method characters,
+# then the number of header matches; then creation time / name / rule order) --------------------------
+
+def test_more_service_characters_beat_a_method_only_match(tmp_path):
+    """A service-only match (7 service characters) beats a method-only one (0), whichever comes
+    first, though the method-only one is a regex path and the other a prefix."""
+    cfg = load_config(write(tmp_path, """\
+  - {name: method, match: {grpc: {method: Say}}, upstream: u}
+  - {name: service, match: {grpc: {service: pkg.Svc}}, upstream: u}
+"""))
+    assert explain(cfg, b"/pkg.Svc/Say", host=b"x")["route"] == "service"
+    assert explain(cfg, b"/other.Svc/Say", host=b"x")["route"] == "method"
+    assert explain(cfg, b"/pkg.Svc/Other", host=b"x")["route"] == "service"
+    assert explain(cfg, b"/pkg.Svc/a/b", host=b"x")["status"] == 404       # not a gRPC path
+
+
+def test_service_characters_of_regular_expressions(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+  - {name: short, match: {grpc: {type: RegularExpression, service: "pkg\\\\..*"}}, upstream: u}
+  - {name: exact, match: {grpc: {service: pkg.Svc}}, upstream: u}
+  - {name: long, match: {grpc: {type: RegularExpression, service: "pkg\\\\.Sv[a-z]+"}}, upstream: u}
+"""))
+    # the patterns pkg\\.Sv[a-z]+ and pkg\\..* have 13 and 6 characters, pkg.Svc 7
+    assert explain(cfg, b"/pkg.Svc/M", host=b"x")["route"] == "long"
+    assert explain(cfg, b"/pkg.Svq/M", host=b"x")["route"] == "long"
+    assert explain(cfg, b"/pkg.Other/M", host=b"x")["route"] == "short"
+
+
+def test_then_method_characters(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+  - {name: any, match: {grpc: {type: RegularExpression, service: "a\\\\.B", method: ".*"}}, upstream: u}
+  - {name: get, match: {grpc: {type: RegularExpression, service: "a\\\\.B", method: "Get.*"}}, upstream: u}
+  - {name: svc, match: {grpc: {service: a.B}}, upstream: u}
+"""))
+    assert explain(cfg, b"/a.B/GetThing", host=b"x")["route"] == "get"
+    assert explain(cfg, b"/a.B/Put", host=b"x")["route"] == "any"       # 4 + 2 characters beat 3 + 0
+
+
+def test_then_header_matches_then_order(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+  - {name: first, match: {grpc: {service: a.B, method: M}}, upstream: u}
+  - {name: one, match: {grpc: {service: a.B, method: M}, headers: [{name: x-a, value: "1"}]}, upstream: u}
+  - {name: two, match: {grpc: {service: a.B, method: M}, headers: [{name: x-a, value: "1"}, {name: x-b, value: "2"}]},
+     upstream: u}
+  - {name: later, match: {grpc: {service: a.B, method: M}}, upstream: u}
+"""))
+    assert explain(cfg, b"/a.B/M", b"x-a: 1\r\nx-b: 2\r\n", host=b"x")["route"] == "two"
+    assert explain(cfg, b"/a.B/M", b"x-a: 1\r\n", host=b"x")["route"] == "one"
+    assert explain(cfg, b"/a.B/M", host=b"x")["route"] == "first"
+
+
+def test_hostname_comes_before_service_and_method(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+  - {name: anyhost, match: {grpc: {service: a.B, method: M}}, upstream: u}
+  - {name: wild, match: {hosts: ["*.example.com"], grpc: {method: M}}, upstream: u}
+  - {name: host, match: {hosts: [api.example.com], grpc: {type: RegularExpression, method: "M.*"}}, upstream: u}
+"""))
+    assert explain(cfg, b"/a.B/M", host=b"api.example.com")["route"] == "host"
+    assert explain(cfg, b"/a.B/M", host=b"web.example.com")["route"] == "wild"
+    assert explain(cfg, b"/a.B/M", host=b"other.org")["route"] == "anyhost"
+
+
+PRECEDENCE_MANIFESTS = MANIFESTS.split("---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute")[0] + """\
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: a-method-only, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{method: {method: Say}}], backendRefs: [{name: echo, port: 9000}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: b-service, namespace: default, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+    - matches: [{method: {service: pkg.Echo}}]
+      backendRefs: [{name: echo, port: 9000}]
+    - matches: [{method: {type: RegularExpression, service: "pkg\\\\.Echo", method: "S.*"}}]
+      backendRefs: [{name: echo, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec: {ports: [{port: 9000}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: default, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{port: 9000}]
+endpoints: [{addresses: [10.1.0.5]}]
+"""
+
+
+def test_grpcroute_precedence_in_manifests(tmp_path):
+    """The older route's method-only match loses to the newer route's service matches; within that
+    route the regex rule with more characters (9 + 3) beats the service-only rule (8 + 0)."""
+    p = tmp_path / "gw.yaml"
+    p.write_text(PRECEDENCE_MANIFESTS)
+    cfg = load_config(p)
+    assert explain(cfg, b"/pkg.Echo/Say")["route"] == "b-service.r1"
+    assert explain(cfg, b"/pkg.Echo/Get")["route"] == "b-service.r0"
+    assert explain(cfg, b"/other.Svc/Say")["route"] == "a-method-only.r0"
