@@ -328,6 +328,8 @@ def callgrind(n: int, out: Path, path: str) -> tuple[list[int], dict]:
     and the run's stats (lines written, exchanges sampled)."""
     stats = out.with_suffix(".stats")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1", FASTGW_IR_STATS=str(stats))
+    # the tree this script is in, not whichever fastgw the venv's (editable) install points at
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
            sys.executable, __file__, "--cycles", str(n), "--path", path]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
