@@ -121,8 +121,7 @@ def start_haproxy(haproxy: str, upstream: int, workdir: Path, n: int):
     (d / "haproxy.cfg").write_text(f"""
 global
   nbthread 1
-  maxconn {n + 200}
-  ulimit-n {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+  maxconn {n + 100}
 defaults
   mode http
   timeout connect 5s
@@ -170,7 +169,7 @@ def measure(name: str, proc, n: int) -> list[dict]:
     for role in idle:
         a, b = idle[role], loaded.get(role, {"rss": 0, "pss": 0, "uss": 0})
         rows.append({"proxy": name, "process": role, "idle": a, "loaded": b,
-                     "per_conn": (b["rss"] - a["rss"]) / n if n else 0.0})
+                     "n": n, "per_conn": (b["rss"] - a["rss"]) / n if n else 0.0})
     return rows
 
 
@@ -196,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         procs = [upstream]
         try:
             for name in args.peers.split(","):
+                peer_n = n
                 if name == "fastgw":
                     proc = start_fastgw(upstream.port, work, args.workers, args.preload)
                 elif name == "nginx":
@@ -205,12 +205,15 @@ def main(argv: list[str] | None = None) -> int:
                     if exe is None:
                         print("haproxy: not installed, skipped")
                         continue
-                    proc = start_haproxy(exe, upstream.port, work, n)
+                    # two descriptors a connection: where the hard limit cannot be raised, as many
+                    # connections as it allows (the row says how many)
+                    peer_n = min(n, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 700) // 2)
+                    proc = start_haproxy(exe, upstream.port, work, peer_n)
                 else:
                     raise SystemExit(f"unknown peer {name!r}")
                 procs.append(proc)
                 try:
-                    rows += measure(name, proc, n)
+                    rows += measure(name, proc, peer_n)
                 except RuntimeError as exc:
                     print(f"{name}: {exc}")
                 finally:
@@ -218,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                     procs.remove(proc)
         finally:
             stop_all(procs)
-    print(f"{n} idle keep-alive connections (each after one request); KiB from /proc/PID/smaps_rollup")
-    print("| proxy | process | RSS idle | PSS idle | USS idle | RSS loaded | PSS loaded | USS loaded | KiB/conn (RSS) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("idle keep-alive connections (each after one request); KiB from /proc/PID/smaps_rollup")
+    print("| proxy | process | conns | RSS idle | PSS idle | USS idle | RSS loaded | PSS loaded | USS loaded "
+          "| KiB/conn (RSS) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         a, b = r["idle"], r["loaded"]
-        print(f"| {r['proxy']} | {r['process']} | {a['rss']} | {a['pss']} | {a['uss']} | {b['rss']} | "
+        print(f"| {r['proxy']} | {r['process']} | {r['n']} | {a['rss']} | {a['pss']} | {a['uss']} | {b['rss']} | "
               f"{b['pss']} | {b['uss']} | {r['per_conn']:.2f} |")
     return 0
 

@@ -56,18 +56,26 @@ cdef class ClientConn:
     def __dealloc__(self):
         self.release_buffers()
 
-    cdef int acquire_buffers(self) except -1:
+    cdef inline int acquire_buffers(self) except -1:
         """The head's field array (sized for the current max_headers) and the write buffers."""
-        if self.head.fields == NULL or self.rt.head_limits.max_headers > self.head.fields_cap:
-            cb_take_head(&self.head, self.rt.head_limits.max_headers)
+        cdef int cap = self.rt.head_limits.max_headers
+        if self.out.data != NULL and self.head.fields != NULL and cap <= self.head.fields_cap:
+            return 0                    # held already (a pipelined head, a head in pieces)
+        if cs_take(&self.head, &self.out, &self.uout, cap):
+            return 0
+        if self.head.fields == NULL or cap > self.head.fields_cap:
+            cb_take_head(&self.head, cap)
         if self.out.data == NULL:
             cb_take_wbuf(&self.out)
+        if self.uout.data == NULL:
             cb_take_wbuf(&self.uout)
         return 0
 
-    cdef int release_buffers(self) noexcept:
+    cdef inline int release_buffers(self) noexcept:
         """Back to the pool: no exchange refers to them any more (a finished one that a log entry
         keeps sees no fields: nfields is 0)."""
+        if cs_give(&self.head, &self.out, &self.uout):
+            return 0
         if self.head.fields != NULL:
             cb_give_head(&self.head)
         if self.out.data != NULL:

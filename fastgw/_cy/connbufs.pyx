@@ -25,6 +25,7 @@ cdef int cb_take_head(MessageHead* h, int cap) except -1:
         cb_give_head(h)
     if cap != _cb_heads_cap:
         # a reload changed max_headers: the pooled arrays have the old size
+        cs_flush()
         while _cb_nheads:
             _cb_nheads -= 1
             free(_cb_heads[_cb_nheads])
@@ -82,7 +83,66 @@ cdef void cb_give_wbuf(WBuf* b) noexcept:
     b.len = b.cap = 0
 
 
+# The busy path: a keep-alive connection takes its three buffers at each head and gives them back at
+# each idle, so both ends are a few inline moves over a pool of whole sets (same sizes), with the
+# per-buffer functions above for everything else (a first use, a reload, a grown buffer, a full pool).
+cdef HeaderField* _cs_heads[CB_POOL]
+cdef char* _cs_out[CB_POOL]
+cdef char* _cs_uout[CB_POOL]
+cdef int _cs_n = 0
+
+
+cdef inline bint cs_take(MessageHead* h, WBuf* out, WBuf* uout, int cap) noexcept:
+    """Whole set from the pool into empty buffers, or False (the caller takes them one by one)."""
+    global _cs_n, _cb_live_heads, _cb_live_wbufs
+    if _cs_n == 0 or cap != _cb_heads_cap or h.fields != NULL or out.data != NULL or uout.data != NULL:
+        return False
+    _cs_n -= 1
+    h.fields = _cs_heads[_cs_n]
+    h.fields_cap = cap
+    h.nfields = 0
+    out.data = _cs_out[_cs_n]
+    out.len = 0
+    out.cap = CB_WBUF_CAP
+    uout.data = _cs_uout[_cs_n]
+    uout.len = 0
+    uout.cap = CB_WBUF_CAP
+    _cb_live_heads += 1
+    _cb_live_wbufs += 2
+    return True
+
+
+cdef inline bint cs_give(MessageHead* h, WBuf* out, WBuf* uout) noexcept:
+    """The three buffers back as a set, or False (the caller gives them one by one)."""
+    global _cs_n, _cb_live_heads, _cb_live_wbufs
+    if (_cs_n >= CB_POOL or h.fields == NULL or h.fields_cap != _cb_heads_cap
+            or out.cap != CB_WBUF_CAP or uout.cap != CB_WBUF_CAP or out.data == NULL or uout.data == NULL):
+        return False
+    _cs_heads[_cs_n] = h.fields
+    _cs_out[_cs_n] = out.data
+    _cs_uout[_cs_n] = uout.data
+    _cs_n += 1
+    h.fields = NULL
+    h.fields_cap = 0
+    h.nfields = 0
+    out.data = uout.data = NULL
+    out.len = out.cap = uout.len = uout.cap = 0
+    _cb_live_heads -= 1
+    _cb_live_wbufs -= 2
+    return True
+
+
+cdef void cs_flush() noexcept:
+    """max_headers changed: the pooled sets' arrays have the old size."""
+    global _cs_n
+    while _cs_n:
+        _cs_n -= 1
+        free(_cs_heads[_cs_n])
+        free(_cs_out[_cs_n])
+        free(_cs_uout[_cs_n])
+
+
 def connection_buffers():
     """(field arrays held by connections, write buffers held, arrays pooled, buffers pooled): for
     tests and the memory benchmark."""
-    return _cb_live_heads, _cb_live_wbufs, _cb_nheads, _cb_nwbufs
+    return _cb_live_heads, _cb_live_wbufs, _cb_nheads + _cs_n, _cb_nwbufs + 2 * _cs_n
