@@ -44,5 +44,6 @@ include "_cy/h2server.pyx"
 include "_cy/h2upstream.pyx"
 include "_cy/grpc.pyx"
 include "_cy/attempts.pyx"
+include "_cy/connbufs.pyx"
 # The test and bench entry points (_cy/testing.pyx), or nothing: written by setup.py from FASTGW_TESTING.
 include "_cy/features.pxi"

@@ -41,27 +41,48 @@ cdef class ClientConn:
     cdef list cert_edits            # client certificate headers: upstream edits every request starts with
     cdef readonly object client_cert   # the verified client certificate (fastgw.tls.client_cert_info)
 
-    def __cinit__(self):
-        head_init(&self.head, 1)
-        wb_init(&self.out, 2048)
-        wb_init(&self.uout, 2048)
+    # The header array and the two write buffers (about 8 KB) exist only while a request is in
+    # progress: taken from the worker's pool (connbufs.pyx) when a head starts, given back when the
+    # connection goes idle, so an idle keep-alive connection holds none of them.
 
     def __init__(self, Worker worker, str listen_address=None, tls_endpoint=None):
-        cdef int cap
         self.worker = worker
         self.listen_address = listen_address
         self.tls_endpoint = tls_endpoint
         self.rt = worker.runtime
-        cap = self.rt.head_limits.max_headers
-        head_free(&self.head)
-        head_init(&self.head, cap)
         self.state = CL_HEAD
         self.buf = b""
 
     def __dealloc__(self):
-        head_free(&self.head)
-        wb_free(&self.out)
-        wb_free(&self.uout)
+        self.release_buffers()
+
+    cdef inline int acquire_buffers(self) except -1:
+        """The head's field array (sized for the current max_headers) and the write buffers."""
+        cdef int cap = self.rt.head_limits.max_headers
+        if self.out.data != NULL and self.head.fields != NULL and cap <= self.head.fields_cap:
+            return 0                    # held already (a pipelined head, a head in pieces)
+        if cs_take(&self.head, &self.out, &self.uout, cap):
+            return 0
+        if self.head.fields == NULL or cap > self.head.fields_cap:
+            cb_take_head(&self.head, cap)
+        if self.out.data == NULL:
+            cb_take_wbuf(&self.out)
+        if self.uout.data == NULL:
+            cb_take_wbuf(&self.uout)
+        return 0
+
+    cdef inline int release_buffers(self) noexcept:
+        """Back to the pool: no exchange refers to them any more (a finished one that a log entry
+        keeps sees no fields: nfields is 0)."""
+        if cs_give(&self.head, &self.out, &self.uout):
+            return 0
+        if self.head.fields != NULL:
+            cb_give_head(&self.head)
+        if self.out.data != NULL:
+            cb_give_wbuf(&self.out)
+        if self.uout.data != NULL:
+            cb_give_wbuf(&self.uout)
+        return 0
 
     # ---- asyncio protocol ----------------------------------------------------------------------
 
@@ -134,6 +155,8 @@ cdef class ClientConn:
             self._end_exchange()
         elif mid_head:
             self._log_unfinished_head()
+        if self.ex is None and not self.h2:
+            self.release_buffers()
 
     def pause_writing(self):
         # kept as a flag: asyncio says it once per crossing, and the next exchange's upstream
@@ -215,9 +238,7 @@ cdef class ClientConn:
         cdef Py_ssize_t n, r
         while self.state == CL_HEAD and PyBytes_GET_SIZE(self.buf) > 0:
             self.rt = self.worker.runtime
-            if self.rt.head_limits.max_headers > self.head.fields_cap:
-                head_free(&self.head)            # a reload raised the limit
-                head_init(&self.head, self.rt.head_limits.max_headers)
+            self.acquire_buffers()               # and a reload may have raised max_headers
             p = PyBytes_AS_STRING(self.buf)
             n = PyBytes_GET_SIZE(self.buf)
             r = parse_request_head(&self.head, p, n, &self.rt.head_limits)
@@ -572,6 +593,8 @@ cdef class ClientConn:
         else:
             self.deadline_kind = DL_IDLE
             self.deadline = now + self.rt.keepalive_timeout
+            if not self.h2:
+                self.release_buffers()  # idle: nothing pipelined, no exchange
 
     cdef int _close(self) except -1:
         if self.state == CL_CLOSED:
@@ -643,6 +666,7 @@ cdef class ClientConn:
                                    if a.endswith(":%d" % local_port)), None)
         self.listen_address = listen_address
         self.client_ip = client_ip
+        self.acquire_buffers()
         r = parse_request_head(&self.head, p, len(raw), &self.rt.head_limits)
         if r == PARSE_INCOMPLETE:
             raise ValueError("incomplete request head")

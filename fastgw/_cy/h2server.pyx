@@ -318,6 +318,7 @@ cdef class H2Conn(ClientConn):
         cdef nghttp2_settings_entry iv[4]
         cdef int rv
         self.h2 = True
+        self.acquire_buffers()          # held for the connection's life (connbufs.pyx)
         self.streams = {}
         self.cfg = _h2_settings(self.rt)
         if nghttp2_option_new(&opt) != 0:
@@ -695,6 +696,7 @@ cdef class H2Stream(ClientConn):
         self.routes_rt = conn.routes_rt
         self.nrequests = 0
         self.state = CL_HEAD
+        self.acquire_buffers()          # held for the stream's life (connbufs.pyx)
         self.out.len = 0
 
     # ---- the request head ----------------------------------------------------------------------
@@ -737,9 +739,7 @@ cdef class H2Stream(ClientConn):
         cdef Py_ssize_t r, n
         self.remote_ended = end_stream
         self.rt = self.worker.runtime
-        if self.rt.head_limits.max_headers > self.head.fields_cap:
-            head_free(&self.head)
-            head_init(&self.head, self.rt.head_limits.max_headers)
+        self.acquire_buffers()
         h.len = 0
         if self.method is not None:
             wb_put(h, PyBytes_AS_STRING(self.method), PyBytes_GET_SIZE(self.method))

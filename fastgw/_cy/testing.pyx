@@ -85,6 +85,7 @@ def build_upstream_head(bytes raw, bytes client_ip, bytes request_id):
                      drain_timeout=1.0)
         _bare_conn = Worker(None, rt)()
     conn = _bare_conn
+    conn.acquire_buffers()
     r = parse_request_head(&conn.head, p, len(raw), &conn.rt.head_limits)
     if r < 0:
         raise ValueError("not a complete, valid request head")
